@@ -1,0 +1,162 @@
+//! What a channel can do: reply, push, broadcast, track presence, keep assigns.
+
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use crate::presence::{Meta, Presence, PresenceError};
+use crate::protocol::{events, Frame, Outbound, Payload, Ref};
+use crate::pubsub::{Broadcast, PubSub, PubSubError, Subscriber, SubscriberId};
+use crate::socket::{Outbox, SocketInfo};
+
+/// The state and capabilities of one channel incarnation, owned by its actor.
+pub struct Context {
+    topic: String,
+    join_ref: Ref,
+    socket: Arc<SocketInfo>,
+    /// Per-channel assigns: starts as a copy of the socket's assigns.
+    pub assigns: Map<String, Value>,
+    outbox: Outbox,
+    pubsub: Arc<dyn PubSub>,
+    presence: Arc<dyn Presence>,
+    id: SubscriberId,
+}
+
+impl Context {
+    pub(crate) fn new(
+        topic: String,
+        join_ref: Ref,
+        socket: Arc<SocketInfo>,
+        outbox: Outbox,
+        pubsub: Arc<dyn PubSub>,
+        presence: Arc<dyn Presence>,
+        id: SubscriberId,
+    ) -> Self {
+        let assigns = socket.assigns.clone();
+        Self {
+            topic,
+            join_ref,
+            socket,
+            assigns,
+            outbox,
+            pubsub,
+            presence,
+            id,
+        }
+    }
+
+    /// The channel's topic.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The `ref` of the join that created this incarnation.
+    pub fn join_ref(&self) -> &Ref {
+        &self.join_ref
+    }
+
+    /// The socket this channel belongs to.
+    pub fn socket(&self) -> &SocketInfo {
+        &self.socket
+    }
+
+    /// This incarnation's subscriber id (also its presence owner id).
+    pub fn id(&self) -> SubscriberId {
+        self.id
+    }
+
+    pub(crate) fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    /// Replies to the client message `msg_ref` (for replies sent later than `handle_in`).
+    pub fn reply(&self, msg_ref: &Ref, status: &str, response: &Payload) {
+        self.outbox.send(&Outbound::Reply {
+            join_ref: &self.join_ref,
+            msg_ref,
+            topic: &self.topic,
+            status,
+            response,
+        });
+    }
+
+    /// Pushes an event to this client only: `[join_ref, null, topic, event, payload]`.
+    pub fn push(&self, event: &str, payload: &Payload) {
+        let null = Value::Null;
+        self.outbox.send(&Outbound::Event {
+            join_ref: &self.join_ref,
+            msg_ref: &null,
+            topic: &self.topic,
+            event,
+            payload,
+        });
+    }
+
+    pub(crate) fn send_control(&self, event: &str, payload: &Payload) {
+        self.outbox.send(&Outbound::Event {
+            join_ref: &self.join_ref,
+            msg_ref: &self.join_ref,
+            topic: &self.topic,
+            event,
+            payload,
+        });
+    }
+
+    /// Broadcasts to every subscriber of the topic, this client included.
+    pub fn broadcast(&self, event: &str, payload: Payload) {
+        self.pubsub.broadcast(self.message(event, payload), None);
+    }
+
+    /// Broadcasts to every subscriber of the topic except this channel.
+    pub fn broadcast_from(&self, event: &str, payload: Payload) {
+        self.pubsub
+            .broadcast(self.message(event, payload), Some(self.id));
+    }
+
+    fn message(&self, event: &str, payload: Payload) -> Arc<Broadcast> {
+        Arc::new(Broadcast {
+            topic: self.topic.clone(),
+            event: event.to_owned(),
+            payload,
+        })
+    }
+
+    /// Tracks a presence for this channel under `key`; it leaves when the channel ends.
+    pub async fn track(&self, key: &str, meta: Meta) -> Result<String, PresenceError> {
+        self.presence.track(&self.topic, key, self.id, meta).await
+    }
+
+    /// Replaces the meta of this channel's presence under `key`.
+    pub async fn update_presence(&self, key: &str, meta: Meta) -> Result<String, PresenceError> {
+        self.presence.update(&self.topic, key, self.id, meta).await
+    }
+
+    /// Stops tracking this channel's presence under `key`.
+    pub async fn untrack(&self, key: &str) -> Result<(), PresenceError> {
+        self.presence.untrack(&self.topic, key, self.id).await
+    }
+
+    /// The presences on this topic, in the `presence_state` shape.
+    pub async fn presence_list(&self) -> Value {
+        self.presence.list(&self.topic).await
+    }
+
+    /// Pushes `presence_state` (the full list) to this client.
+    pub async fn push_presence_state(&self) {
+        let state = self.presence_list().await;
+        self.push(events::PRESENCE_STATE, &Payload::Json(state));
+    }
+
+    pub(crate) async fn pubsub_subscribe(
+        &self,
+        sub: Subscriber,
+        first: Option<Frame>,
+    ) -> Result<(), PubSubError> {
+        self.pubsub.subscribe(&self.topic, sub, first).await
+    }
+
+    pub(crate) async fn cleanup(&self) {
+        self.pubsub.unsubscribe(&self.topic, self.id);
+        self.presence.untrack_owner(&self.topic, self.id).await;
+    }
+}

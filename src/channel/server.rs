@@ -1,0 +1,288 @@
+//! The channel actor: one task per joined (socket, topic), fed by a bounded inbox.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use futures_util::FutureExt;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::{Channel, Context, Outgoing, Reply, Termination};
+use crate::protocol::{events, Outbound, Payload, Ref};
+use crate::pubsub::{Broadcast, Intercept, Subscriber};
+use crate::socket::SocketEvent;
+
+/// A message from the socket to a channel actor.
+#[derive(Debug)]
+pub(crate) enum ChannelMsg {
+    /// A client event for the channel.
+    In {
+        event: String,
+        payload: Payload,
+        msg_ref: Ref,
+    },
+    /// The client leaves (`phx_leave`).
+    Leave { msg_ref: Ref },
+}
+
+/// What the socket keeps of a running channel actor.
+pub(crate) struct ChannelHandle {
+    pub join_ref: Ref,
+    pub inbox: mpsc::Sender<ChannelMsg>,
+    /// Cancelled to stop the channel silently (socket closed, duplicate join).
+    pub stop: CancellationToken,
+    pub task: JoinHandle<()>,
+    /// A `phx_leave` was forwarded: the actor is ending and sends its own `phx_close`.
+    pub leaving: bool,
+}
+
+/// How a join is to be run.
+pub(crate) struct JoinRequest {
+    pub msg_ref: Ref,
+    pub payload: Payload,
+    /// The join_ref of an incarnation this join replaces: its `phx_close` follows our reply.
+    pub replaces: Option<Ref>,
+}
+
+/// Starts a channel actor; the join runs inside it.
+pub(crate) fn spawn(
+    channel: Box<dyn Channel>,
+    ctx: Context,
+    req: JoinRequest,
+    inbox_capacity: usize,
+    socket_events: mpsc::UnboundedSender<SocketEvent>,
+) -> ChannelHandle {
+    let (inbox, inbox_rx) = mpsc::channel(inbox_capacity.max(1));
+    let stop = CancellationToken::new();
+    let join_ref = ctx.join_ref().clone();
+    let span = tracing::debug_span!("channel", topic = %ctx.topic());
+    let actor = Actor {
+        channel,
+        ctx,
+        inbox: inbox_rx,
+        stop: stop.clone(),
+        socket_events,
+    };
+    let task = tokio::spawn(actor.run(req, inbox_capacity).instrument(span));
+    ChannelHandle {
+        join_ref,
+        inbox,
+        stop,
+        task,
+        leaving: false,
+    }
+}
+
+/// How the main loop ended.
+enum End {
+    Terminated(Termination),
+    Crashed,
+}
+
+struct Actor {
+    channel: Box<dyn Channel>,
+    ctx: Context,
+    inbox: mpsc::Receiver<ChannelMsg>,
+    stop: CancellationToken,
+    socket_events: mpsc::UnboundedSender<SocketEvent>,
+}
+
+impl Actor {
+    async fn run(mut self, req: JoinRequest, capacity: usize) {
+        let joined = AssertUnwindSafe(self.channel.join(&mut self.ctx, req.payload))
+            .catch_unwind()
+            .await;
+        let response = match joined {
+            Ok(Ok(response)) => response,
+            Ok(Err(reason)) => {
+                tracing::debug!(reason = %reason, "join refused");
+                self.refuse(&req.msg_ref, reason, req.replaces.as_ref());
+                return self.finish().await;
+            }
+            Err(_) => {
+                tracing::error!("channel join panicked");
+                self.refuse(
+                    &req.msg_ref,
+                    json!({"reason": "join crashed"}),
+                    req.replaces.as_ref(),
+                );
+                return self.finish().await;
+            }
+        };
+
+        let (out_tx, mut out_rx) = mpsc::channel::<Arc<Broadcast>>(capacity.max(1));
+        let intercepts = self.channel.intercepts();
+        let intercept = (!intercepts.is_empty()).then(|| Intercept {
+            events: Some(Arc::from(intercepts)),
+            tx: out_tx,
+        });
+        let reply = self.ctx.outbox().serializer().encode(&Outbound::Reply {
+            join_ref: self.ctx.join_ref(),
+            msg_ref: &req.msg_ref,
+            topic: self.ctx.topic(),
+            status: "ok",
+            response: &Payload::Json(response),
+        });
+        let sub = Subscriber {
+            id: self.ctx.id(),
+            outbox: self.ctx.outbox().clone(),
+            intercept,
+        };
+        // The reply is queued atomically with the subscription: it precedes every broadcast.
+        if let Err(e) = self.ctx.pubsub_subscribe(sub, reply.ok()).await {
+            tracing::warn!(error = %e, "subscribe failed");
+            self.ctx.send_control(
+                events::ERROR,
+                &Payload::Json(json!({"reason": "subscribe failed"})),
+            );
+            return self.finish().await;
+        }
+        if let Some(old) = &req.replaces {
+            self.send_close_of(old);
+        }
+        tracing::debug!("joined");
+
+        let mut end = match AssertUnwindSafe(self.channel.after_join(&mut self.ctx))
+            .catch_unwind()
+            .await
+        {
+            Ok(()) => None,
+            Err(_) => Some(End::Crashed),
+        };
+        while end.is_none() {
+            end = tokio::select! {
+                _ = self.stop.cancelled() => Some(End::Terminated(Termination::Closed)),
+                msg = self.inbox.recv() => match msg {
+                    Some(msg) => self.handle(msg).await,
+                    None => Some(End::Terminated(Termination::Closed)),
+                },
+                Some(b) = out_rx.recv() => self.handle_out(&b).await,
+            };
+        }
+        let end = end.unwrap_or(End::Crashed);
+
+        let why = match end {
+            End::Terminated(why) => why,
+            End::Crashed => Termination::Closed,
+        };
+        if AssertUnwindSafe(self.channel.terminate(&mut self.ctx, why))
+            .catch_unwind()
+            .await
+            .is_err()
+        {
+            tracing::error!("channel terminate panicked");
+        }
+        self.ctx.cleanup().await;
+        match end {
+            End::Terminated(Termination::Left | Termination::Stopped) => {
+                self.ctx.send_control(events::CLOSE, &Payload::empty());
+            }
+            End::Crashed => {
+                tracing::error!("channel crashed");
+                self.ctx.send_control(
+                    events::ERROR,
+                    &Payload::Json(json!({"reason": "channel_crash"})),
+                );
+            }
+            End::Terminated(Termination::DuplicateJoin | Termination::Closed) => {}
+        }
+        self.finish().await;
+    }
+
+    async fn handle(&mut self, msg: ChannelMsg) -> Option<End> {
+        match msg {
+            ChannelMsg::Leave { msg_ref } => {
+                self.ctx.reply(&msg_ref, "ok", &Payload::empty());
+                Some(End::Terminated(Termination::Left))
+            }
+            ChannelMsg::In {
+                event,
+                payload,
+                msg_ref,
+            } => {
+                let handled =
+                    AssertUnwindSafe(self.channel.handle_in(&mut self.ctx, &event, payload))
+                        .catch_unwind()
+                        .await;
+                match handled {
+                    Ok(Reply::Reply { status, response }) => {
+                        self.ctx.reply(&msg_ref, &status, &response);
+                        None
+                    }
+                    Ok(Reply::NoReply) => None,
+                    Ok(Reply::Stop { reply }) => {
+                        if let Some((status, response)) = reply {
+                            self.ctx.reply(&msg_ref, &status, &response);
+                        }
+                        Some(End::Terminated(Termination::Stopped))
+                    }
+                    Err(_) => {
+                        tracing::error!(event = %event, "channel handle_in panicked");
+                        Some(End::Crashed)
+                    }
+                }
+            }
+        }
+    }
+
+    async fn handle_out(&mut self, b: &Broadcast) -> Option<End> {
+        match AssertUnwindSafe(self.channel.handle_out(&mut self.ctx, &b.event, &b.payload))
+            .catch_unwind()
+            .await
+        {
+            Ok(Outgoing::Push(payload)) => {
+                self.ctx.push(&b.event, &payload);
+                None
+            }
+            Ok(Outgoing::Skip) => None,
+            Err(_) => {
+                tracing::error!(event = %b.event, "channel handle_out panicked");
+                Some(End::Crashed)
+            }
+        }
+    }
+
+    /// Replies `error` to the join; the channel never existed.
+    fn refuse(&self, msg_ref: &Ref, reason: Value, replaces: Option<&Ref>) {
+        self.ctx.reply(msg_ref, "error", &Payload::Json(reason));
+        if let Some(old) = replaces {
+            self.send_close_of(old);
+        }
+    }
+
+    fn send_close_of(&self, old_join_ref: &Ref) {
+        self.ctx.outbox().send(&Outbound::Event {
+            join_ref: old_join_ref,
+            msg_ref: old_join_ref,
+            topic: self.ctx.topic(),
+            event: events::CLOSE,
+            payload: &Payload::empty(),
+        });
+    }
+
+    /// Answers what is still queued as if the channel were gone, then tells the socket.
+    async fn finish(mut self) {
+        self.inbox.close();
+        let null = Value::Null;
+        while let Ok(msg) = self.inbox.try_recv() {
+            if let ChannelMsg::In { msg_ref, .. } = msg {
+                if !self.stop.is_cancelled() {
+                    self.ctx.outbox().send(&Outbound::Reply {
+                        join_ref: &null,
+                        msg_ref: &msg_ref,
+                        topic: self.ctx.topic(),
+                        status: "error",
+                        response: &Payload::Json(json!({"reason": "unmatched topic"})),
+                    });
+                }
+            }
+        }
+        let _ = self.socket_events.send(SocketEvent::ChannelExited {
+            topic: self.ctx.topic().to_owned(),
+            join_ref: self.ctx.join_ref().clone(),
+        });
+    }
+}

@@ -1,0 +1,327 @@
+//! Typed settings: built-in defaults < config file < `PHX_GATEWAY__*` environment variables.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Reading or parsing a source failed, or a key is unknown or has the wrong type.
+    #[error("invalid configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    /// A value is out of range or inconsistent.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// All gateway settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// The public HTTP/WebSocket listener.
+    #[serde(default)]
+    pub http: HttpSettings,
+    /// Per-socket protocol settings and limits.
+    #[serde(default)]
+    pub socket: SocketSettings,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogSettings,
+    /// The demo page.
+    #[serde(default)]
+    pub demo: DemoSettings,
+    /// Config-driven channel routes, first match wins. Empty means the built-in defaults.
+    #[serde(default)]
+    pub routes: Vec<RouteSettings>,
+}
+
+/// The public listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSettings {
+    /// Address to bind (default `127.0.0.1`; use `0.0.0.0` in containers).
+    pub host: String,
+    /// Port (default 4000).
+    pub port: u16,
+    /// Worker threads; 0 means one per CPU core.
+    pub workers: usize,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 4000,
+            workers: 0,
+        }
+    }
+}
+
+/// Socket protocol settings and limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SocketSettings {
+    /// Mount path; transports live under it (`/socket/websocket`).
+    pub path: String,
+    /// A socket that sends nothing for this long is closed (Phoenix: 60 s).
+    pub heartbeat_timeout_ms: u64,
+    /// Largest accepted client frame in bytes.
+    pub max_frame_bytes: usize,
+    /// Most channels one socket may join (Phoenix: 100).
+    pub max_channels: usize,
+    /// Longest accepted topic in bytes.
+    pub max_topic_bytes: usize,
+    /// Frames queued for one socket before it is closed as a slow consumer.
+    pub outbound_queue: usize,
+    /// Client events queued for one channel before new ones get an error reply.
+    pub channel_inbox: usize,
+    /// Socket id template, e.g. `users_socket:{user_id}`: `{name}` is replaced by that
+    /// connect param. Sockets without the param get no id. Empty: no ids.
+    pub id: String,
+}
+
+impl Default for SocketSettings {
+    fn default() -> Self {
+        Self {
+            path: "/socket".into(),
+            heartbeat_timeout_ms: 60_000,
+            max_frame_bytes: 1024 * 1024,
+            max_channels: 100,
+            max_topic_bytes: 255,
+            outbound_queue: 1024,
+            channel_inbox: 128,
+            id: "users_socket:{user_id}".into(),
+        }
+    }
+}
+
+/// Log output.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// `text` (default) or `json`.
+    pub format: LogFormat,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The demo page (the Phoenix guide's chat + presence example).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DemoSettings {
+    /// Serve the demo at `/`.
+    pub enabled: bool,
+    /// Directory of the demo page.
+    pub dir: PathBuf,
+    /// The official `phoenix` client's ESM build, installed by `npm ci`.
+    pub phoenix_js: PathBuf,
+}
+
+impl Default for DemoSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            dir: "demo".into(),
+            phoenix_js: "node_modules/phoenix/priv/static/phoenix.mjs".into(),
+        }
+    }
+}
+
+/// Whether a route accepts joins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JoinPolicy {
+    /// Every join is accepted.
+    Allow,
+    /// Every join is refused with `deny_reason`.
+    Deny,
+}
+
+/// A config-driven channel route.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSettings {
+    /// Topic pattern: exact, or a prefix ending in `*`.
+    pub topic: String,
+    /// Join policy.
+    #[serde(default = "default_join")]
+    pub join: JoinPolicy,
+    /// Reason given when joins are refused.
+    #[serde(default = "default_deny_reason")]
+    pub deny_reason: String,
+    /// Assign (connect param) whose value keys this socket's presence. None: no presence.
+    #[serde(default)]
+    pub presence_key: Option<String>,
+    /// Presence meta fields: `online_at` (unix seconds, as Phoenix's guide) or a join-param name.
+    #[serde(default)]
+    pub presence_meta: Vec<String>,
+    /// Client event whose payload (an object) replaces the presence meta fields.
+    #[serde(default)]
+    pub presence_update_event: Option<String>,
+    /// Client events broadcast to every subscriber, the sender included; replied `ok`.
+    #[serde(default)]
+    pub broadcast: Vec<String>,
+    /// Client events broadcast to every subscriber but the sender; replied `ok`.
+    #[serde(default)]
+    pub broadcast_from: Vec<String>,
+    /// Client events answered `ok` with their own payload.
+    #[serde(default)]
+    pub echo: Vec<String>,
+}
+
+fn default_join() -> JoinPolicy {
+    JoinPolicy::Allow
+}
+
+fn default_deny_reason() -> String {
+    "unauthorized".into()
+}
+
+/// The guide's routes: `room:private:*` refused, `room:lobby` and `room:*` open with chat
+/// events and presence keyed by `user_id`.
+pub fn default_routes() -> Vec<RouteSettings> {
+    let room = |topic: &str| RouteSettings {
+        topic: topic.into(),
+        join: JoinPolicy::Allow,
+        deny_reason: default_deny_reason(),
+        presence_key: Some("user_id".into()),
+        presence_meta: vec!["online_at".into()],
+        presence_update_event: Some("update_meta".into()),
+        broadcast: vec!["new_msg".into()],
+        broadcast_from: vec!["typing".into()],
+        echo: vec!["ping".into()],
+    };
+    vec![
+        RouteSettings {
+            join: JoinPolicy::Deny,
+            presence_key: None,
+            presence_meta: vec![],
+            presence_update_event: None,
+            broadcast: vec![],
+            broadcast_from: vec![],
+            echo: vec![],
+            ..room("room:private:*")
+        },
+        room("room:lobby"),
+        room("room:*"),
+    ]
+}
+
+impl Settings {
+    /// Loads settings: defaults, then `file` (or `config/gateway.toml` if it exists), then
+    /// the environment (`PHX_GATEWAY__HTTP__PORT=4001`).
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let default_file = Path::new("config/gateway.toml");
+        let mut builder = config::Config::builder();
+        match file {
+            Some(path) => {
+                builder = builder.add_source(config::File::from(path.to_path_buf()).required(true))
+            }
+            None if default_file.exists() => {
+                builder = builder.add_source(config::File::from(default_file.to_path_buf()))
+            }
+            None => {}
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("PHX_GATEWAY")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        );
+        let settings: Settings = builder.build()?.try_deserialize()?;
+        settings.validated()
+    }
+
+    /// Settings with every default (used by tests and as the base of `load`).
+    pub fn defaults() -> Self {
+        Settings {
+            http: HttpSettings::default(),
+            socket: SocketSettings::default(),
+            log: LogSettings::default(),
+            demo: DemoSettings::default(),
+            routes: default_routes(),
+        }
+    }
+
+    /// Checks values and fills in the default routes when none are configured.
+    pub fn validated(mut self) -> Result<Self, ConfigError> {
+        if self.routes.is_empty() {
+            self.routes = default_routes();
+        }
+        let s = &self.socket;
+        if !s.path.starts_with('/') || s.path.ends_with('/') {
+            return Err(ConfigError::Invalid(format!(
+                "socket.path must start with `/` and not end with one: {:?}",
+                s.path
+            )));
+        }
+        if s.heartbeat_timeout_ms == 0
+            || s.max_frame_bytes == 0
+            || s.outbound_queue == 0
+            || s.channel_inbox == 0
+        {
+            return Err(ConfigError::Invalid(
+                "socket.heartbeat_timeout_ms, max_frame_bytes, outbound_queue and channel_inbox must be > 0".into(),
+            ));
+        }
+        for r in &self.routes {
+            crate::channel::TopicPattern::parse(&r.topic)
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        }
+        Ok(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_reproduce_the_guide() {
+        let s = Settings::defaults().validated().expect("valid");
+        assert_eq!((s.http.host.as_str(), s.http.port), ("127.0.0.1", 4000));
+        assert_eq!(s.routes[0].topic, "room:private:*");
+        assert_eq!(s.routes[0].join, JoinPolicy::Deny);
+        assert_eq!(s.socket.heartbeat_timeout_ms, 60_000);
+    }
+
+    #[test]
+    fn file_overrides_and_rejects_unknown_keys() {
+        let dir = std::env::temp_dir().join(format!("phx-gw-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good.toml");
+        std::fs::write(
+            &good,
+            "[http]\nport = 4100\n[[routes]]\ntopic = \"chat:*\"\necho = [\"ping\"]\n",
+        )
+        .unwrap();
+        let s = Settings::load(Some(&good)).expect("loads");
+        assert_eq!(s.http.port, 4100);
+        assert_eq!(s.routes.len(), 1);
+        assert_eq!(s.routes[0].join, JoinPolicy::Allow);
+
+        let bad = dir.join("bad.toml");
+        std::fs::write(&bad, "[http]\nprot = 4100\n").unwrap();
+        assert!(Settings::load(Some(&bad)).is_err());
+        let bad_pattern = dir.join("bad2.toml");
+        std::fs::write(&bad_pattern, "[[routes]]\ntopic = \"a*b\"\n").unwrap();
+        assert!(Settings::load(Some(&bad_pattern)).is_err());
+    }
+}

@@ -1,0 +1,114 @@
+//! The `phx-gateway` binary: command line, config, logging, run until a signal.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use phx_gateway::config::Settings;
+use phx_gateway::{server, telemetry, Gateway};
+
+/// A realtime gateway speaking the Phoenix Channels protocol.
+///
+/// Settings come from built-in defaults, then the config file (`--config`, or
+/// `config/gateway.toml` if present), then environment variables named
+/// `PHX_GATEWAY__<SECTION>__<KEY>` (e.g. `PHX_GATEWAY__HTTP__HOST`, `PHX_GATEWAY__HTTP__PORT`).
+/// Log level through `RUST_LOG` (e.g. `RUST_LOG=debug`).
+#[derive(Parser)]
+#[command(name = "phx-gateway", version, about, long_about)]
+struct Cli {
+    /// Config file (TOML).
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the gateway (the default).
+    Serve,
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Validate the configuration and exit (0: valid).
+    Check,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load(cli.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("phx-gateway: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Config {
+            action: ConfigAction::Check,
+        } => {
+            println!("configuration is valid");
+            ExitCode::SUCCESS
+        }
+        Command::Serve => match serve(settings) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("phx-gateway: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn serve(settings: Settings) -> anyhow::Result<()> {
+    telemetry::init(settings.log.format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let gateway = Arc::new(Gateway::new(settings)?);
+        let listener = server::bind(&gateway).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen on {}:{}: {e}",
+                gateway.settings.http.host,
+                gateway.settings.http.port
+            )
+        })?;
+        let running = server::start(gateway.clone(), listener)?;
+        tracing::info!(addr = %running.addr, "phx-gateway listening");
+        let handle = running.handle.clone();
+        let server = tokio::spawn(running.server);
+        shutdown_signal().await;
+        tracing::info!("shutting down: closing sockets");
+        gateway.shutdown.cancel();
+        handle.stop(true).await;
+        let _ = server.await;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return ctrl_c.await.unwrap_or(()),
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,68 @@
+//! Presence: who is on a topic, kept in sync on clients with `presence_state` and
+//! `presence_diff`.
+//!
+//! [`Presence`] is the seam; [`MemoryPresence`] keeps one node's presences in memory (the
+//! embedded default). A Redis tracker implements the same trait for a cluster.
+
+mod memory;
+pub mod state;
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+use crate::pubsub::SubscriberId;
+
+pub use memory::MemoryPresence;
+pub use state::{Diff, Meta};
+
+/// Why a presence operation failed.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum PresenceError {
+    /// The same owner already tracks this key on this topic.
+    #[error("already tracked")]
+    AlreadyTracked,
+    /// Nothing is tracked for this owner and key on this topic.
+    #[error("no presence")]
+    NoPresence,
+    /// The backend is unavailable.
+    #[error("presence backend unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A presence tracker. An owner is a channel incarnation; its presences end with it.
+#[async_trait]
+pub trait Presence: Send + Sync + 'static {
+    /// Tracks `key` on `topic` for `owner` with `meta`; returns the new `phx_ref`. Emits a
+    /// `presence_diff` join.
+    async fn track(
+        &self,
+        topic: &str,
+        key: &str,
+        owner: SubscriberId,
+        meta: Meta,
+    ) -> Result<String, PresenceError>;
+
+    /// Replaces the meta of a tracked presence (new `phx_ref`, `phx_ref_prev` = old). Emits
+    /// one `presence_diff` with the leave of the old meta and the join of the new one.
+    async fn update(
+        &self,
+        topic: &str,
+        key: &str,
+        owner: SubscriberId,
+        meta: Meta,
+    ) -> Result<String, PresenceError>;
+
+    /// Stops tracking `key` for `owner`. Emits a `presence_diff` leave.
+    async fn untrack(
+        &self,
+        topic: &str,
+        key: &str,
+        owner: SubscriberId,
+    ) -> Result<(), PresenceError>;
+
+    /// Stops tracking everything `owner` tracks on `topic` (the channel ended).
+    async fn untrack_owner(&self, topic: &str, owner: SubscriberId);
+
+    /// The `presence_state` payload of a topic: `{"key": {"metas": [...]}}`.
+    async fn list(&self, topic: &str) -> Value;
+}

@@ -1,0 +1,102 @@
+//! Publish/subscribe: delivering broadcasts to the sockets subscribed to a topic.
+//!
+//! [`PubSub`] is the seam between channels and the cluster. [`LocalPubSub`] delivers within
+//! one node (the embedded default); a Redis adapter adds cross-node delivery on top of the
+//! same [`Registry`], which holds this node's subscribers and does the fastlane delivery
+//! (encode once per serializer, same bytes to every subscriber).
+
+mod local;
+mod registry;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+
+use crate::protocol::{Frame, Payload};
+use crate::socket::Outbox;
+
+pub use local::LocalPubSub;
+pub use registry::{DispatchStats, Registry};
+
+/// Identifies one subscriber (one channel incarnation, or a socket's id subscription).
+pub type SubscriberId = u64;
+
+/// Returns a process-unique subscriber id.
+pub fn next_subscriber_id() -> SubscriberId {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A message for every subscriber of a topic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Broadcast {
+    /// Topic it is published on.
+    pub topic: String,
+    /// Event name.
+    pub event: String,
+    /// Payload (a JSON object, or binary).
+    pub payload: Payload,
+}
+
+/// Routes intercepted broadcasts to a subscriber's actor instead of its socket.
+#[derive(Clone)]
+pub struct Intercept {
+    /// Events to intercept; `None` intercepts every event.
+    pub events: Option<Arc<[String]>>,
+    /// The actor's inbox for intercepted broadcasts.
+    pub tx: mpsc::Sender<Arc<Broadcast>>,
+}
+
+impl Intercept {
+    /// Whether this subscriber intercepts `event`.
+    pub fn matches(&self, event: &str) -> bool {
+        self.events
+            .as_ref()
+            .is_none_or(|evs| evs.iter().any(|e| e == event))
+    }
+}
+
+/// A local subscriber of a topic.
+#[derive(Clone)]
+pub struct Subscriber {
+    /// Unique id, used by `broadcast_from` to skip the sender and by `unsubscribe`.
+    pub id: SubscriberId,
+    /// The socket's outbound queue (fastlane target).
+    pub outbox: Outbox,
+    /// Events handed to the channel actor (`handle_out`) instead of the fastlane.
+    pub intercept: Option<Intercept>,
+}
+
+/// Why a subscription could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum PubSubError {
+    /// The cluster backend is unavailable.
+    #[error("pub/sub backend unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Topic subscriptions and broadcasts, local or across a cluster.
+#[async_trait]
+pub trait PubSub: Send + Sync + 'static {
+    /// Subscribes `sub` to `topic`. When it returns, every later broadcast on the topic
+    /// reaches `sub`. `first` (e.g. a join reply) is queued to the subscriber's socket
+    /// atomically with the insert, so it precedes every broadcast the subscriber receives.
+    async fn subscribe(
+        &self,
+        topic: &str,
+        sub: Subscriber,
+        first: Option<Frame>,
+    ) -> Result<(), PubSubError>;
+
+    /// Removes a subscriber. Never blocks.
+    fn unsubscribe(&self, topic: &str, id: SubscriberId);
+
+    /// Delivers to every subscriber of the topic on every node, except `from` (the sender of
+    /// a `broadcast_from`). Never blocks on the network.
+    fn broadcast(&self, msg: Arc<Broadcast>, from: Option<SubscriberId>);
+
+    /// Delivers to this node's subscribers only (e.g. presence diffs, computed per node).
+    fn local_broadcast(&self, msg: Arc<Broadcast>, from: Option<SubscriberId>);
+}

@@ -1,0 +1,308 @@
+//! The socket: one client connection's protocol state, whatever the transport.
+//!
+//! A transport (WebSocket today, long-poll later) decodes client frames and hands each
+//! [`Message`] to [`Socket::handle`], which applies Phoenix's dispatch rules: heartbeats,
+//! joins (spawning a channel actor), leaves, and events routed to the joined channel.
+//! Everything the client must receive goes through the socket's [`Outbox`].
+
+mod connect;
+mod outbox;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Map, Value};
+use tokio::sync::mpsc;
+
+use crate::channel::server::{self, ChannelHandle, ChannelMsg, JoinRequest};
+use crate::channel::Context;
+use crate::gateway::Gateway;
+use crate::protocol::{events, Message, Outbound, Payload, Ref, Serializer, HEARTBEAT_TOPIC};
+use crate::pubsub::{next_subscriber_id, Broadcast, Intercept, Subscriber, SubscriberId};
+
+pub use connect::{ConnectInfo, Connected, Connector, ParamsConnector, Refused};
+pub use outbox::{outbox, CloseReason, CloseSignal, Outbox, OutboxReceiver};
+
+/// What channels and the rest of the gateway know about a socket.
+#[derive(Debug, Clone)]
+pub struct SocketInfo {
+    /// The socket id (e.g. `users_socket:42`); a `disconnect` broadcast on it closes the socket.
+    pub id: Option<String>,
+    /// Assigns set at connect (by default the connect params, `vsn` excluded).
+    pub assigns: Map<String, Value>,
+    /// The negotiated serializer.
+    pub serializer: Serializer,
+}
+
+/// A notification from a channel actor to its socket.
+#[derive(Debug)]
+pub enum SocketEvent {
+    /// A channel actor ended (left, stopped, crashed or refused its join).
+    ChannelExited {
+        /// Its topic.
+        topic: String,
+        /// The join_ref of the incarnation that ended.
+        join_ref: Ref,
+    },
+}
+
+/// How long a replaced channel may take to stop before its task is aborted (as Phoenix).
+const DUPLICATE_SHUTDOWN: Duration = Duration::from_secs(5);
+
+/// The protocol state of one connection.
+pub struct Socket {
+    info: Arc<SocketInfo>,
+    gateway: Arc<Gateway>,
+    outbox: Outbox,
+    events: mpsc::UnboundedSender<SocketEvent>,
+    channels: HashMap<String, ChannelHandle>,
+    id_subscription: Option<SubscriberId>,
+}
+
+impl Socket {
+    /// A socket with no channels. Channel actors report to `events`.
+    pub fn new(
+        info: SocketInfo,
+        gateway: Arc<Gateway>,
+        outbox: Outbox,
+        events: mpsc::UnboundedSender<SocketEvent>,
+    ) -> Self {
+        Self {
+            info: Arc::new(info),
+            gateway,
+            outbox,
+            events,
+            channels: HashMap::new(),
+            id_subscription: None,
+        }
+    }
+
+    /// What channels see of this socket.
+    pub fn info(&self) -> &Arc<SocketInfo> {
+        &self.info
+    }
+
+    /// Number of joined (or joining) channels.
+    pub fn channel_count(&self) -> usize {
+        self.channels.len()
+    }
+
+    /// Subscribes to the socket id topic; broadcasts on it come out of the returned receiver
+    /// (the transport closes the socket on `disconnect`).
+    pub async fn subscribe_id(&mut self) -> Option<mpsc::Receiver<Arc<Broadcast>>> {
+        let id = self.info.id.clone()?;
+        let (tx, rx) = mpsc::channel(4);
+        let sub_id = next_subscriber_id();
+        let sub = Subscriber {
+            id: sub_id,
+            outbox: self.outbox.clone(),
+            intercept: Some(Intercept { events: None, tx }),
+        };
+        match self.gateway.pubsub.subscribe(&id, sub, None).await {
+            Ok(()) => {
+                self.id_subscription = Some(sub_id);
+                Some(rx)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not subscribe to the socket id");
+                None
+            }
+        }
+    }
+
+    fn reply(&self, join_ref: &Ref, msg_ref: &Ref, topic: &str, status: &str, response: Value) {
+        self.outbox.send(&Outbound::Reply {
+            join_ref,
+            msg_ref,
+            topic,
+            status,
+            response: &Payload::Json(response),
+        });
+    }
+
+    fn unmatched(&self, msg_ref: &Ref, topic: &str) {
+        self.reply(
+            &Value::Null,
+            msg_ref,
+            topic,
+            "error",
+            json!({"reason": "unmatched topic"}),
+        );
+    }
+
+    /// Handles one decoded client message, following Phoenix's dispatch rules.
+    pub async fn handle(&mut self, msg: Message) {
+        if msg.topic == HEARTBEAT_TOPIC && msg.event == events::HEARTBEAT {
+            self.reply(&Value::Null, &msg.msg_ref, HEARTBEAT_TOPIC, "ok", json!({}));
+            return;
+        }
+        if msg.event == events::JOIN {
+            return self.join(msg).await;
+        }
+        let Some(channel) = self.channels.get_mut(&msg.topic) else {
+            if msg.event == events::LEAVE {
+                self.reply(&msg.join_ref, &msg.msg_ref, &msg.topic, "ok", json!({}));
+            } else {
+                tracing::debug!(topic = %msg.topic, event = %msg.event, "event for a topic not joined");
+                self.unmatched(&msg.msg_ref, &msg.topic);
+            }
+            return;
+        };
+        if !msg.join_ref.is_null() && msg.join_ref != channel.join_ref {
+            // A late message for an earlier incarnation: the client raced a server close.
+            tracing::debug!(topic = %msg.topic, event = %msg.event, "stale join_ref: ignored");
+            return;
+        }
+        let is_leave = msg.event == events::LEAVE;
+        let (msg_ref, topic) = (msg.msg_ref.clone(), msg.topic.clone());
+        let cmsg = if is_leave {
+            ChannelMsg::Leave {
+                msg_ref: msg.msg_ref,
+            }
+        } else {
+            ChannelMsg::In {
+                event: msg.event,
+                payload: msg.payload,
+                msg_ref: msg.msg_ref,
+            }
+        };
+        channel.leaving |= is_leave;
+        let delivered = match channel.inbox.try_send(cmsg) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(cmsg)) if is_leave => {
+                channel.inbox.send(cmsg).await.is_ok()
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(topic = %topic, "channel inbox full: event refused");
+                let jr = channel.join_ref.clone();
+                self.reply(
+                    &jr,
+                    &msg_ref,
+                    &topic,
+                    "error",
+                    json!({"reason": "too many pending messages"}),
+                );
+                return;
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        };
+        if !delivered {
+            // The actor ended and its exit notice is still on the way.
+            self.channels.remove(&topic);
+            if is_leave {
+                self.reply(&Value::Null, &msg_ref, &topic, "ok", json!({}));
+            } else {
+                self.unmatched(&msg_ref, &topic);
+            }
+        }
+    }
+
+    async fn join(&mut self, msg: Message) {
+        let limits = &self.gateway.settings.socket;
+        let join_ref = if msg.join_ref.is_null() {
+            msg.msg_ref.clone()
+        } else {
+            msg.join_ref.clone()
+        };
+        if msg.topic.len() > limits.max_topic_bytes {
+            tracing::info!(len = msg.topic.len(), "join refused: topic too long");
+            self.reply(
+                &msg.join_ref,
+                &msg.msg_ref,
+                &msg.topic,
+                "error",
+                json!({"reason": "topic too long"}),
+            );
+            return;
+        }
+        let Some(factory) = self.gateway.router.find(&msg.topic).cloned() else {
+            tracing::debug!(topic = %msg.topic, "join of an unmatched topic");
+            self.unmatched(&msg.msg_ref, &msg.topic);
+            return;
+        };
+        let replaces = match self.channels.remove(&msg.topic) {
+            Some(old) => {
+                tracing::debug!(topic = %msg.topic, "duplicate join: closing the previous channel");
+                old.stop.cancel();
+                let abort = old.task.abort_handle();
+                if tokio::time::timeout(DUPLICATE_SHUTDOWN, old.task)
+                    .await
+                    .is_err()
+                {
+                    abort.abort();
+                }
+                (!old.leaving).then_some(old.join_ref)
+            }
+            None => None,
+        };
+        if self.channels.len() >= limits.max_channels {
+            tracing::info!(
+                limit = limits.max_channels,
+                "join refused: too many channels"
+            );
+            self.reply(
+                &msg.join_ref,
+                &msg.msg_ref,
+                &msg.topic,
+                "error",
+                json!({"reason": "too many channels joined"}),
+            );
+            return;
+        }
+        let gw = &self.gateway;
+        let ctx = Context::new(
+            msg.topic.clone(),
+            join_ref,
+            self.info.clone(),
+            self.outbox.clone(),
+            gw.pubsub.clone(),
+            gw.presence.clone(),
+            next_subscriber_id(),
+        );
+        let req = JoinRequest {
+            msg_ref: msg.msg_ref,
+            payload: msg.payload,
+            replaces,
+        };
+        let handle = server::spawn(
+            factory.create(&msg.topic),
+            ctx,
+            req,
+            limits.channel_inbox,
+            self.events.clone(),
+        );
+        self.channels.insert(msg.topic, handle);
+    }
+
+    /// Applies a notification from a channel actor.
+    pub fn on_event(&mut self, event: SocketEvent) {
+        match event {
+            SocketEvent::ChannelExited { topic, join_ref } => {
+                if self
+                    .channels
+                    .get(&topic)
+                    .is_some_and(|c| c.join_ref == join_ref)
+                {
+                    self.channels.remove(&topic);
+                }
+            }
+        }
+    }
+
+    /// Stops every channel (silently: the connection is gone) and drops the id subscription.
+    pub fn close(&mut self) {
+        for (_, channel) in self.channels.drain() {
+            channel.stop.cancel();
+        }
+        if let (Some(id), Some(sub)) = (&self.info.id, self.id_subscription.take()) {
+            self.gateway.pubsub.unsubscribe(id, sub);
+        }
+    }
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        self.close();
+    }
+}

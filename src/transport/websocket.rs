@@ -1,0 +1,201 @@
+//! The WebSocket transport (`/socket/websocket`), on actix-ws.
+//!
+//! One task per connection owns the reader, the writer, the heartbeat clock and the socket
+//! state. It runs on the actix worker's local set because actix-ws's stream is `!Send`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use actix_ws::{AggregatedMessage, CloseCode, ProtocolError, Session};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::parse_params;
+use crate::gateway::Gateway;
+use crate::protocol::{Frame, Serializer};
+use crate::pubsub::Broadcast;
+use crate::socket::{outbox, CloseReason, ConnectInfo, Connected, Socket, SocketInfo};
+
+/// The subprotocol phoenix.js offers alongside its auth token.
+const PHOENIX_SUBPROTOCOL: &str = "phoenix";
+
+/// Handles the upgrade request: negotiates the serializer, runs the connect policy and
+/// starts the connection task. Refusals are HTTP 403 with an empty body, as in Phoenix.
+pub async fn upgrade(
+    req: HttpRequest,
+    body: web::Payload,
+    gateway: web::Data<Arc<Gateway>>,
+) -> HttpResponse {
+    let gateway = gateway.get_ref().clone();
+    if gateway.shutdown.is_cancelled() {
+        return HttpResponse::ServiceUnavailable().finish();
+    }
+    let params = parse_params(req.query_string());
+    let vsn = match params.get("vsn") {
+        None => None,
+        Some(Value::String(v)) => Some(v.as_str()),
+        Some(_) => return HttpResponse::Forbidden().finish(),
+    };
+    let Some(serializer) = Serializer::negotiate(vsn) else {
+        tracing::warn!(vsn = ?vsn, "connect refused: unsupported vsn");
+        return HttpResponse::Forbidden().finish();
+    };
+    if let Some(offered) = req
+        .headers()
+        .get(actix_web::http::header::SEC_WEBSOCKET_PROTOCOL)
+    {
+        let offers_phoenix = offered
+            .to_str()
+            .is_ok_and(|v| v.split(',').any(|p| p.trim() == PHOENIX_SUBPROTOCOL));
+        if !offers_phoenix {
+            tracing::info!("connect refused: no supported subprotocol offered");
+            return HttpResponse::Forbidden().finish();
+        }
+    }
+    let origin = req
+        .headers()
+        .get(actix_web::http::header::ORIGIN)
+        .and_then(|o| o.to_str().ok())
+        .map(str::to_owned);
+    let info = ConnectInfo {
+        params,
+        peer: req.peer_addr(),
+        origin,
+    };
+    let connected = match gateway.connector.connect(&info).await {
+        Ok(c) => c,
+        Err(refused) => {
+            tracing::info!(reason = %refused.0, "connect refused");
+            return HttpResponse::Forbidden().finish();
+        }
+    };
+    match actix_ws::handle_with_protocols(&req, body, &[PHOENIX_SUBPROTOCOL]) {
+        Ok((response, session, stream)) => {
+            let span = tracing::info_span!("socket", id = connected.id.as_deref().unwrap_or("-"));
+            actix_web::rt::spawn(
+                run(gateway, serializer, connected, session, stream).instrument(span),
+            );
+            response
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "websocket handshake failed");
+            HttpResponse::BadRequest().finish()
+        }
+    }
+}
+
+async fn write(session: &mut Session, frame: Frame) -> Result<(), actix_ws::Closed> {
+    match frame {
+        Frame::Text(text) => session.text(text).await,
+        Frame::Binary(bin) => session.binary(bin).await,
+    }
+}
+
+async fn recv_id(rx: &mut Option<mpsc::Receiver<Arc<Broadcast>>>) -> Option<Arc<Broadcast>> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn run(
+    gateway: Arc<Gateway>,
+    serializer: Serializer,
+    connected: Connected,
+    mut session: Session,
+    stream: actix_ws::MessageStream,
+) {
+    let limits = gateway.settings.socket.clone();
+    let mut stream = stream
+        .max_frame_size(limits.max_frame_bytes)
+        .aggregate_continuations()
+        .max_continuation_size(limits.max_frame_bytes);
+    let (out_tx, mut out) = outbox(serializer, limits.outbound_queue);
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let info = SocketInfo {
+        id: connected.id,
+        assigns: connected.assigns,
+        serializer,
+    };
+    let mut socket = Socket::new(info, gateway.clone(), out_tx, events_tx);
+    let mut id_rx = socket.subscribe_id().await;
+    let close_signal = out.close_signal();
+    let timeout = Duration::from_millis(limits.heartbeat_timeout_ms);
+    let idle = tokio::time::sleep(timeout);
+    tokio::pin!(idle);
+    tracing::debug!(?serializer, "socket connected");
+
+    let reason: Option<CloseReason> = loop {
+        tokio::select! {
+            reason = close_signal.requested() => break Some(reason),
+            _ = gateway.shutdown.cancelled() => break Some(CloseReason::Shutdown),
+            Some(frame) = out.rx.recv() => {
+                if write(&mut session, frame).await.is_err() {
+                    break None;
+                }
+                // Drain what is already queued without going back to select.
+                let mut closed = false;
+                while let Ok(frame) = out.rx.try_recv() {
+                    if write(&mut session, frame).await.is_err() {
+                        closed = true;
+                        break;
+                    }
+                }
+                if closed {
+                    break None;
+                }
+            }
+            Some(event) = events.recv() => socket.on_event(event),
+            Some(b) = recv_id(&mut id_rx) => {
+                if b.event == "disconnect" {
+                    tracing::info!("disconnect broadcast on the socket id");
+                    break Some(CloseReason::Disconnected);
+                }
+            }
+            _ = &mut idle => {
+                tracing::info!(timeout_ms = limits.heartbeat_timeout_ms, "heartbeat timeout");
+                break Some(CloseReason::HeartbeatTimeout);
+            }
+            msg = stream.recv() => {
+                idle.as_mut().reset(Instant::now() + timeout);
+                let decoded = match msg {
+                    None => break None,
+                    Some(Ok(AggregatedMessage::Text(text))) => serializer.decode_text(&text),
+                    Some(Ok(AggregatedMessage::Binary(bin))) => serializer.decode_binary(&bin),
+                    Some(Ok(AggregatedMessage::Ping(p))) => {
+                        let _ = session.pong(&p).await;
+                        continue;
+                    }
+                    Some(Ok(AggregatedMessage::Pong(_))) => continue,
+                    Some(Ok(AggregatedMessage::Close(_))) => break None,
+                    Some(Err(ProtocolError::Overflow)) => {
+                        tracing::info!(max = limits.max_frame_bytes, "frame too large");
+                        break Some(CloseReason::FrameTooLarge);
+                    }
+                    Some(Err(e)) => {
+                        tracing::info!(error = %e, "websocket protocol error");
+                        break Some(CloseReason::MalformedFrame);
+                    }
+                };
+                match decoded {
+                    Ok(message) => socket.handle(message).await,
+                    Err(e) => {
+                        tracing::info!(error = %e, "malformed frame");
+                        break Some(CloseReason::MalformedFrame);
+                    }
+                }
+            }
+        }
+    };
+    socket.close();
+    drop(socket);
+    tracing::debug!(reason = ?reason, "socket closed");
+    let close = reason.map(|r| actix_ws::CloseReason {
+        code: CloseCode::from(r.code()),
+        description: Some(r.text().into()),
+    });
+    let _ = session.close(close).await;
+}

@@ -1,0 +1,351 @@
+// Shared helpers for the end-to-end tests: start the gateway binary on a free
+// port, poll for conditions with bounded waits, and create phoenix.js sockets
+// (the official npm client) that use the `ws` package as their transport.
+import fs from "node:fs";
+import net from "node:net";
+import path from "node:path";
+import { spawn } from "node:child_process";
+import { fileURLToPath } from "node:url";
+import { setTimeout as delay } from "node:timers/promises";
+
+import WebSocket from "ws";
+import { Socket, Presence } from "phoenix";
+
+export { Socket, Presence, WebSocket };
+
+export const REPO_ROOT = fileURLToPath(new URL("../../", import.meta.url));
+
+export const GATEWAY_BIN = process.env.PHX_GATEWAY_BIN
+  ? path.resolve(process.env.PHX_GATEWAY_BIN)
+  : path.join(REPO_ROOT, "target", "debug", "phx-gateway");
+
+// ---------------------------------------------------------------------------
+// Ports, waiting
+// ---------------------------------------------------------------------------
+
+/** Asks the OS for a free TCP port on 127.0.0.1 (bind to 0, read it, close). */
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.unref();
+    srv.once("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      const { port } = srv.address();
+      srv.close((err) => (err ? reject(err) : resolve(port)));
+    });
+  });
+}
+
+/**
+ * Polls `predicate` (sync or async) until it returns a truthy value, which is
+ * then returned. Throws after `timeout` ms with `message` (a string, or a
+ * function returning one, so the error can show the state seen last).
+ */
+export async function waitFor(predicate, { timeout = 5000, interval = 25, message = "condition" } = {}) {
+  const deadline = Date.now() + timeout;
+  let lastError;
+  for (;;) {
+    try {
+      const value = await predicate();
+      if (value) return value;
+      lastError = undefined;
+    } catch (err) {
+      lastError = err;
+    }
+    if (Date.now() >= deadline) {
+      const what = typeof message === "function" ? message() : message;
+      const cause = lastError ? ` (last error: ${lastError.message})` : "";
+      throw new Error(`timed out after ${timeout} ms waiting for ${what}${cause}`);
+    }
+    await delay(interval);
+  }
+}
+
+/** Rejects with a clear message if `promise` does not settle within `ms`. */
+export function withTimeout(promise, ms, what) {
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+function tcpConnects(port, host = "127.0.0.1") {
+  return new Promise((resolve) => {
+    const sock = net.connect({ port, host });
+    const done = (ok) => {
+      sock.removeAllListeners();
+      sock.destroy();
+      resolve(ok);
+    };
+    sock.setTimeout(500, () => done(false));
+    sock.once("connect", () => done(true));
+    sock.once("error", () => done(false));
+  });
+}
+
+// ---------------------------------------------------------------------------
+// The gateway process
+// ---------------------------------------------------------------------------
+
+/**
+ * Starts the gateway binary (cwd = repo root, so it serves demo/ and
+ * node_modules/phoenix) on a free port and waits until it accepts TCP
+ * connections. Returns { port, url, wsUrl, output(), stop() }.
+ */
+export async function startGateway({ env = {}, readyTimeout = 20000 } = {}) {
+  if (!fs.existsSync(GATEWAY_BIN)) {
+    throw new Error(
+      `gateway binary not found at ${GATEWAY_BIN}: build it first with \`cargo build\` ` +
+        `(or point PHX_GATEWAY_BIN at a built binary)`,
+    );
+  }
+  const port = await freePort();
+  const child = spawn(GATEWAY_BIN, [], {
+    cwd: REPO_ROOT,
+    stdio: ["ignore", "pipe", "pipe"],
+    env: {
+      ...process.env,
+      RUST_LOG: process.env.PHX_GATEWAY_TEST_RUST_LOG || "warn",
+      PHX_GATEWAY__HTTP__HOST: "127.0.0.1",
+      PHX_GATEWAY__HTTP__PORT: String(port),
+      ...env,
+    },
+  });
+
+  // Keep the tail of the output for error messages (and always drain the
+  // pipes so the child never blocks on a full pipe).
+  let log = "";
+  const keep = (chunk) => {
+    log = (log + chunk.toString()).slice(-20000);
+    if (process.env.PHX_GATEWAY_TEST_VERBOSE) process.stderr.write(chunk);
+  };
+  child.stdout.on("data", keep);
+  child.stderr.on("data", keep);
+
+  let exited = null;
+  const exitPromise = new Promise((resolve) => {
+    child.once("exit", (code, signal) => {
+      exited = { code, signal };
+      resolve(exited);
+    });
+  });
+  child.once("error", (err) => {
+    exited = exited || { code: null, signal: null, error: err };
+  });
+
+  const stop = async () => {
+    if (exited) return exited;
+    child.kill("SIGTERM");
+    const result = await Promise.race([exitPromise, delay(3000).then(() => null)]);
+    if (result) return result;
+    child.kill("SIGKILL");
+    return exitPromise;
+  };
+
+  try {
+    await waitFor(
+      async () => {
+        if (exited) {
+          throw new Error(`gateway exited early (${JSON.stringify(exited)})`);
+        }
+        return tcpConnects(port);
+      },
+      {
+        timeout: readyTimeout,
+        interval: 50,
+        message: () => `the gateway (${GATEWAY_BIN}) to listen on 127.0.0.1:${port}; its output:\n${log}`,
+      },
+    );
+    if (exited) throw new Error(`gateway exited early (${JSON.stringify(exited)}); its output:\n${log}`);
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+
+  return {
+    port,
+    url: `http://127.0.0.1:${port}`,
+    wsUrl: `ws://127.0.0.1:${port}`,
+    output: () => log,
+    stop,
+  };
+}
+
+// ---------------------------------------------------------------------------
+// phoenix.js helpers
+// ---------------------------------------------------------------------------
+
+/**
+ * A phoenix.js Socket for the gateway, with `ws` as transport. vsn "1.0.0"
+ * selects the V1 object serializer (phoenix.js only ships the V2 one).
+ */
+export function createSocket(gw, { vsn = "2.0.0", params = {}, ...opts } = {}) {
+  const options = {
+    transport: WebSocket,
+    params,
+    timeout: 5000,
+    // Fast, bounded retry schedules so a test never idles on the defaults.
+    reconnectAfterMs: () => 100,
+    rejoinAfterMs: () => 500,
+    ...opts,
+  };
+  if (vsn === "1.0.0") {
+    options.vsn = "1.0.0";
+    options.encode = (msg, callback) => callback(JSON.stringify(msg));
+    options.decode = (raw, callback) => callback(JSON.parse(raw));
+  } else {
+    options.vsn = vsn;
+  }
+  const socket = new Socket(`${gw.wsUrl}/socket`, options);
+  // Every decoded frame, for assertions on what the server sent.
+  socket.received = [];
+  socket.onMessage((msg) => socket.received.push(msg));
+  return socket;
+}
+
+/** createSocket + connect, resolved once the WebSocket is open. */
+export async function connectSocket(gw, opts = {}, { timeout = 5000 } = {}) {
+  const socket = createSocket(gw, opts);
+  let lastError;
+  const opened = new Promise((resolve) => socket.onOpen(resolve));
+  socket.onError((err) => {
+    lastError = err;
+  });
+  socket.connect();
+  try {
+    await withTimeout(opened, timeout, `the socket to ${gw.wsUrl}/socket (vsn ${opts.vsn || "2.0.0"}) to open`);
+  } catch (err) {
+    socket.disconnect();
+    if (lastError) err.message += ` (transport error: ${lastError.message || lastError.type || lastError})`;
+    throw err;
+  }
+  return socket;
+}
+
+/** Disconnects sockets and resolves once each one is closed (bounded). */
+export async function disconnectAll(sockets, timeout = 3000) {
+  await Promise.all(
+    sockets.map((socket) =>
+      withTimeout(new Promise((resolve) => socket.disconnect(resolve)), timeout, "socket disconnect").catch(() => {}),
+    ),
+  );
+}
+
+function awaitPush(push, what, timeout) {
+  return withTimeout(
+    new Promise((resolve, reject) => {
+      push
+        .receive("ok", (response) => resolve({ status: "ok", response }))
+        .receive("error", (response) => resolve({ status: "error", response }))
+        .receive("timeout", () => reject(new Error(`phoenix.js reported a timeout for ${what}`)));
+    }),
+    timeout + 1000,
+    what,
+  );
+}
+
+/**
+ * channel.join() as a promise of { status: "ok" | "error", response }.
+ * After an "error" phoenix.js keeps retrying the join: call channel.leave().
+ */
+export function joinChannel(channel, { timeout = 5000 } = {}) {
+  return awaitPush(channel.join(timeout), `the reply to joining ${channel.topic}`, timeout);
+}
+
+/** channel.push() as a promise of { status, response }. */
+export function pushEvent(channel, event, payload = {}, { timeout = 5000 } = {}) {
+  return awaitPush(channel.push(event, payload, timeout), `the reply to "${event}" on ${channel.topic}`, timeout);
+}
+
+/**
+ * channel.leave() as a promise of { status, response, ref }. Note: phoenix.js
+ * resolves "ok" locally at once (the channel is already "leaving" when it
+ * checks whether it can push), so check socket.received for the server's reply.
+ */
+export async function leaveChannel(channel, { timeout = 5000 } = {}) {
+  const push = channel.leave(timeout);
+  const result = await awaitPush(push, `the reply to leaving ${channel.topic}`, timeout);
+  return { ...result, ref: push.ref };
+}
+
+/** Records every payload of `event` on `channel` into the returned array. */
+export function collect(channel, event) {
+  const seen = [];
+  channel.on(event, (payload) => seen.push(payload));
+  return seen;
+}
+
+/** Unique topic suffix so tests sharing a gateway do not see each other. */
+let topicCounter = 0;
+export function uniqueRoom(prefix = "room:t") {
+  topicCounter += 1;
+  return `${prefix}-${process.pid}-${Date.now().toString(36)}-${topicCounter}`;
+}
+
+// ---------------------------------------------------------------------------
+// Raw WebSocket (exact wire checks)
+// ---------------------------------------------------------------------------
+
+/**
+ * Opens a plain `ws` connection to /socket/websocket and records every text
+ * frame. Returns { ws, frames, send(text), next(pred, opts), close() } where
+ * `frames` holds { raw, msg } objects (msg = parsed JSON) in arrival order and
+ * `next` waits for the first not-yet-consumed frame matching pred.
+ */
+export async function openRaw(gw, { query = "vsn=2.0.0", timeout = 5000 } = {}) {
+  const ws = new WebSocket(`${gw.wsUrl}/socket/websocket?${query}`);
+  const frames = [];
+  let closeInfo = null;
+  ws.on("message", (data, isBinary) => {
+    const raw = isBinary ? data : data.toString("utf8");
+    let msg;
+    try {
+      msg = isBinary ? undefined : JSON.parse(raw);
+    } catch {
+      msg = undefined;
+    }
+    frames.push({ raw, msg, isBinary });
+  });
+  const closed = new Promise((resolve) =>
+    ws.once("close", (code, reason) => {
+      closeInfo = { code, reason: reason.toString() };
+      resolve(closeInfo);
+    }),
+  );
+  await withTimeout(
+    new Promise((resolve, reject) => {
+      ws.once("open", resolve);
+      ws.once("error", reject);
+    }),
+    timeout,
+    `raw WebSocket to ${gw.wsUrl}/socket/websocket?${query} to open`,
+  );
+  let consumed = 0;
+  return {
+    ws,
+    frames,
+    closed,
+    closeInfo: () => closeInfo,
+    send: (text) => ws.send(text),
+    async next(pred = () => true, { timeout: t = 5000, what = "a matching frame" } = {}) {
+      const found = await waitFor(
+        () => {
+          for (let i = consumed; i < frames.length; i++) {
+            if (pred(frames[i].msg, frames[i].raw)) {
+              consumed = i + 1;
+              return frames[i];
+            }
+          }
+          return null;
+        },
+        { timeout: t, interval: 10, message: () => `${what}; frames so far: ${frames.map((f) => f.raw).join(" | ")}` },
+      );
+      return found;
+    },
+    close() {
+      if (ws.readyState === WebSocket.OPEN || ws.readyState === WebSocket.CONNECTING) ws.close(1000);
+      return withTimeout(closed, 3000, "raw WebSocket close").catch(() => ws.terminate());
+    },
+  };
+}
