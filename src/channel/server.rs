@@ -153,13 +153,15 @@ impl Actor {
             Err(_) => Some(End::Crashed),
         };
         while end.is_none() {
+            // Biased: client events already queued are handled before a stop, in order.
             end = tokio::select! {
-                _ = self.stop.cancelled() => Some(End::Terminated(Termination::Closed)),
+                biased;
                 msg = self.inbox.recv() => match msg {
                     Some(msg) => self.handle(msg).await,
                     None => Some(End::Terminated(Termination::Closed)),
                 },
                 Some(b) = out_rx.recv() => self.handle_out(&b).await,
+                _ = self.stop.cancelled() => Some(End::Terminated(Termination::Closed)),
             };
         }
         let end = end.unwrap_or(End::Crashed);
