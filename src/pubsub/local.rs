@@ -48,4 +48,8 @@ impl PubSub for LocalPubSub {
     fn local_broadcast(&self, msg: Arc<Broadcast>, from: Option<SubscriberId>) {
         self.registry.dispatch(&msg, from);
     }
+
+    fn local_subscribers(&self, topic: &str) -> usize {
+        self.registry.subscriber_count(topic)
+    }
 }

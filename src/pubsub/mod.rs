@@ -99,4 +99,7 @@ pub trait PubSub: Send + Sync + 'static {
 
     /// Delivers to this node's subscribers only (e.g. presence diffs, computed per node).
     fn local_broadcast(&self, msg: Arc<Broadcast>, from: Option<SubscriberId>);
+
+    /// Number of this node's subscribers of a topic.
+    fn local_subscribers(&self, topic: &str) -> usize;
 }

@@ -22,6 +22,9 @@ use crate::socket::{outbox, CloseReason, ConnectInfo, Connected, Socket, SocketI
 /// The subprotocol phoenix.js offers alongside its auth token.
 const PHOENIX_SUBPROTOCOL: &str = "phoenix";
 
+/// How long the close frame may wait behind unsent frames.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
 /// Handles the upgrade request: negotiates the serializer, runs the connect policy and
 /// starts the connection task. Refusals are HTTP 403 with an empty body, as in Phoenix.
 pub async fn upgrade(
@@ -94,6 +97,19 @@ async fn write(session: &mut Session, frame: Frame) -> Result<(), actix_ws::Clos
     }
 }
 
+/// Writes `first` and then whatever else is already queued, without going back to select.
+async fn write_queued(
+    session: &mut Session,
+    first: Frame,
+    rx: &mut mpsc::Receiver<Frame>,
+) -> Result<(), actix_ws::Closed> {
+    write(session, first).await?;
+    while let Ok(frame) = rx.try_recv() {
+        write(session, frame).await?;
+    }
+    Ok(())
+}
+
 async fn recv_id(rx: &mut Option<mpsc::Receiver<Arc<Broadcast>>>) -> Option<Arc<Broadcast>> {
     match rx {
         Some(rx) => rx.recv().await,
@@ -133,19 +149,16 @@ async fn run(
             reason = close_signal.requested() => break Some(reason),
             _ = gateway.shutdown.cancelled() => break Some(CloseReason::Shutdown),
             Some(frame) = out.rx.recv() => {
-                if write(&mut session, frame).await.is_err() {
-                    break None;
-                }
-                // Drain what is already queued without going back to select.
-                let mut closed = false;
-                while let Ok(frame) = out.rx.try_recv() {
-                    if write(&mut session, frame).await.is_err() {
-                        closed = true;
-                        break;
+                // A client that does not read blocks the write: stay responsive to close
+                // requests (slow consumer, disconnect, shutdown) while it is pending.
+                tokio::select! {
+                    written = write_queued(&mut session, frame, &mut out.rx) => {
+                        if written.is_err() {
+                            break None;
+                        }
                     }
-                }
-                if closed {
-                    break None;
+                    reason = close_signal.requested() => break Some(reason),
+                    _ = gateway.shutdown.cancelled() => break Some(CloseReason::Shutdown),
                 }
             }
             Some(event) = events.recv() => socket.on_event(event),
@@ -197,5 +210,6 @@ async fn run(
         code: CloseCode::from(r.code()),
         description: Some(r.text().into()),
     });
-    let _ = session.close(close).await;
+    // A client that does not read could keep the close pending forever: bound it.
+    let _ = tokio::time::timeout(CLOSE_WAIT, session.close(close)).await;
 }
