@@ -303,6 +303,16 @@ mod tests {
     }
 
     #[test]
+    fn shipped_config_file_equals_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/gateway.toml");
+        let file = Settings::load(Some(&path)).expect("config/gateway.toml loads");
+        let defaults = Settings::defaults();
+        assert_eq!(format!("{:?}", file.routes), format!("{:?}", defaults.routes));
+        assert_eq!(format!("{:?}", file.socket), format!("{:?}", defaults.socket));
+        assert_eq!(format!("{:?}", file.http), format!("{:?}", defaults.http));
+    }
+
+    #[test]
     fn file_overrides_and_rejects_unknown_keys() {
         let dir = std::env::temp_dir().join(format!("phx-gw-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

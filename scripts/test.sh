@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Runs every test: Rust unit and integration tests, the phoenix.js end-to-end tests under
+# Node, and the headless Chromium test of the demo page. Installs what a fresh Debian
+# machine lacks (Chromium, Node/npm, redis-server) first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n==> %s\n' "$*"; }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+    echo "need root to run: $*" >&2; return 1; fi
+}
+
+missing=()
+command -v chromium >/dev/null || [ -x /usr/bin/chromium ] || missing+=(chromium)
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing system packages: ${missing[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs)" >&2; exit 1; }
+
+log "npm ci (phoenix client, ws, playwright-core)"
+npm ci --no-audit --no-fund --loglevel=error
+
+log "cargo build (the binary the Node tests start)"
+cargo build --bins --quiet
+
+log "cargo test"
+cargo test
+
+log "node --test (phoenix.js end-to-end, headless Chromium demo)"
+PHX_GATEWAY_BIN="$PWD/target/debug/phx-gateway" npm test
