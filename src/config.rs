@@ -307,8 +307,14 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/gateway.toml");
         let file = Settings::load(Some(&path)).expect("config/gateway.toml loads");
         let defaults = Settings::defaults();
-        assert_eq!(format!("{:?}", file.routes), format!("{:?}", defaults.routes));
-        assert_eq!(format!("{:?}", file.socket), format!("{:?}", defaults.socket));
+        assert_eq!(
+            format!("{:?}", file.routes),
+            format!("{:?}", defaults.routes)
+        );
+        assert_eq!(
+            format!("{:?}", file.socket),
+            format!("{:?}", defaults.socket)
+        );
         assert_eq!(format!("{:?}", file.http), format!("{:?}", defaults.http));
     }
 
