@@ -69,6 +69,8 @@ fn main() -> ExitCode {
 
 fn serve(settings: Settings) -> anyhow::Result<()> {
     telemetry::init(settings.log.format);
+    // Panics are caught per channel; make sure they reach the structured log too.
+    std::panic::set_hook(Box::new(|info| tracing::error!(panic = %info, "panic")));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -23,17 +23,29 @@ export const GATEWAY_BIN = process.env.PHX_GATEWAY_BIN
 // Ports, waiting
 // ---------------------------------------------------------------------------
 
-/** Asks the OS for a free TCP port on 127.0.0.1 (bind to 0, read it, close). */
-export function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.unref();
-    srv.once("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const { port } = srv.address();
-      srv.close((err) => (err ? reject(err) : resolve(port)));
+const handedOut = new Set();
+
+/**
+ * Asks the OS for a free TCP port on 127.0.0.1 (bind to 0, read it, close).
+ * Never returns the same port twice within one test process.
+ */
+export async function freePort() {
+  for (let attempt = 0; attempt < 20; attempt++) {
+    const port = await new Promise((resolve, reject) => {
+      const srv = net.createServer();
+      srv.unref();
+      srv.once("error", reject);
+      srv.listen(0, "127.0.0.1", () => {
+        const { port: p } = srv.address();
+        srv.close((err) => (err ? reject(err) : resolve(p)));
+      });
     });
-  });
+    if (!handedOut.has(port)) {
+      handedOut.add(port);
+      return port;
+    }
+  }
+  throw new Error("could not find an unused free port");
 }
 
 /**
@@ -100,7 +112,18 @@ export async function startGateway({ env = {}, readyTimeout = 20000 } = {}) {
         `(or point PHX_GATEWAY_BIN at a built binary)`,
     );
   }
-  const port = await freePort();
+  // Another process may grab the port between freePort() and the gateway's
+  // bind; the gateway then exits at once, and we retry on a new port.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await spawnGateway({ env, readyTimeout, port: await freePort() });
+    } catch (err) {
+      if (!err.exitedEarly || attempt >= 3) throw err;
+    }
+  }
+}
+
+async function spawnGateway({ env, readyTimeout, port }) {
   const child = spawn(GATEWAY_BIN, [], {
     cwd: REPO_ROOT,
     stdio: ["ignore", "pipe", "pipe"],
@@ -125,7 +148,8 @@ export async function startGateway({ env = {}, readyTimeout = 20000 } = {}) {
 
   let exited = null;
   const exitPromise = new Promise((resolve) => {
-    child.once("exit", (code, signal) => {
+    // "close" rather than "exit": it fires once the output pipes are drained too.
+    child.once("close", (code, signal) => {
       exited = { code, signal };
       resolve(exited);
     });
@@ -137,29 +161,32 @@ export async function startGateway({ env = {}, readyTimeout = 20000 } = {}) {
   const stop = async () => {
     if (exited) return exited;
     child.kill("SIGTERM");
-    const result = await Promise.race([exitPromise, delay(3000).then(() => null)]);
+    let timer;
+    const result = await Promise.race([
+      exitPromise,
+      new Promise((resolve) => {
+        timer = setTimeout(() => resolve(null), 3000);
+      }),
+    ]);
+    clearTimeout(timer);
     if (result) return result;
     child.kill("SIGKILL");
     return exitPromise;
   };
 
   try {
-    await waitFor(
-      async () => {
-        if (exited) {
-          throw new Error(`gateway exited early (${JSON.stringify(exited)})`);
-        }
-        return tcpConnects(port);
-      },
-      {
-        timeout: readyTimeout,
-        interval: 50,
-        message: () => `the gateway (${GATEWAY_BIN}) to listen on 127.0.0.1:${port}; its output:\n${log}`,
-      },
-    );
-    if (exited) throw new Error(`gateway exited early (${JSON.stringify(exited)}); its output:\n${log}`);
+    await waitFor(async () => exited || (await tcpConnects(port)), {
+      timeout: readyTimeout,
+      interval: 50,
+      message: () => `the gateway (${GATEWAY_BIN}) to listen on 127.0.0.1:${port}; its output:\n${log}`,
+    });
   } catch (err) {
     await stop();
+    throw err;
+  }
+  if (exited) {
+    const err = new Error(`the gateway exited during startup (${JSON.stringify(exited)}); its output:\n${log}`);
+    err.exitedEarly = !exited.signal && !exited.error;
     throw err;
   }
 
