@@ -144,6 +144,8 @@ async fn run(
     tokio::pin!(idle);
     tracing::debug!(?serializer, "socket connected");
 
+    // The client's close frame, echoed back as RFC 6455 suggests.
+    let mut echo: Option<actix_ws::CloseReason> = None;
     let reason: Option<CloseReason> = loop {
         tokio::select! {
             reason = close_signal.requested() => break Some(reason),
@@ -183,7 +185,10 @@ async fn run(
                         continue;
                     }
                     Some(Ok(AggregatedMessage::Pong(_))) => continue,
-                    Some(Ok(AggregatedMessage::Close(_))) => break None,
+                    Some(Ok(AggregatedMessage::Close(theirs))) => {
+                        echo = theirs;
+                        break None;
+                    }
                     Some(Err(ProtocolError::Overflow)) => {
                         tracing::info!(max = limits.max_frame_bytes, "frame too large");
                         break Some(CloseReason::FrameTooLarge);
@@ -206,10 +211,16 @@ async fn run(
     socket.close();
     drop(socket);
     tracing::debug!(reason = ?reason, "socket closed");
-    let close = reason.map(|r| actix_ws::CloseReason {
-        code: CloseCode::from(r.code()),
-        description: Some(r.text().into()),
-    });
+    let close = match reason {
+        Some(r) => Some(actix_ws::CloseReason {
+            code: CloseCode::from(r.code()),
+            description: Some(r.text().into()),
+        }),
+        None => echo.map(|theirs| actix_ws::CloseReason {
+            code: theirs.code,
+            description: None,
+        }),
+    };
     // A client that does not read could keep the close pending forever: bound it.
     let _ = tokio::time::timeout(CLOSE_WAIT, session.close(close)).await;
 }
