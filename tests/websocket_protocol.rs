@@ -432,3 +432,24 @@ async fn binary_push_gets_binary_reply_and_broadcasts_reach_v2_only() {
         .await;
     assert_eq!(next["event"], "phx_reply");
 }
+
+#[tokio::test]
+async fn a_client_close_is_echoed_and_its_presence_leaves() {
+    let srv = TestServer::start(|_| {});
+    let mut watcher = srv.v2("").await;
+    watcher.join("1", "room:lobby").await;
+    let mut c = srv.v2("user_id=z").await;
+    c.join("1", "room:lobby").await;
+    watcher
+        .recv_until("z joins", |v| {
+            v[3] == "presence_diff" && v[4]["joins"].get("z").is_some()
+        })
+        .await;
+    c.send_close(1000).await;
+    assert_eq!(c.expect_close().await.0, 1000);
+    watcher
+        .recv_until("z leaves", |v| {
+            v[3] == "presence_diff" && v[4]["leaves"].get("z").is_some()
+        })
+        .await;
+}

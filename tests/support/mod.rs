@@ -218,6 +218,18 @@ impl Client {
             .await
     }
 
+    /// Sends a close frame and keeps the client to read the answer.
+    pub async fn send_close(&mut self, code: u16) {
+        let frame = tokio_tungstenite::tungstenite::protocol::CloseFrame {
+            code: CloseCode::from(code),
+            reason: "bye".into(),
+        };
+        self.ws
+            .send(WsMessage::Close(Some(frame)))
+            .await
+            .expect("send close");
+    }
+
     /// Sends a close frame.
     pub async fn close(mut self) {
         let _ = self
