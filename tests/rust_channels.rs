@@ -252,3 +252,39 @@ async fn a_slow_consumer_is_closed_and_others_keep_receiving() {
     assert_eq!(reply[4]["status"], "ok");
     assert!(fast_got > 0);
 }
+
+struct RefuseAll;
+
+#[async_trait]
+impl phx_gateway::socket::Connector for RefuseAll {
+    async fn connect(
+        &self,
+        info: &phx_gateway::socket::ConnectInfo,
+    ) -> Result<phx_gateway::socket::Connected, phx_gateway::socket::Refused> {
+        if info.params.get("token").and_then(Value::as_str) == Some("good") {
+            Ok(phx_gateway::socket::Connected {
+                id: None,
+                assigns: info.params.clone(),
+            })
+        } else {
+            Err(phx_gateway::socket::Refused("bad token".into()))
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_connector_can_refuse_sockets_with_403() {
+    let mut settings = Settings::defaults();
+    settings.http.workers = 1;
+    let gateway = Gateway::new(settings)
+        .expect("gateway")
+        .with_connector(Arc::new(RefuseAll));
+    let srv = TestServer::start_gateway(gateway);
+    match tokio_tungstenite::connect_async(srv.ws_url("vsn=2.0.0&token=bad")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 403),
+        other => panic!("expected 403, got {:?}", other.map(|_| ())),
+    }
+    let mut ok = srv.v2("token=good").await;
+    ok.send_text(r#"[null,"1","phoenix","heartbeat",{}]"#).await;
+    assert_eq!(ok.recv_json().await[4]["status"], "ok");
+}
