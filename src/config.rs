@@ -31,6 +31,10 @@ pub struct Settings {
     /// The demo page.
     #[serde(default)]
     pub demo: DemoSettings,
+    /// Redis, for running several nodes as one cluster. Without `redis.url` the gateway is a
+    /// single node with in-memory pub/sub and presence.
+    #[serde(default)]
+    pub redis: RedisSettings,
     /// Config-driven channel routes, first match wins. Empty means the built-in defaults.
     #[serde(default)]
     pub routes: Vec<RouteSettings>,
@@ -141,6 +145,62 @@ impl Default for DemoSettings {
             dir: "demo".into(),
             phoenix_js: "node_modules/phoenix/priv/static/phoenix.mjs".into(),
         }
+    }
+}
+
+/// Redis cluster settings.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisSettings {
+    /// `redis://[user:password@]host:port/db` or `rediss://` (TLS). Unset: single node.
+    pub url: Option<String>,
+    /// Prefix of every key and channel, so several gateways can share one Redis.
+    pub key_prefix: String,
+    /// Node name; a random suffix is added per start. Default: the host name.
+    pub node_name: String,
+    /// Pooled command connections (PUBLISH, presence writes).
+    pub pool_size: usize,
+    /// Timeout of one Redis command or pool checkout.
+    pub command_timeout_ms: u64,
+    /// How often a node writes its heartbeat and refreshes its keys.
+    pub heartbeat_ms: u64,
+    /// A node silent this long is dead: its presences are removed and their leaves broadcast.
+    pub down_ms: u64,
+    /// Delay before unsubscribing a topic whose last local subscriber left (absorbs flaps).
+    pub unsubscribe_delay_ms: u64,
+    /// Broadcasts waiting to be published; when full, new ones are dropped and counted.
+    pub publish_queue: usize,
+    /// Apply missing key-layout migrations at start-up (else `phx-gateway migrate` must run).
+    pub auto_migrate: bool,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        Self {
+            url: None,
+            key_prefix: "phx".into(),
+            node_name: String::new(),
+            pool_size: 8,
+            command_timeout_ms: 2_000,
+            heartbeat_ms: 5_000,
+            down_ms: 15_000,
+            unsubscribe_delay_ms: 2_000,
+            publish_queue: 65_536,
+            auto_migrate: true,
+        }
+    }
+}
+
+impl std::fmt::Debug for RedisSettings {
+    // Never print the URL: it may carry a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("url", &self.url.as_ref().map(|_| "<redacted>"))
+            .field("key_prefix", &self.key_prefix)
+            .field("node_name", &self.node_name)
+            .field("heartbeat_ms", &self.heartbeat_ms)
+            .field("down_ms", &self.down_ms)
+            .finish_non_exhaustive()
     }
 }
 
@@ -256,6 +316,7 @@ impl Settings {
             socket: SocketSettings::default(),
             log: LogSettings::default(),
             demo: DemoSettings::default(),
+            redis: RedisSettings::default(),
             routes: default_routes(),
         }
     }
@@ -280,6 +341,34 @@ impl Settings {
             return Err(ConfigError::Invalid(
                 "socket.heartbeat_timeout_ms, max_frame_bytes, outbound_queue and channel_inbox must be > 0".into(),
             ));
+        }
+        let r = &self.redis;
+        if let Some(url) = &r.url {
+            if url.is_empty() {
+                self.redis.url = None;
+            } else {
+                let parsed = url::Url::parse(url)
+                    .map_err(|e| ConfigError::Invalid(format!("redis.url is not a URL: {e}")))?;
+                if !matches!(parsed.scheme(), "redis" | "rediss") {
+                    return Err(ConfigError::Invalid(format!(
+                        "redis.url must start with redis:// or rediss://, not {}://",
+                        parsed.scheme()
+                    )));
+                }
+            }
+        }
+        let r = &self.redis;
+        if r.heartbeat_ms == 0 || r.down_ms < 2 * r.heartbeat_ms {
+            return Err(ConfigError::Invalid(
+                "redis.down_ms must be at least twice redis.heartbeat_ms (> 0)".into(),
+            ));
+        }
+        if r.key_prefix.is_empty()
+            || r.key_prefix.contains(['{', '}'])
+            || r.pool_size == 0
+            || r.publish_queue == 0
+        {
+            return Err(ConfigError::Invalid("redis.key_prefix must be non-empty without braces; pool_size and publish_queue > 0".into()));
         }
         for r in &self.routes {
             crate::channel::TopicPattern::parse(&r.topic)

@@ -1,14 +1,39 @@
-//! The gateway's shared parts, handed to every socket.
+//! The gateway's shared parts, handed to every socket, and their lifecycle.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::channel::{builtin, PatternError, Router};
+use crate::cluster::{migrate, ClusterError, Redis};
 use crate::config::Settings;
-use crate::presence::{MemoryPresence, Presence};
-use crate::pubsub::{LocalPubSub, PubSub};
+use crate::presence::{MemoryPresence, Presence, PresenceStats, RedisPresence};
+use crate::pubsub::{LocalPubSub, PubSub, RedisPubSub, RedisStats};
 use crate::socket::{Connector, ParamsConnector};
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A route's topic pattern is invalid.
+    #[error(transparent)]
+    Pattern(#[from] PatternError),
+    /// Redis is unreachable or its key layout is not usable.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+}
+
+/// The Redis side of a clustered gateway.
+pub struct Cluster {
+    /// Connections, key names and this node's id.
+    pub redis: Redis,
+    /// Pub/sub adapter counters.
+    pub pubsub_stats: Arc<RedisStats>,
+    /// Presence tracker counters.
+    pub presence_stats: Arc<PresenceStats>,
+}
 
 /// Everything a socket needs from the gateway: settings, routes, pub/sub, presence and the
 /// connect policy. Built once at start-up and shared.
@@ -25,6 +50,12 @@ pub struct Gateway {
     pub connector: Arc<dyn Connector>,
     /// Cancelled when the gateway shuts down: sockets close with 1012.
     pub shutdown: CancellationToken,
+    /// Set when running as a cluster node.
+    pub cluster: Option<Cluster>,
+    /// Channel actors, so shutdown can wait for their clean-up.
+    pub(crate) channel_tasks: TaskTracker,
+    background: CancellationToken,
+    background_tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Gateway {
@@ -42,7 +73,42 @@ impl Gateway {
             presence,
             connector,
             shutdown: CancellationToken::new(),
+            cluster: None,
+            channel_tasks: TaskTracker::new(),
+            background: CancellationToken::new(),
+            background_tasks: Mutex::new(Vec::new()),
         })
+    }
+
+    /// A gateway as configured: a cluster node when `redis.url` is set (checking the key
+    /// layout and starting the Redis tasks on the current runtime), else a single node.
+    pub async fn start(settings: Settings) -> Result<Self, StartError> {
+        let mut gateway = Self::new(settings)?;
+        if gateway.settings.redis.url.is_none() {
+            return Ok(gateway);
+        }
+        let redis = Redis::connect(&gateway.settings.redis).await?;
+        migrate::ensure(&redis, gateway.settings.redis.auto_migrate).await?;
+        let (pubsub, mut tasks) = RedisPubSub::start(redis.clone(), gateway.background.clone());
+        let pubsub_stats = pubsub.stats().clone();
+        let pubsub: Arc<dyn PubSub> = pubsub;
+        let (presence, heartbeat) = RedisPresence::start(
+            redis.clone(),
+            pubsub.clone(),
+            pubsub_stats.clone(),
+            gateway.background.clone(),
+        );
+        tasks.push(heartbeat);
+        tracing::info!(node = %redis.node, "cluster node started (redis pub/sub and presence)");
+        gateway.cluster = Some(Cluster {
+            redis,
+            pubsub_stats,
+            presence_stats: presence.stats().clone(),
+        });
+        gateway.pubsub = pubsub;
+        gateway.presence = presence;
+        gateway.background_tasks = Mutex::new(tasks);
+        Ok(gateway)
     }
 
     /// Replaces the routes (for Rust channels; see `examples/`).
@@ -55,5 +121,49 @@ impl Gateway {
     pub fn with_connector(mut self, connector: Arc<dyn Connector>) -> Self {
         self.connector = connector;
         self
+    }
+
+    /// Stops cleanly: closes every socket, waits (bounded) for channels to clean up, removes
+    /// this node's presences (other nodes see the leaves), then flushes and stops the Redis
+    /// tasks.
+    pub async fn stop(&self) {
+        self.shutdown.cancel();
+        self.channel_tasks.close();
+        if tokio::time::timeout(Duration::from_secs(5), self.channel_tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("channels still running after 5 s; stopping anyway");
+        }
+        self.presence.shutdown().await;
+        self.background.cancel();
+        let tasks: Vec<_> = self
+            .background_tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+            .collect();
+        for task in tasks {
+            let abort = task.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(3), task)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
+    }
+
+    /// Stops the Redis tasks at once, as a crash would (tests).
+    pub fn abort(&self) {
+        self.background.cancel();
+        for task in self
+            .background_tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            task.abort();
+        }
     }
 }

@@ -28,6 +28,8 @@ struct Cli {
 enum Command {
     /// Start the gateway (the default).
     Serve,
+    /// Apply the Redis key-layout migrations (`migrations/`) and exit.
+    Migrate,
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -57,6 +59,13 @@ fn main() -> ExitCode {
             println!("configuration is valid");
             ExitCode::SUCCESS
         }
+        Command::Migrate => match run_migrate(settings) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("phx-gateway: {e:#}");
+                ExitCode::from(3)
+            }
+        },
         Command::Serve => match serve(settings) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -67,6 +76,26 @@ fn main() -> ExitCode {
     }
 }
 
+fn run_migrate(settings: Settings) -> anyhow::Result<()> {
+    telemetry::init(settings.log.format);
+    if settings.redis.url.is_none() {
+        anyhow::bail!("redis.url is not set (PHX_GATEWAY__REDIS__URL): nothing to migrate");
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let redis = phx_gateway::cluster::Redis::connect(&settings.redis).await?;
+        let (from, to) = phx_gateway::cluster::migrate::migrate(&redis).await?;
+        if from == to {
+            println!("redis key layout already at version {to}");
+        } else {
+            println!("redis key layout migrated from version {from} to {to}");
+        }
+        Ok(())
+    })
+}
+
 fn serve(settings: Settings) -> anyhow::Result<()> {
     telemetry::init(settings.log.format);
     // Panics are caught per channel; make sure they reach the structured log too.
@@ -75,7 +104,18 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let gateway = Arc::new(Gateway::new(settings)?);
+        let gateway = match Gateway::start(settings).await {
+            Ok(g) => Arc::new(g),
+            Err(
+                e @ phx_gateway::gateway::StartError::Cluster(
+                    phx_gateway::cluster::ClusterError::Layout(_),
+                ),
+            ) => {
+                eprintln!("phx-gateway: {e}");
+                std::process::exit(3);
+            }
+            Err(e) => return Err(e.into()),
+        };
         let listener = server::bind(&gateway).map_err(|e| {
             anyhow::anyhow!(
                 "cannot listen on {}:{}: {e}",
@@ -89,7 +129,7 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
         let server = tokio::spawn(running.server);
         shutdown_signal().await;
         tracing::info!("shutting down: closing sockets");
-        gateway.shutdown.cancel();
+        gateway.stop().await;
         handle.stop(true).await;
         let _ = server.await;
         tracing::info!("stopped");

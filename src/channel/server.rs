@@ -54,6 +54,7 @@ pub(crate) fn spawn(
     req: JoinRequest,
     inbox_capacity: usize,
     socket_events: mpsc::UnboundedSender<SocketEvent>,
+    tasks: &tokio_util::task::TaskTracker,
 ) -> ChannelHandle {
     let (inbox, inbox_rx) = mpsc::channel(inbox_capacity.max(1));
     let stop = CancellationToken::new();
@@ -66,7 +67,7 @@ pub(crate) fn spawn(
         stop: stop.clone(),
         socket_events,
     };
-    let task = tokio::spawn(actor.run(req, inbox_capacity).instrument(span));
+    let task = tasks.spawn(actor.run(req, inbox_capacity).instrument(span));
     ChannelHandle {
         join_ref,
         inbox,

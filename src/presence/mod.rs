@@ -5,6 +5,7 @@
 //! embedded default). A Redis tracker implements the same trait for a cluster.
 
 mod memory;
+pub mod redis;
 pub mod state;
 
 use async_trait::async_trait;
@@ -12,6 +13,7 @@ use serde_json::Value;
 
 use crate::pubsub::SubscriberId;
 
+pub use self::redis::{PresenceStats, RedisPresence};
 pub use memory::MemoryPresence;
 pub use state::{Diff, Meta};
 
@@ -65,4 +67,7 @@ pub trait Presence: Send + Sync + 'static {
 
     /// The `presence_state` payload of a topic: `{"key": {"metas": [...]}}`.
     async fn list(&self, topic: &str) -> Value;
+
+    /// Removes this node's presences (with their leaves) before the node stops.
+    async fn shutdown(&self) {}
 }

@@ -5,7 +5,9 @@
 //! same [`Registry`], which holds this node's subscribers and does the fastlane delivery
 //! (encode once per serializer, same bytes to every subscriber).
 
+pub mod envelope;
 mod local;
+pub mod redis;
 mod registry;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +19,7 @@ use tokio::sync::mpsc;
 use crate::protocol::{Frame, Payload};
 use crate::socket::Outbox;
 
+pub use self::redis::{RedisPubSub, RedisStats};
 pub use local::LocalPubSub;
 pub use registry::{DispatchStats, Registry};
 

@@ -75,6 +75,21 @@ impl Registry {
         }
     }
 
+    /// Removes a subscriber; true if it was subscribed.
+    pub fn remove(&self, topic: &str, id: SubscriberId) -> bool {
+        let mut topics = self.write();
+        let Some(subs) = topics.get_mut(topic) else {
+            return false;
+        };
+        let before = subs.len();
+        subs.retain(|s| s.id != id);
+        let removed = subs.len() < before;
+        if subs.is_empty() {
+            topics.remove(topic);
+        }
+        removed
+    }
+
     /// Number of local subscribers of a topic.
     pub fn subscriber_count(&self, topic: &str) -> usize {
         self.read().get(topic).map_or(0, Vec::len)

@@ -271,6 +271,7 @@ impl Socket {
             req,
             limits.channel_inbox,
             self.events.clone(),
+            &gw.channel_tasks,
         );
         self.channels.insert(msg.topic, handle);
     }

@@ -193,6 +193,10 @@ async fn run(
                         tracing::info!(max = limits.max_frame_bytes, "frame too large");
                         break Some(CloseReason::FrameTooLarge);
                     }
+                    Some(Err(ProtocolError::Io(e))) => {
+                        tracing::debug!(error = %e, "connection lost");
+                        break None;
+                    }
                     Some(Err(e)) => {
                         tracing::info!(error = %e, "websocket protocol error");
                         break Some(CloseReason::MalformedFrame);

@@ -3,6 +3,7 @@
 // (the official npm client) that use the `ws` package as their transport.
 import fs from "node:fs";
 import net from "node:net";
+import os from "node:os";
 import path from "node:path";
 import { spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
@@ -97,6 +98,49 @@ function tcpConnects(port, host = "127.0.0.1") {
 }
 
 // ---------------------------------------------------------------------------
+// Child processes: a last-resort cleanup
+// ---------------------------------------------------------------------------
+
+// Every process spawned here (gateways, redis) until it has exited. Tests stop
+// them in `after`; if the test process ends without that (an uncaught error, a
+// hook that never ran), they are killed here so none outlives the test file.
+const liveChildren = new Set();
+process.once("exit", () => {
+  for (const child of liveChildren) {
+    try {
+      child.kill("SIGKILL");
+    } catch {
+      // already gone
+    }
+  }
+});
+
+function track(child) {
+  liveChildren.add(child);
+  child.once("exit", () => liveChildren.delete(child));
+  child.once("error", () => liveChildren.delete(child));
+}
+
+/**
+ * SIGTERM, then SIGKILL after `graceMs` if `exitPromise` (resolved on the
+ * child's exit) has not settled. Resolves with the exit result.
+ */
+async function terminate(child, exitPromise, graceMs = 3000) {
+  child.kill("SIGTERM");
+  let timer;
+  const result = await Promise.race([
+    exitPromise,
+    new Promise((resolve) => {
+      timer = setTimeout(() => resolve(null), graceMs);
+    }),
+  ]);
+  clearTimeout(timer);
+  if (result) return result;
+  child.kill("SIGKILL");
+  return exitPromise;
+}
+
+// ---------------------------------------------------------------------------
 // The gateway process
 // ---------------------------------------------------------------------------
 
@@ -135,6 +179,7 @@ async function spawnGateway({ env, readyTimeout, port }) {
       ...env,
     },
   });
+  track(child);
 
   // Keep the tail of the output for error messages (and always drain the
   // pipes so the child never blocks on a full pipe).
@@ -160,18 +205,7 @@ async function spawnGateway({ env, readyTimeout, port }) {
 
   const stop = async () => {
     if (exited) return exited;
-    child.kill("SIGTERM");
-    let timer;
-    const result = await Promise.race([
-      exitPromise,
-      new Promise((resolve) => {
-        timer = setTimeout(() => resolve(null), 3000);
-      }),
-    ]);
-    clearTimeout(timer);
-    if (result) return result;
-    child.kill("SIGKILL");
-    return exitPromise;
+    return terminate(child, exitPromise);
   };
 
   try {
@@ -197,6 +231,104 @@ async function spawnGateway({ env, readyTimeout, port }) {
     output: () => log,
     stop,
   };
+}
+
+// ---------------------------------------------------------------------------
+// Redis (for cluster tests)
+// ---------------------------------------------------------------------------
+
+export const REDIS_BIN = process.env.PHX_GATEWAY_REDIS_BIN || "/usr/bin/redis-server";
+
+/** Resolves true once a plain TCP `PING` on `port` is answered `+PONG`. */
+function redisPongs(port, host = "127.0.0.1") {
+  return new Promise((resolve) => {
+    const sock = net.connect({ port, host });
+    let data = "";
+    const done = (ok) => {
+      sock.removeAllListeners();
+      sock.destroy();
+      resolve(ok);
+    };
+    sock.setTimeout(500, () => done(false));
+    sock.once("connect", () => sock.write("PING\r\n"));
+    sock.on("data", (chunk) => {
+      data += chunk.toString();
+      if (data.includes("\r\n")) done(data.startsWith("+PONG"));
+    });
+    sock.once("error", () => done(false));
+    sock.once("close", () => done(false));
+  });
+}
+
+/**
+ * Starts a throw-away `redis-server` (no persistence, its own temporary dir)
+ * on a free port (never 6379) and waits until it answers PING. Returns
+ * { port, url, output(), stop() }; stop() kills it and removes the dir.
+ */
+export async function startRedis({ readyTimeout = 10000 } = {}) {
+  if (!fs.existsSync(REDIS_BIN)) {
+    throw new Error(`redis-server not found at ${REDIS_BIN} (apt-get install redis-server, or set PHX_GATEWAY_REDIS_BIN)`);
+  }
+  for (let attempt = 1; ; attempt++) {
+    let port = await freePort();
+    while (port === 6379) port = await freePort();
+    try {
+      return await spawnRedis({ port, readyTimeout });
+    } catch (err) {
+      if (!err.exitedEarly || attempt >= 3) throw err;
+    }
+  }
+}
+
+async function spawnRedis({ port, readyTimeout }) {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "phx-gateway-redis-"));
+  const child = spawn(
+    REDIS_BIN,
+    ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir],
+    { cwd: dir, stdio: ["ignore", "pipe", "pipe"] },
+  );
+  track(child);
+  let log = "";
+  const keep = (chunk) => {
+    log = (log + chunk.toString()).slice(-20000);
+    if (process.env.PHX_GATEWAY_TEST_VERBOSE) process.stderr.write(chunk);
+  };
+  child.stdout.on("data", keep);
+  child.stderr.on("data", keep);
+  let exited = null;
+  const exitPromise = new Promise((resolve) => {
+    child.once("close", (code, signal) => {
+      exited = { code, signal };
+      resolve(exited);
+    });
+  });
+  child.once("error", (err) => {
+    exited = exited || { code: null, signal: null, error: err };
+  });
+  const removeDir = () => fs.rmSync(dir, { recursive: true, force: true });
+  const stop = async () => {
+    const result = exited || (await terminate(child, exitPromise, 2000));
+    removeDir();
+    return result;
+  };
+
+  try {
+    await waitFor(async () => exited || (await redisPongs(port)), {
+      timeout: readyTimeout,
+      interval: 50,
+      message: () => `redis-server on 127.0.0.1:${port} to answer PING with +PONG; its output:\n${log}`,
+    });
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+  if (exited) {
+    removeDir();
+    const err = new Error(`redis-server exited during startup (${JSON.stringify(exited)}); its output:\n${log}`);
+    err.exitedEarly = !exited.signal && !exited.error;
+    throw err;
+  }
+  return { port, url: `redis://127.0.0.1:${port}`, dir, output: () => log, stop };
 }
 
 // ---------------------------------------------------------------------------

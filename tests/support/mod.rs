@@ -1,6 +1,8 @@
 //! Test harness: an in-process gateway on a free port and a raw WebSocket client.
 #![allow(dead_code)]
 
+pub mod redis_server;
+
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +33,30 @@ impl TestServer {
         settings.http.workers = 1;
         tweak(&mut settings);
         let gateway = Gateway::new(settings.validated().expect("valid settings")).expect("gateway");
+        Self::start_gateway(gateway)
+    }
+
+    /// Installs a log subscriber for in-process nodes (`RUST_LOG=phx_gateway=debug`).
+    pub fn init_logs() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+
+    /// Starts a cluster node on Redis at `redis_url` (Redis tasks run on the caller's runtime).
+    pub async fn start_node(redis_url: &str, tweak: impl FnOnce(&mut Settings)) -> Self {
+        Self::init_logs();
+        let mut settings = Settings::defaults();
+        settings.http.workers = 1;
+        settings.redis.url = Some(redis_url.to_owned());
+        settings.redis.heartbeat_ms = 300;
+        settings.redis.down_ms = 1000;
+        settings.redis.unsubscribe_delay_ms = 100;
+        tweak(&mut settings);
+        let gateway = Gateway::start(settings.validated().expect("valid settings"))
+            .await
+            .expect("node starts");
         Self::start_gateway(gateway)
     }
 

@@ -1,0 +1,163 @@
+//! Redis connectivity shared by the cluster adapters: the client (for the dedicated
+//! subscriber connection), the command pool, key names, the node identity and migrations.
+
+pub mod keys;
+pub mod migrate;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::FromRedisValue;
+
+use crate::config::RedisSettings;
+pub use keys::Keys;
+
+/// Why a Redis operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// Redis answered with an error, or the connection failed.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// No pooled connection could be had.
+    #[error("redis pool: {0}")]
+    Pool(String),
+    /// The command did not complete in time.
+    #[error("redis command timed out")]
+    Timeout,
+    /// The key layout in Redis is not the one this gateway understands.
+    #[error("{0}")]
+    Layout(String),
+}
+
+/// A handle on the cluster's Redis. Cheap to clone.
+#[derive(Clone)]
+pub struct Redis {
+    /// For dedicated connections (pub/sub).
+    pub client: redis::Client,
+    pool: deadpool_redis::Pool,
+    /// Key and channel names.
+    pub keys: Keys,
+    /// This node's id: unique per process start, so a restarted node is a new node.
+    pub node: Arc<str>,
+    /// The settings it was built from.
+    pub settings: RedisSettings,
+    timeout: Duration,
+}
+
+/// This node's id: `<name>-<random hex>`, restricted to characters safe in key names.
+fn node_id(configured: &str) -> String {
+    let base = if configured.is_empty() {
+        std::env::var("HOSTNAME")
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "node".into())
+    } else {
+        configured.to_owned()
+    };
+    let base: String = base
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || "-_.".contains(*c))
+        .take(64)
+        .collect();
+    format!(
+        "{}-{:08x}",
+        if base.is_empty() { "node" } else { &base },
+        rand::random::<u32>()
+    )
+}
+
+impl Redis {
+    /// Builds the client and pool and checks that Redis answers. The URL is never logged.
+    pub async fn connect(settings: &RedisSettings) -> Result<Self, ClusterError> {
+        // rustls needs exactly one process-wide crypto provider for rediss://.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let url = settings
+            .url
+            .clone()
+            .ok_or_else(|| ClusterError::Layout("redis.url is not set".into()))?;
+        let client = redis::Client::open(url.as_str())?;
+        let timeout = Duration::from_millis(settings.command_timeout_ms);
+        let mut pool_cfg = deadpool_redis::Config::from_url(url);
+        let mut pc = deadpool_redis::PoolConfig::new(settings.pool_size);
+        pc.timeouts.wait = Some(timeout);
+        pc.timeouts.create = Some(timeout);
+        pc.timeouts.recycle = Some(timeout);
+        pool_cfg.pool = Some(pc);
+        let pool = pool_cfg
+            .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+            .map_err(|e| ClusterError::Pool(e.to_string()))?;
+        let redis = Self {
+            client,
+            pool,
+            keys: Keys::new(&settings.key_prefix),
+            node: node_id(&settings.node_name).into(),
+            settings: settings.clone(),
+            timeout,
+        };
+        let pong: String = redis.query(&redis::cmd("PING")).await?;
+        tracing::debug!(reply = %pong, "redis reachable");
+        Ok(redis)
+    }
+
+    /// Runs one command on a pooled connection, bounded by the command timeout.
+    pub async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, ClusterError> {
+        let fut = async {
+            let mut conn = self
+                .pool
+                .get()
+                .await
+                .map_err(|e| ClusterError::Pool(e.to_string()))?;
+            Ok::<T, ClusterError>(cmd.query_async(&mut conn).await?)
+        };
+        tokio::time::timeout(self.timeout, fut)
+            .await
+            .map_err(|_| ClusterError::Timeout)?
+    }
+
+    /// Runs a pipeline on a pooled connection, bounded by the command timeout.
+    pub async fn pipe<T: FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, ClusterError> {
+        let fut = async {
+            let mut conn = self
+                .pool
+                .get()
+                .await
+                .map_err(|e| ClusterError::Pool(e.to_string()))?;
+            Ok::<T, ClusterError>(pipe.query_async(&mut conn).await?)
+        };
+        tokio::time::timeout(self.timeout, fut)
+            .await
+            .map_err(|_| ClusterError::Timeout)?
+    }
+
+    /// Runs a Lua script on a pooled connection, bounded by the command timeout.
+    pub async fn script<T: FromRedisValue>(
+        &self,
+        inv: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, ClusterError> {
+        let fut = async {
+            let mut conn = self
+                .pool
+                .get()
+                .await
+                .map_err(|e| ClusterError::Pool(e.to_string()))?;
+            Ok::<T, ClusterError>(inv.invoke_async(&mut conn).await?)
+        };
+        tokio::time::timeout(self.timeout, fut)
+            .await
+            .map_err(|_| ClusterError::Timeout)?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_ids_are_unique_and_safe() {
+        let a = node_id("gw{1}*");
+        let b = node_id("gw{1}*");
+        assert_ne!(a, b);
+        assert!(a.starts_with("gw1-"), "{a}");
+        assert!(node_id("").len() > 9);
+    }
+}

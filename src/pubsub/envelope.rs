@@ -1,0 +1,175 @@
+//! The message published to Redis for a broadcast (documented in docs/redis.md).
+//!
+//! A JSON object, so that any backend can publish into the gateway through Redis:
+//! `{"v":1,"node":"<origin>","from":<sender>,"topic":"..","event":"..","payload":{..},"ts":<ms>}`
+//! with `"binary":"<base64>"` instead of `payload` for binary broadcasts.
+
+use base64::Engine;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::Broadcast;
+use crate::protocol::Payload;
+
+/// The envelope version this gateway writes and reads.
+pub const VERSION: u32 = 1;
+
+#[derive(Serialize)]
+struct Out<'a> {
+    v: u32,
+    node: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    from: Option<u64>,
+    topic: &'a str,
+    event: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    binary: Option<String>,
+    ts: u64,
+}
+
+#[derive(Deserialize)]
+struct In {
+    v: u32,
+    #[serde(default)]
+    node: String,
+    #[serde(default)]
+    from: Option<u64>,
+    topic: String,
+    event: String,
+    #[serde(default)]
+    payload: Option<Value>,
+    #[serde(default)]
+    binary: Option<String>,
+    #[serde(default)]
+    ts: u64,
+}
+
+/// A decoded envelope.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope {
+    /// Origin node id (empty for external publishers).
+    pub node: String,
+    /// Subscriber that sent it (`broadcast_from`), meaningful only on the origin node.
+    pub from: Option<u64>,
+    /// Publish time, unix milliseconds (0 if unknown).
+    pub ts: u64,
+    /// The broadcast.
+    pub broadcast: Broadcast,
+}
+
+/// Why an envelope was rejected.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum EnvelopeError {
+    /// Not JSON or missing fields.
+    #[error("invalid envelope: {0}")]
+    Invalid(String),
+    /// A version this gateway does not read.
+    #[error("unsupported envelope version {0}")]
+    Version(u32),
+}
+
+/// Encodes a broadcast for Redis.
+pub fn encode(node: &str, from: Option<u64>, ts: u64, msg: &Broadcast) -> Vec<u8> {
+    let (payload, binary) = match &msg.payload {
+        Payload::Json(v) => (Some(v), None),
+        Payload::Binary(b) => (
+            None,
+            Some(base64::engine::general_purpose::STANDARD.encode(b)),
+        ),
+    };
+    let out = Out {
+        v: VERSION,
+        node,
+        from,
+        topic: &msg.topic,
+        event: &msg.event,
+        payload,
+        binary,
+        ts,
+    };
+    serde_json::to_vec(&out).unwrap_or_default()
+}
+
+/// Decodes an envelope read from Redis.
+pub fn decode(bytes: &[u8]) -> Result<Envelope, EnvelopeError> {
+    let raw: In =
+        serde_json::from_slice(bytes).map_err(|e| EnvelopeError::Invalid(e.to_string()))?;
+    if raw.v != VERSION {
+        return Err(EnvelopeError::Version(raw.v));
+    }
+    let payload = match (raw.payload, raw.binary) {
+        (Some(_), Some(_)) => return Err(EnvelopeError::Invalid("both payload and binary".into())),
+        (None, Some(b64)) => Payload::Binary(Bytes::from(
+            base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map_err(|e| EnvelopeError::Invalid(e.to_string()))?,
+        )),
+        (Some(v), None) => Payload::Json(v),
+        (None, None) => Payload::empty(),
+    };
+    Ok(Envelope {
+        node: raw.node,
+        from: raw.from,
+        ts: raw.ts,
+        broadcast: Broadcast {
+            topic: raw.topic,
+            event: raw.event,
+            payload,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn round_trips_json_and_binary() {
+        let b = Broadcast {
+            topic: "room:1".into(),
+            event: "new_msg".into(),
+            payload: Payload::Json(json!({"body": "hi"})),
+        };
+        let bytes = encode("gw-1", Some(7), 1700, &b);
+        assert_eq!(
+            std::str::from_utf8(&bytes).unwrap(),
+            r#"{"v":1,"node":"gw-1","from":7,"topic":"room:1","event":"new_msg","payload":{"body":"hi"},"ts":1700}"#
+        );
+        let e = decode(&bytes).unwrap();
+        assert_eq!((e.node.as_str(), e.from, e.ts), ("gw-1", Some(7), 1700));
+        assert_eq!(e.broadcast, b);
+        let bin = Broadcast {
+            topic: "t".into(),
+            event: "e".into(),
+            payload: Payload::Binary(Bytes::from_static(&[0, 255])),
+        };
+        assert_eq!(decode(&encode("n", None, 0, &bin)).unwrap().broadcast, bin);
+    }
+
+    #[test]
+    fn a_backend_can_publish_a_minimal_envelope() {
+        let e =
+            decode(br#"{"v":1,"topic":"room:1","event":"srv_push","payload":{"from":"backend"}}"#)
+                .unwrap();
+        assert_eq!(e.node, "");
+        assert_eq!(
+            e.broadcast.payload,
+            Payload::Json(json!({"from": "backend"}))
+        );
+    }
+
+    #[test]
+    fn rejects_garbage_and_other_versions() {
+        assert!(decode(b"nope").is_err());
+        assert!(decode(br#"{"v":1,"topic":"t"}"#).is_err());
+        assert_eq!(
+            decode(br#"{"v":2,"topic":"t","event":"e"}"#),
+            Err(EnvelopeError::Version(2))
+        );
+        assert!(decode(br#"{"v":1,"topic":"t","event":"e","binary":"***"}"#).is_err());
+    }
+}

@@ -1,0 +1,535 @@
+//! Several gateway nodes on one real Redis: cross-node broadcasts, presence, subscription
+//! bookkeeping, node death, Redis restarts and key-layout migrations.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::redis_server::{wait_until, NodeProcess, RedisServer};
+use support::{Client, TestServer};
+
+type Counts = BTreeMap<String, usize>;
+
+/// A presence view maintained like phoenix.js does (by phx_ref, state then diffs).
+#[derive(Default)]
+struct View {
+    refs: BTreeMap<String, Vec<String>>,
+}
+
+impl View {
+    fn apply(&mut self, frame: &Value) {
+        let (event, payload) = if frame.is_array() {
+            (&frame[3], &frame[4])
+        } else {
+            (&frame["event"], &frame["payload"])
+        };
+        match event.as_str() {
+            Some("presence_state") => {
+                // phoenix.js syncState: the new state replaces the old one.
+                self.refs.clear();
+                self.add(payload);
+            }
+            Some("presence_diff") => {
+                self.add(&payload["joins"]);
+                for (key, p) in payload["leaves"].as_object().into_iter().flatten() {
+                    let gone: Vec<&str> = p["metas"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|m| m["phx_ref"].as_str())
+                        .collect();
+                    if let Some(refs) = self.refs.get_mut(key) {
+                        refs.retain(|r| !gone.contains(&r.as_str()));
+                        if refs.is_empty() {
+                            self.refs.remove(key);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn add(&mut self, presences: &Value) {
+        for (key, p) in presences.as_object().into_iter().flatten() {
+            let refs = self.refs.entry(key.clone()).or_default();
+            for m in p["metas"].as_array().into_iter().flatten() {
+                let r = m["phx_ref"].as_str().unwrap_or_default().to_owned();
+                if !refs.contains(&r) {
+                    refs.push(r);
+                }
+            }
+        }
+    }
+
+    fn counts(&self) -> Counts {
+        self.refs
+            .iter()
+            .map(|(k, v)| (k.clone(), v.len()))
+            .collect()
+    }
+
+    /// Applies frames from `client` until the view equals `want`, within `timeout`.
+    async fn converge(&mut self, client: &mut Client, want: &Counts, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.counts() != *want {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match client.recv_within(left).await {
+                Some(support::Received::Text(t)) => {
+                    self.apply(&serde_json::from_str(&t).expect("json"))
+                }
+                Some(other) => panic!("watcher got {other:?}"),
+                None => panic!(
+                    "presence did not converge within {timeout:?}: have {:?}, want {want:?}",
+                    self.counts()
+                ),
+            }
+        }
+    }
+}
+
+fn counts(pairs: &[(&str, usize)]) -> Counts {
+    pairs.iter().map(|(k, n)| (k.to_string(), *n)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcasts_cross_nodes_once_in_order_and_broadcast_from_skips_only_the_sender() {
+    let redis = RedisServer::start();
+    let n1 = TestServer::start_node(&redis.url(), |_| {}).await;
+    let n2 = TestServer::start_node(&redis.url(), |_| {}).await;
+    let mut a = n1.v2("").await;
+    let mut a2 = n1.v2("").await;
+    let mut b = n2.v2("").await;
+    let mut b1 = n2.v1("").await;
+    a.join("1", "room:lobby").await;
+    a2.join("1", "room:lobby").await;
+    b.join("1", "room:lobby").await;
+    b1.send(json!({"topic": "room:lobby", "event": "phx_join", "payload": {}, "ref": "1"}))
+        .await;
+    b1.recv_until("v1 join", |v| v["event"] == "phx_reply")
+        .await;
+
+    for i in 0..50 {
+        a.send(json!(["1", format!("m{i}"), "room:lobby", "new_msg", {"n": i}]))
+            .await;
+    }
+    for i in 0..50 {
+        let got = b
+            .recv_until("new_msg on node 2", |v| v[3] == "new_msg")
+            .await;
+        assert_eq!(
+            got,
+            json!([null, null, "room:lobby", "new_msg", {"n": i}]),
+            "in order, once each"
+        );
+        let got = b1
+            .recv_until("new_msg on node 2 (V1)", |v| v["event"] == "new_msg")
+            .await;
+        assert_eq!(got["payload"]["n"], i);
+    }
+    // The sender's node delivered once too.
+    for i in 0..50 {
+        assert_eq!(
+            a2.recv_until("new_msg on node 1", |v| v[3] == "new_msg")
+                .await[4]["n"],
+            i
+        );
+    }
+
+    a.send(json!(["1", "t1", "room:lobby", "typing", {"who": "a"}]))
+        .await;
+    assert_eq!(
+        b.recv_until("typing on node 2", |v| v[3] == "typing").await[4],
+        json!({"who": "a"})
+    );
+    assert_eq!(
+        a2.recv_until("typing on node 1", |v| v[3] == "typing")
+            .await[4],
+        json!({"who": "a"})
+    );
+    // A marker after the typing: the sender sees the marker but never its own typing.
+    b.send(json!(["1", "mk", "room:lobby", "new_msg", {"marker": true}]))
+        .await;
+    let next = a
+        .recv_until("typing or marker", |v| {
+            v[3] == "typing" || v[4]["marker"] == true
+        })
+        .await;
+    assert_eq!(
+        next[3], "new_msg",
+        "the sender must not receive its own broadcast_from"
+    );
+    // Nothing was duplicated on node 2.
+    let next = b
+        .recv_until("marker", |v| v[3] == "new_msg" || v[3] == "typing")
+        .await;
+    assert_eq!(next[4]["marker"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_subscribes_a_topic_once_and_unsubscribes_after_the_last_leave() {
+    let redis = RedisServer::start();
+    let n1 = TestServer::start_node(&redis.url(), |_| {}).await;
+    let numsub = |r: &RedisServer| -> i64 {
+        let v: Vec<redis::Value> = r.cmd(&["PUBSUB", "NUMSUB", "phx:b:{room:subs}"]);
+        match v.get(1) {
+            Some(redis::Value::Int(n)) => *n,
+            other => panic!("NUMSUB reply {other:?}"),
+        }
+    };
+    let mut c1 = n1.v2("").await;
+    let mut c2 = n1.v2("").await;
+    c1.join("1", "room:subs").await;
+    c2.join("1", "room:subs").await;
+    assert_eq!(
+        numsub(&redis),
+        1,
+        "one subscription per node, not per socket"
+    );
+    let channels: Vec<String> = redis.cmd(&["PUBSUB", "CHANNELS", "phx:b:*"]);
+    assert!(
+        channels.contains(&"phx:b:{room:subs}".to_string()),
+        "{channels:?}"
+    );
+    c1.send_text(r#"["1","2","room:subs","phx_leave",{}]"#)
+        .await;
+    c1.recv_until("close", |v| v[3] == "phx_close").await;
+    c2.send_text(r#"["1","2","room:subs","phx_leave",{}]"#)
+        .await;
+    c2.recv_until("close", |v| v[3] == "phx_close").await;
+    wait_until("the node to unsubscribe", Duration::from_secs(5), || {
+        numsub(&redis) == 0
+    })
+    .await;
+    // A socket id subscription goes away with its socket too.
+    let idsub = n1.v2("user_id=77").await;
+    let ch = "phx:b:{users_socket:77}";
+    wait_until("socket id subscription", Duration::from_secs(5), || {
+        redis.cmd::<Vec<String>>(&["PUBSUB", "CHANNELS", ch]).len() == 1
+    })
+    .await;
+    idsub.close().await;
+    wait_until("socket id unsubscription", Duration::from_secs(5), || {
+        redis
+            .cmd::<Vec<String>>(&["PUBSUB", "CHANNELS", ch])
+            .is_empty()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_guides_presence_scenario_over_three_nodes() {
+    let redis = RedisServer::start();
+    let nodes = [
+        TestServer::start_node(&redis.url(), |_| {}).await,
+        TestServer::start_node(&redis.url(), |_| {}).await,
+        TestServer::start_node(&redis.url(), |_| {}).await,
+    ];
+    let mut watchers = Vec::new();
+    for n in &nodes {
+        let mut w = n.v2("").await;
+        w.join("1", "room:lobby").await;
+        watchers.push((w, View::default()));
+    }
+    let mut alice1 = nodes[0].v2("user_id=Alice").await;
+    let mut alice2 = nodes[1].v1("user_id=Alice").await;
+    let mut bob = nodes[2].v2("user_id=Bob").await;
+    alice1.join("1", "room:lobby").await;
+    alice2.send(json!({"topic": "room:lobby", "event": "phx_join", "payload": {}, "ref": "1", "join_ref": "1"})).await;
+    bob.join("1", "room:lobby").await;
+    let wait = Duration::from_secs(5);
+    for (w, view) in &mut watchers {
+        view.converge(w, &counts(&[("Alice", 2), ("Bob", 1)]), wait)
+            .await;
+    }
+    // Redis holds exactly these three presences.
+    let fields: Vec<String> = redis.cmd(&["HKEYS", "phx:p:{room:lobby}"]);
+    assert_eq!(fields.len(), 3, "{fields:?}");
+    alice2.close().await;
+    for (w, view) in &mut watchers {
+        view.converge(w, &counts(&[("Alice", 1), ("Bob", 1)]), wait)
+            .await;
+    }
+    drop(bob);
+    for (w, view) in &mut watchers {
+        view.converge(w, &counts(&[("Alice", 1)]), wait).await;
+    }
+    // A late joiner on any node gets the cluster-wide state.
+    let mut late = nodes[2].v2("").await;
+    late.join("9", "room:lobby").await;
+    let state = late
+        .recv_until("presence_state", |v| v[3] == "presence_state")
+        .await;
+    assert_eq!(state[4]["Alice"]["metas"].as_array().map(Vec::len), Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hundred_clients_joining_and_leaving_concurrently_converge_everywhere() {
+    let redis = RedisServer::start();
+    let nodes = [
+        TestServer::start_node(&redis.url(), |_| {}).await,
+        TestServer::start_node(&redis.url(), |_| {}).await,
+        TestServer::start_node(&redis.url(), |_| {}).await,
+    ];
+    let mut watchers = Vec::new();
+    for n in &nodes {
+        let mut w = n.v2("").await;
+        w.join("1", "room:crowd").await;
+        watchers.push((w, View::default()));
+    }
+    // 300 clients join concurrently; every third one leaves again right away.
+    let mut tasks = Vec::new();
+    for i in 0..300usize {
+        let url = nodes[i % 3].ws_url(&format!("vsn=2.0.0&user_id=u{i}"));
+        tasks.push(tokio::spawn(async move {
+            let mut c = Client::connect(&url).await;
+            c.join("1", "room:crowd").await;
+            if i % 3 == 0 {
+                c.send_text(r#"["1","2","room:crowd","phx_leave",{}]"#)
+                    .await;
+                c.recv_until("close", |v| v[3] == "phx_close").await;
+                None
+            } else {
+                Some(c)
+            }
+        }));
+    }
+    let mut kept = Vec::new();
+    for t in tasks {
+        kept.push(t.await.expect("client task"));
+    }
+    let want: Counts = (0..300)
+        .filter(|i| i % 3 != 0)
+        .map(|i| (format!("u{i}"), 1))
+        .collect();
+    for (w, view) in &mut watchers {
+        view.converge(w, &want, Duration::from_secs(15)).await;
+    }
+    // Now half of the rest disconnect at once.
+    for (i, c) in kept.iter_mut().enumerate() {
+        if i % 2 == 0 {
+            c.take();
+        }
+    }
+    let want: Counts = (0..300)
+        .filter(|i| i % 3 != 0)
+        .filter(|i| kept[*i].is_some())
+        .map(|i| (format!("u{i}"), 1))
+        .collect();
+    for (w, view) in &mut watchers {
+        view.converge(w, &want, Duration::from_secs(15)).await;
+    }
+    let fields: Vec<String> = redis.cmd(&["HKEYS", "phx:p:{room:crowd}"]);
+    assert_eq!(
+        fields.len(),
+        want.len(),
+        "redis holds exactly the live presences"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_s_users_leave_everywhere_and_its_keys_go() {
+    let redis = RedisServer::start();
+    let env = [
+        ("PHX_GATEWAY__REDIS__HEARTBEAT_MS", "300"),
+        ("PHX_GATEWAY__REDIS__DOWN_MS", "1200"),
+    ];
+    let mut doomed = NodeProcess::start(&redis.url(), "doomed", &env);
+    let survivor = NodeProcess::start(&redis.url(), "survivor", &env);
+    let mut watcher = Client::connect(&survivor.ws_url("vsn=2.0.0")).await;
+    watcher.join("1", "room:lobby").await;
+    let mut view = View::default();
+    let mut victims = Vec::new();
+    for name in ["v1", "v2"] {
+        let mut c = Client::connect(&doomed.ws_url(&format!("vsn=2.0.0&user_id={name}"))).await;
+        c.join("1", "room:lobby").await;
+        victims.push(c);
+    }
+    let mut alive = Client::connect(&survivor.ws_url("vsn=2.0.0&user_id=ok")).await;
+    alive.join("1", "room:lobby").await;
+    view.converge(
+        &mut watcher,
+        &counts(&[("ok", 1), ("v1", 1), ("v2", 1)]),
+        Duration::from_secs(5),
+    )
+    .await;
+
+    let killed_at = std::time::Instant::now();
+    doomed.kill9();
+    // Down period (1.2 s) plus one heartbeat (0.3 s), with slack for the test machine.
+    view.converge(&mut watcher, &counts(&[("ok", 1)]), Duration::from_secs(6))
+        .await;
+    let took = killed_at.elapsed();
+    assert!(
+        took >= Duration::from_millis(900),
+        "users must not leave before the down period ({took:?})"
+    );
+
+    let nodes: Vec<String> = redis.cmd(&["SMEMBERS", "phx:nodes"]);
+    assert!(
+        nodes.iter().all(|n| !n.starts_with("doomed")),
+        "dead node still registered: {nodes:?}"
+    );
+    let fields: Vec<String> = redis.cmd(&["HKEYS", "phx:p:{room:lobby}"]);
+    assert!(
+        fields.iter().all(|f| !f.starts_with("doomed")),
+        "dead node's presences remain: {fields:?}"
+    );
+    // After the reap lock's TTL nothing of the dead node is left.
+    wait_until("no key of the dead node", Duration::from_secs(5), || {
+        redis.cmd::<Vec<String>>(&["KEYS", "*doomed*"]).is_empty()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_empty_resumes_broadcasts_and_restores_presence() {
+    let mut redis = RedisServer::start();
+    let env = [
+        ("PHX_GATEWAY__REDIS__HEARTBEAT_MS", "300"),
+        ("PHX_GATEWAY__REDIS__DOWN_MS", "1200"),
+    ];
+    let mut n1 = NodeProcess::start(&redis.url(), "n1", &env);
+    let mut n2 = NodeProcess::start(&redis.url(), "n2", &env);
+    let mut a = Client::connect(&n1.ws_url("vsn=2.0.0&user_id=alice")).await;
+    let mut b = Client::connect(&n2.ws_url("vsn=2.0.0&user_id=bob")).await;
+    a.join("1", "room:lobby").await;
+    b.join("1", "room:lobby").await;
+    let mut view_b = View::default();
+    view_b
+        .converge(
+            &mut b,
+            &counts(&[("alice", 1), ("bob", 1)]),
+            Duration::from_secs(5),
+        )
+        .await;
+
+    redis.kill();
+    // Local traffic goes on while Redis is down.
+    a.send_text(r#"["1","2","room:lobby","ping",{"local":true}]"#)
+        .await;
+    assert_eq!(
+        a.recv_until("ping reply", |v| v[1] == "2").await[4]["status"],
+        "ok"
+    );
+    // Keep the sockets alive with heartbeats through a long outage.
+    for i in 0..10 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for c in [&mut a, &mut b] {
+            c.send(json!([null, format!("h{i}"), "phoenix", "heartbeat", {}]))
+                .await;
+        }
+    }
+    assert!(
+        n1.is_running() && n2.is_running(),
+        "nodes must survive a Redis outage"
+    );
+    redis.restart();
+
+    // Presences are re-asserted into the empty Redis.
+    wait_until(
+        "presences restored in redis",
+        Duration::from_secs(10),
+        || {
+            redis
+                .cmd::<Vec<String>>(&["HKEYS", "phx:p:{room:lobby}"])
+                .len()
+                == 2
+        },
+    )
+    .await;
+    // Cross-node delivery resumes by itself: retry until one gets through.
+    let mut delivered = false;
+    for i in 0..50 {
+        a.send(json!(["1", format!("r{i}"), "room:lobby", "new_msg", {"after": i}]))
+            .await;
+        if let Some(got) =
+            recv_event(&mut b, "new_msg", Duration::from_millis(200), &mut view_b).await
+        {
+            assert!(got[4]["after"].is_number());
+            delivered = true;
+            break;
+        }
+    }
+    assert!(
+        delivered,
+        "broadcasts did not resume across nodes after Redis came back"
+    );
+    view_b
+        .converge(
+            &mut b,
+            &counts(&[("alice", 1), ("bob", 1)]),
+            Duration::from_secs(5),
+        )
+        .await;
+    assert!(n1.is_running() && n2.is_running());
+}
+
+/// Waits for `event` on a V2 client, feeding presence frames to `view` on the way.
+async fn recv_event(c: &mut Client, event: &str, wait: Duration, view: &mut View) -> Option<Value> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match c.recv_within(left).await? {
+            support::Received::Text(t) => {
+                let v: Value = serde_json::from_str(&t).expect("json");
+                if v[3] == event {
+                    return Some(v);
+                }
+                view.apply(&v);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn migrate_fresh_already_migrated_and_newer_layouts() {
+    let redis = RedisServer::start();
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_phx-gateway"));
+        cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("PHX_GATEWAY__REDIS__URL", redis.url())
+            .args(args);
+        cmd.env(
+            "PHX_GATEWAY__HTTP__PORT",
+            support::redis_server::free_port().to_string(),
+        );
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("runs");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, out) = run(&["migrate"], &[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("from version 0 to 1"), "{out}");
+    assert_eq!(redis.cmd::<String>(&["HGET", "phx:schema", "version"]), "1");
+    let (code, out) = run(&["migrate"], &[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("already at version 1"), "{out}");
+
+    redis.cmd::<i64>(&["HSET", "phx:schema", "version", "99"]);
+    let (code, out) = run(&["migrate"], &[]);
+    assert_eq!(code, Some(3), "{out}");
+    let (code, out) = run(&["serve"], &[]);
+    assert_eq!(code, Some(3), "a gateway must refuse a newer layout: {out}");
+    assert!(
+        out.contains("version 99") && out.contains("upgrade phx-gateway"),
+        "{out}"
+    );
+
+    redis.cmd::<i64>(&["DEL", "phx:schema"]);
+    let (code, out) = run(&["serve"], &[("PHX_GATEWAY__REDIS__AUTO_MIGRATE", "false")]);
+    assert_eq!(code, Some(3), "{out}");
+    assert!(
+        out.contains("phx-gateway migrate"),
+        "the error names the fix: {out}"
+    );
+}

@@ -1,0 +1,205 @@
+//! A real `redis-server` on a free port, and gateway nodes as real processes.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free loopback port (bound and released; the caller retries on a clash).
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+/// Polls `cond` every 20 ms until it holds, or panics with `what` after `timeout`.
+pub async fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A redis-server process owned by the test.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<Child>,
+    dir: PathBuf,
+}
+
+impl RedisServer {
+    /// Starts redis-server on a free port (never 6379).
+    pub fn start() -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "phx-gw-redis-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).expect("redis dir");
+        for _ in 0..5 {
+            let port = free_port();
+            let mut server = Self {
+                port,
+                child: None,
+                dir: dir.clone(),
+            };
+            if server.spawn() {
+                return server;
+            }
+        }
+        panic!("could not start redis-server (is it installed? apt-get install redis-server)");
+    }
+
+    fn spawn(&mut self) -> bool {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        self.child = Some(child);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(Child::try_wait) {
+                return false; // exited: port clash
+            }
+            if self.conn().is_some() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn conn(&self) -> Option<redis::Connection> {
+        let client = redis::Client::open(self.url()).ok()?;
+        let mut conn = client
+            .get_connection_with_timeout(Duration::from_millis(500))
+            .ok()?;
+        redis::cmd("PING").query::<String>(&mut conn).ok()?;
+        Some(conn)
+    }
+
+    /// Runs a command and returns its reply.
+    pub fn cmd<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
+        let mut conn = self.conn().expect("redis reachable");
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query(&mut conn)
+            .unwrap_or_else(|e| panic!("redis {args:?}: {e}"))
+    }
+
+    /// Kills the server (SIGKILL): its data is gone.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts an empty server again on the same port.
+    pub fn restart(&mut self) {
+        self.kill();
+        assert!(
+            self.spawn(),
+            "redis-server did not restart on port {}",
+            self.port
+        );
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A gateway node as a real process.
+pub struct NodeProcess {
+    pub port: u16,
+    child: Child,
+}
+
+impl NodeProcess {
+    /// Starts `phx-gateway` with Redis at `redis_url`, the given extra env, on a free port;
+    /// waits until it accepts connections.
+    pub fn start(redis_url: &str, name: &str, env: &[(&str, &str)]) -> Self {
+        for _ in 0..3 {
+            let port = free_port();
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_phx-gateway"));
+            cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+                .env("PHX_GATEWAY__HTTP__PORT", port.to_string())
+                .env("PHX_GATEWAY__REDIS__URL", redis_url)
+                .env("PHX_GATEWAY__REDIS__NODE_NAME", name)
+                .env(
+                    "RUST_LOG",
+                    std::env::var("TEST_GATEWAY_LOG").unwrap_or_else(|_| "warn".into()),
+                )
+                .stdout(Stdio::null());
+            if std::env::var("TEST_GATEWAY_LOG").is_err() {
+                cmd.stderr(Stdio::null());
+            }
+            for (k, v) in env {
+                cmd.env(k, v);
+            }
+            let mut child = cmd.spawn().expect("spawn phx-gateway");
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(15) {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Self { port, child };
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("gateway node {name} did not start");
+    }
+
+    /// `ws://127.0.0.1:<port>/socket/websocket?<query>`.
+    pub fn ws_url(&self, query: &str) -> String {
+        format!("ws://127.0.0.1:{}/socket/websocket?{}", self.port, query)
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGKILL, as a crash.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
