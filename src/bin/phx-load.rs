@@ -27,6 +27,38 @@ struct Cli {
 enum Scenario {
     /// Open N idle sockets joined to K topics; report join latency and server RSS per socket.
     Connect(ConnectArgs),
+    /// N subscribers on one topic (spread over several nodes), one publisher at a fixed rate;
+    /// report deliveries/s, loss, duplicates, reordering and latency from the scheduled send time.
+    Fanout(FanoutArgs),
+}
+
+#[derive(clap::Args)]
+struct FanoutArgs {
+    /// Server addresses; subscribers are spread over them, the publisher uses the first.
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:4000")]
+    addrs: Vec<SocketAddr>,
+    /// Number of subscribers.
+    #[arg(long, short = 'n', default_value_t = 100)]
+    subscribers: usize,
+    /// Topic (a route that broadcasts `new_msg` to all, e.g. `fan:*` in config/bench.toml).
+    #[arg(long, default_value = "fan:load")]
+    topic: String,
+    /// Messages per second.
+    #[arg(long, default_value_t = 100)]
+    rate: u64,
+    /// Seconds to publish.
+    #[arg(long, default_value_t = 5)]
+    duration: u64,
+    /// Payload padding in bytes.
+    #[arg(long, default_value_t = 0)]
+    size: usize,
+    /// Number of loopback source addresses for subscriber sockets.
+    #[arg(long, default_value_t = 1)]
+    sources: u8,
+    /// Node the publisher connects to (default: the first of --addrs); e.g. another node
+    /// than the subscribers' to measure cross-node delivery.
+    #[arg(long)]
+    publish_to: Option<SocketAddr>,
 }
 
 #[derive(clap::Args)]
@@ -227,6 +259,201 @@ async fn connect(args: ConnectArgs) {
     }
 }
 
+fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+async fn open(addr: SocketAddr, src: IpAddr, query: &str) -> Result<Ws, String> {
+    let sock = TcpSocket::new_v4().map_err(|e| e.to_string())?;
+    sock.bind(SocketAddr::new(src, 0))
+        .map_err(|e| format!("bind {src}: {e}"))?;
+    let stream = sock
+        .connect(addr)
+        .await
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    let url = format!("ws://{addr}/socket/websocket?vsn=2.0.0{query}");
+    let (ws, _) = tokio_tungstenite::client_async(url, stream)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    Ok(ws)
+}
+
+async fn join(ws: &mut Ws, topic: &str) -> Result<(), String> {
+    ws.send(Message::text(format!(
+        r#"["1","1","{topic}","phx_join",{{}}]"#
+    )))
+    .await
+    .map_err(|e| e.to_string())?;
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) if t.starts_with(r#"["1","1""#) => {
+                return if t.contains(r#""status":"ok""#) {
+                    Ok(())
+                } else {
+                    Err(format!("join refused: {t}"))
+                };
+            }
+            Some(Ok(_)) => continue,
+            other => return Err(format!("closed before the join reply: {other:?}")),
+        }
+    }
+}
+
+/// What one subscriber saw.
+#[derive(Default)]
+struct Seen {
+    latencies_us: Vec<u64>,
+    received: u64,
+    duplicates: u64,
+    reordered: u64,
+}
+
+async fn subscriber(mut ws: Ws, expected: u64, done: Arc<tokio::sync::Notify>) -> Seen {
+    let mut seen = Seen::default();
+    let mut got = vec![false; expected as usize];
+    let mut last: Option<u64> = None;
+    let finished = done.notified();
+    tokio::pin!(finished);
+    loop {
+        let msg = tokio::select! {
+            _ = &mut finished => break,
+            m = ws.next() => m,
+        };
+        let Some(Ok(Message::Text(t))) = msg else {
+            if msg.is_none() {
+                break;
+            } else {
+                continue;
+            }
+        };
+        if !t.contains("\"new_msg\"") {
+            continue;
+        }
+        let now = now_ns();
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&t) else {
+            continue;
+        };
+        let (Some(seq), Some(at)) = (v[4]["seq"].as_u64(), v[4]["at"].as_u64()) else {
+            continue;
+        };
+        seen.received += 1;
+        if let Some(slot) = got.get_mut(seq as usize) {
+            if *slot {
+                seen.duplicates += 1;
+            }
+            *slot = true;
+        }
+        if last.is_some_and(|l| seq < l) {
+            seen.reordered += 1;
+        }
+        last = Some(seq);
+        seen.latencies_us.push(now.saturating_sub(at) / 1000);
+    }
+    seen
+}
+
+async fn fanout(args: FanoutArgs) {
+    let total = args.rate * args.duration;
+    let done = Arc::new(tokio::sync::Notify::new());
+    let mut subs = Vec::new();
+    for i in 0..args.subscribers {
+        let addr = args.addrs[i % args.addrs.len()];
+        let src: IpAddr = format!("127.0.0.{}", 1 + (i % usize::from(args.sources.max(1))))
+            .parse()
+            .expect("ip");
+        let mut ws = match open(addr, src, "").await {
+            Ok(ws) => ws,
+            Err(e) => return eprintln!("subscriber {i}: {e}"),
+        };
+        if let Err(e) = join(&mut ws, &args.topic).await {
+            return eprintln!("subscriber {i}: {e}");
+        }
+        subs.push(tokio::spawn(subscriber(ws, total, done.clone())));
+    }
+    let mut publisher = match open(
+        args.publish_to.unwrap_or(args.addrs[0]),
+        "127.0.0.1".parse().expect("ip"),
+        "",
+    )
+    .await
+    {
+        Ok(ws) => ws,
+        Err(e) => return eprintln!("publisher: {e}"),
+    };
+    if let Err(e) = join(&mut publisher, &args.topic).await {
+        return eprintln!("publisher: {e}");
+    }
+    // The publisher's own copies and replies are drained so its socket never backs up.
+    let (mut tx, mut rx) = publisher.split();
+    let drain = tokio::spawn(async move { while rx.next().await.is_some() {} });
+    let pad = "x".repeat(args.size);
+    let cpu_before = cpu_seconds_self();
+    let start = now_ns() + 50_000_000;
+    let gap = 1_000_000_000 / args.rate.max(1);
+    let t0 = tokio::time::Instant::now() + Duration::from_millis(50);
+    for seq in 0..total {
+        // Latency counts from the scheduled time, so a stalled sender cannot hide delays.
+        let at = start + seq * gap;
+        tokio::time::sleep_until(t0 + Duration::from_nanos(seq * gap)).await;
+        let frame = format!(
+            r#"["1","p{seq}","{}","new_msg",{{"seq":{seq},"at":{at},"pad":"{pad}"}}]"#,
+            args.topic
+        );
+        if tx.send(Message::text(frame)).await.is_err() {
+            eprintln!("publisher closed at seq {seq}");
+            break;
+        }
+    }
+    // Give the tail time to arrive, then stop the subscribers.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    done.notify_waiters();
+    drain.abort();
+    let mut all = Vec::new();
+    let (mut received, mut dups, mut reordered) = (0u64, 0u64, 0u64);
+    for s in subs {
+        if let Ok(seen) = s.await {
+            received += seen.received;
+            dups += seen.duplicates;
+            reordered += seen.reordered;
+            all.extend(seen.latencies_us);
+        }
+    }
+    all.sort_unstable();
+    let expected = total * args.subscribers as u64;
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or(0) as f64
+            / 1000.0
+    };
+    println!(
+        "scenario fanout: {} subscribers over {} node(s), publisher on {}, {} msg/s for {} s, payload pad {} B",
+        args.subscribers,
+        args.addrs.len(),
+        args.publish_to.unwrap_or(args.addrs[0]),
+        args.rate,
+        args.duration,
+        args.size
+    );
+    println!(
+        "deliveries: {received} of {expected} ({:.0}/s), lost {}, duplicates {dups}, reordered {reordered}",
+        received as f64 / args.duration as f64,
+        expected.saturating_sub(received - dups)
+    );
+    println!(
+        "latency from scheduled send: p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
+        pct(0.5),
+        pct(0.99),
+        pct(0.999),
+        all.last().copied().unwrap_or(0) as f64 / 1000.0
+    );
+    println!("load tool CPU: {:.1} s", cpu_seconds_self() - cpu_before);
+}
+
 fn main() {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -235,5 +462,6 @@ fn main() {
         .expect("tokio runtime");
     match cli.scenario {
         Scenario::Connect(args) => runtime.block_on(connect(args)),
+        Scenario::Fanout(args) => runtime.block_on(fanout(args)),
     }
 }

@@ -42,6 +42,10 @@ pub struct Redis {
     /// The settings it was built from.
     pub settings: RedisSettings,
     timeout: Duration,
+    /// A multiplexed connection checked out of the pool and shared by every command, so a
+    /// command costs one round trip (a checkout costs another: the pool's UNWATCH + PING).
+    /// Dropped after a connection error; the next command checks out a fresh one.
+    shared: Arc<std::sync::Mutex<Option<redis::aio::MultiplexedConnection>>>,
 }
 
 /// This node's id: `<name>-<random hex>`, restricted to characters safe in key names.
@@ -93,58 +97,77 @@ impl Redis {
             node: node_id(&settings.node_name).into(),
             settings: settings.clone(),
             timeout,
+            shared: Arc::default(),
         };
         let pong: String = redis.query(&redis::cmd("PING")).await?;
         tracing::debug!(reply = %pong, "redis reachable");
         Ok(redis)
     }
 
-    /// Runs one command on a pooled connection, bounded by the command timeout.
+    async fn connection(&self) -> Result<redis::aio::MultiplexedConnection, ClusterError> {
+        if let Some(conn) = self
+            .shared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        {
+            return Ok(conn);
+        }
+        let pooled = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| ClusterError::Pool(e.to_string()))?;
+        let conn = (*pooled).clone();
+        *self.shared.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Runs `op` on the shared connection within the command timeout; forgets the
+    /// connection if it failed.
+    async fn run<T, F, Fut>(&self, op: F) -> Result<T, ClusterError>
+    where
+        F: FnOnce(redis::aio::MultiplexedConnection) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let result = tokio::time::timeout(self.timeout, async {
+            let conn = self.connection().await?;
+            op(conn).await.map_err(ClusterError::from)
+        })
+        .await
+        .unwrap_or(Err(ClusterError::Timeout));
+        let broken = match &result {
+            Err(ClusterError::Redis(e)) => {
+                e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error()
+            }
+            Err(ClusterError::Timeout) => true,
+            _ => false,
+        };
+        if broken {
+            *self.shared.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+        result
+    }
+
+    /// Runs one command, bounded by the command timeout.
     pub async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, ClusterError> {
-        let fut = async {
-            let mut conn = self
-                .pool
-                .get()
-                .await
-                .map_err(|e| ClusterError::Pool(e.to_string()))?;
-            Ok::<T, ClusterError>(cmd.query_async(&mut conn).await?)
-        };
-        tokio::time::timeout(self.timeout, fut)
+        self.run(|mut conn| async move { cmd.query_async(&mut conn).await })
             .await
-            .map_err(|_| ClusterError::Timeout)?
     }
 
-    /// Runs a pipeline on a pooled connection, bounded by the command timeout.
+    /// Runs a pipeline, bounded by the command timeout.
     pub async fn pipe<T: FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, ClusterError> {
-        let fut = async {
-            let mut conn = self
-                .pool
-                .get()
-                .await
-                .map_err(|e| ClusterError::Pool(e.to_string()))?;
-            Ok::<T, ClusterError>(pipe.query_async(&mut conn).await?)
-        };
-        tokio::time::timeout(self.timeout, fut)
+        self.run(|mut conn| async move { pipe.query_async(&mut conn).await })
             .await
-            .map_err(|_| ClusterError::Timeout)?
     }
 
-    /// Runs a Lua script on a pooled connection, bounded by the command timeout.
+    /// Runs a Lua script, bounded by the command timeout.
     pub async fn script<T: FromRedisValue>(
         &self,
         inv: &redis::ScriptInvocation<'_>,
     ) -> Result<T, ClusterError> {
-        let fut = async {
-            let mut conn = self
-                .pool
-                .get()
-                .await
-                .map_err(|e| ClusterError::Pool(e.to_string()))?;
-            Ok::<T, ClusterError>(inv.invoke_async(&mut conn).await?)
-        };
-        tokio::time::timeout(self.timeout, fut)
+        self.run(|mut conn| async move { inv.invoke_async(&mut conn).await })
             .await
-            .map_err(|_| ClusterError::Timeout)?
     }
 }
 
