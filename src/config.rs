@@ -154,6 +154,9 @@ impl Default for DemoSettings {
 pub struct RedisSettings {
     /// `redis://[user:password@]host:port/db` or `rediss://` (TLS). Unset: single node.
     pub url: Option<String>,
+    /// PEM file of the CA that signed the Redis server's certificate (`rediss://` with a
+    /// private CA). Unset: the bundled Mozilla roots.
+    pub tls_ca_file: Option<PathBuf>,
     /// Prefix of every key and channel, so several gateways can share one Redis.
     pub key_prefix: String,
     /// Node name; a random suffix is added per start. Default: the host name.
@@ -178,6 +181,7 @@ impl Default for RedisSettings {
     fn default() -> Self {
         Self {
             url: None,
+            tls_ca_file: None,
             key_prefix: "phx".into(),
             node_name: String::new(),
             pool_size: 8,

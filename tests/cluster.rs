@@ -533,3 +533,101 @@ fn migrate_fresh_already_migrated_and_newer_layouts() {
         "the error names the fix: {out}"
     );
 }
+
+/// Two in-process nodes on `redis` (with `tweak`), one client each on `room:sec`: a
+/// broadcast from one reaches the other.
+async fn assert_cross_node_broadcast(
+    redis: &RedisServer,
+    tweak: impl Fn(&mut phx_gateway::config::Settings) + Copy,
+) -> (TestServer, TestServer, Client, Client) {
+    let n1 = TestServer::start_node(&redis.url(), tweak).await;
+    let n2 = TestServer::start_node(&redis.url(), tweak).await;
+    let mut a = n1.v2("user_id=a").await;
+    let mut b = n2.v2("user_id=b").await;
+    a.join("1", "room:sec").await;
+    b.join("1", "room:sec").await;
+    a.send_text(r#"["1","2","room:sec","new_msg",{"secure":true}]"#)
+        .await;
+    let got = b
+        .recv_until("cross-node new_msg", |v| v[3] == "new_msg")
+        .await;
+    assert_eq!(got[4], json!({"secure": true}));
+    (n1, n2, a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acl_user_password_and_database_number() {
+    let redis = RedisServer::start_with(
+        &[
+            "--port", "{port}", "--user", "default", "off", "--user", "gw", "on", ">s3cret", "~*",
+            "&*", "+@all",
+        ],
+        "redis://gw:s3cret@127.0.0.1:{port}/3",
+        None,
+    );
+    let _cluster = assert_cross_node_broadcast(&redis, |_| {}).await;
+    // The presence keys went to database 3.
+    wait_until("presence hash in db 3", Duration::from_secs(5), || {
+        redis
+            .cmd::<Vec<String>>(&["HKEYS", "phx:p:{room:sec}"])
+            .len()
+            == 2
+    })
+    .await;
+    // A wrong password refuses to start, with an error and no secret in it.
+    let mut settings = phx_gateway::config::Settings::defaults();
+    settings.redis.url = Some(format!("redis://gw:wrong@127.0.0.1:{}/3", redis.port));
+    let err = phx_gateway::Gateway::start(settings)
+        .await
+        .err()
+        .expect("wrong password must fail");
+    let msg = err.to_string();
+    assert!(
+        !msg.contains("wrong"),
+        "the password must not appear in errors: {msg}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_with_a_private_ca() {
+    let dir = std::env::temp_dir().join(format!("phx-gw-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let sh = |cmd: &str| {
+        let ok = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .current_dir(&dir)
+            .status()
+            .expect("sh")
+            .success();
+        assert!(ok, "{cmd}");
+    };
+    sh("openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 1 -subj /CN=phx-test-ca 2>/dev/null");
+    sh("openssl req -newkey rsa:2048 -nodes -keyout srv.key -out srv.csr -subj /CN=127.0.0.1 2>/dev/null");
+    sh("printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\n' > ext.cnf");
+    sh("openssl x509 -req -in srv.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out srv.crt -days 1 -extfile ext.cnf 2>/dev/null");
+    let ca = std::fs::read(dir.join("ca.crt")).expect("ca");
+    let (crt, key, cacrt) = (dir.join("srv.crt"), dir.join("srv.key"), dir.join("ca.crt"));
+    let redis = RedisServer::start_with(
+        &[
+            "--port",
+            "0",
+            "--tls-port",
+            "{port}",
+            "--tls-cert-file",
+            crt.to_str().expect("path"),
+            "--tls-key-file",
+            key.to_str().expect("path"),
+            "--tls-ca-cert-file",
+            cacrt.to_str().expect("path"),
+            "--tls-auth-clients",
+            "no",
+        ],
+        "rediss://127.0.0.1:{port}",
+        Some(ca),
+    );
+    let ca_path = dir.join("ca.crt");
+    let _nodes =
+        assert_cross_node_broadcast(&redis, |s| s.redis.tls_ca_file = Some(ca_path.clone())).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

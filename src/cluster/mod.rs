@@ -79,16 +79,33 @@ impl Redis {
             .url
             .clone()
             .ok_or_else(|| ClusterError::Layout("redis.url is not set".into()))?;
-        let client = redis::Client::open(url.as_str())?;
+        let client = match &settings.tls_ca_file {
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|e| {
+                    ClusterError::Pool(format!(
+                        "cannot read redis.tls_ca_file {}: {e}",
+                        path.display()
+                    ))
+                })?;
+                let certs = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                };
+                redis::Client::build_with_tls(url.as_str(), certs)?
+            }
+            None => redis::Client::open(url.as_str())?,
+        };
         let timeout = Duration::from_millis(settings.command_timeout_ms);
-        let mut pool_cfg = deadpool_redis::Config::from_url(url);
-        let mut pc = deadpool_redis::PoolConfig::new(settings.pool_size);
-        pc.timeouts.wait = Some(timeout);
-        pc.timeouts.create = Some(timeout);
-        pc.timeouts.recycle = Some(timeout);
-        pool_cfg.pool = Some(pc);
-        let pool = pool_cfg
-            .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+        let mut pool_cfg = deadpool_redis::PoolConfig::new(settings.pool_size);
+        pool_cfg.timeouts.wait = Some(timeout);
+        pool_cfg.timeouts.create = Some(timeout);
+        pool_cfg.timeouts.recycle = Some(timeout);
+        // The pool's manager gets the client's connection info as is, TLS roots included.
+        let manager = deadpool_redis::Manager::new(client.get_connection_info().clone())?;
+        let pool = deadpool_redis::Pool::builder(manager)
+            .config(pool_cfg)
+            .runtime(deadpool_redis::Runtime::Tokio1)
+            .build()
             .map_err(|e| ClusterError::Pool(e.to_string()))?;
         let redis = Self {
             client,

@@ -28,11 +28,23 @@ pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
     dir: PathBuf,
+    /// Extra redis-server arguments; `{port}` is replaced by the port.
+    args: Vec<String>,
+    /// URL template used by the test's own connections; `{port}` is replaced.
+    url_template: String,
+    /// CA certificate (PEM) for TLS servers.
+    ca: Option<Vec<u8>>,
 }
 
 impl RedisServer {
     /// Starts redis-server on a free port (never 6379).
     pub fn start() -> Self {
+        Self::start_with(&["--port", "{port}"], "redis://127.0.0.1:{port}", None)
+    }
+
+    /// Starts redis-server with `args` (`{port}` = the chosen port); the test connects with
+    /// `url_template` and, for TLS, trusts `ca` (PEM).
+    pub fn start_with(args: &[&str], url_template: &str, ca: Option<Vec<u8>>) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "phx-gw-redis-{}-{}",
             std::process::id(),
@@ -45,6 +57,9 @@ impl RedisServer {
                 port,
                 child: None,
                 dir: dir.clone(),
+                args: args.iter().map(|a| a.to_string()).collect(),
+                url_template: url_template.to_owned(),
+                ca: ca.clone(),
             };
             if server.spawn() {
                 return server;
@@ -54,17 +69,10 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) -> bool {
+        let port = self.port.to_string();
         let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(self.args.iter().map(|a| a.replace("{port}", &port)))
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(&self.dir)
             .stdout(Stdio::null())
@@ -85,13 +93,27 @@ impl RedisServer {
         false
     }
 
-    /// `redis://127.0.0.1:<port>`.
+    /// The URL to connect with (by default `redis://127.0.0.1:<port>`).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        self.url_template.replace("{port}", &self.port.to_string())
+    }
+
+    /// The directory the server runs in (for certificates and the like).
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
     }
 
     fn conn(&self) -> Option<redis::Connection> {
-        let client = redis::Client::open(self.url()).ok()?;
+        let client = match &self.ca {
+            Some(ca) => {
+                let certs = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.clone()),
+                };
+                redis::Client::build_with_tls(self.url(), certs).ok()?
+            }
+            None => redis::Client::open(self.url()).ok()?,
+        };
         let mut conn = client
             .get_connection_with_timeout(Duration::from_millis(500))
             .ok()?;
