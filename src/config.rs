@@ -31,6 +31,12 @@ pub struct Settings {
     /// The demo page.
     #[serde(default)]
     pub demo: DemoSettings,
+    /// The admin listener: `/metrics`, `/healthz`, `/readyz`.
+    #[serde(default)]
+    pub admin: AdminSettings,
+    /// Graceful shutdown.
+    #[serde(default)]
+    pub shutdown: ShutdownSettings,
     /// Redis, for running several nodes as one cluster. Without `redis.url` the gateway is a
     /// single node with in-memory pub/sub and presence.
     #[serde(default)]
@@ -148,6 +154,45 @@ impl Default for DemoSettings {
     }
 }
 
+/// The admin listener (metrics and health), separate from the public port.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSettings {
+    /// Address to bind (default `127.0.0.1`; use `0.0.0.0` in containers).
+    pub host: String,
+    /// Port (default 9568); 0 disables the admin listener.
+    pub port: u16,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 9568,
+        }
+    }
+}
+
+/// Graceful shutdown (drain).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownSettings {
+    /// On SIGTERM, sockets are closed (code 1012) at random moments spread over this period,
+    /// so that their reconnections do not hit the other nodes at once.
+    pub drain_ms: u64,
+    /// The same on SIGINT (Ctrl-C): faster.
+    pub sigint_drain_ms: u64,
+}
+
+impl Default for ShutdownSettings {
+    fn default() -> Self {
+        Self {
+            drain_ms: 10_000,
+            sigint_drain_ms: 1_000,
+        }
+    }
+}
+
 /// Redis cluster settings.
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -175,6 +220,8 @@ pub struct RedisSettings {
     pub publish_queue: usize,
     /// Apply missing key-layout migrations at start-up (else `phx-gateway migrate` must run).
     pub auto_migrate: bool,
+    /// `/readyz` stays 200 this long after Redis became unreachable (local traffic still works).
+    pub ready_grace_ms: u64,
 }
 
 impl Default for RedisSettings {
@@ -191,6 +238,7 @@ impl Default for RedisSettings {
             unsubscribe_delay_ms: 2_000,
             publish_queue: 65_536,
             auto_migrate: true,
+            ready_grace_ms: 30_000,
         }
     }
 }
@@ -320,6 +368,8 @@ impl Settings {
             socket: SocketSettings::default(),
             log: LogSettings::default(),
             demo: DemoSettings::default(),
+            admin: AdminSettings::default(),
+            shutdown: ShutdownSettings::default(),
             redis: RedisSettings::default(),
             routes: default_routes(),
         }

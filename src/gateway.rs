@@ -1,5 +1,6 @@
 //! The gateway's shared parts, handed to every socket, and their lifecycle.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -56,6 +57,7 @@ pub struct Gateway {
     pub(crate) channel_tasks: TaskTracker,
     background: CancellationToken,
     background_tasks: Mutex<Vec<JoinHandle<()>>>,
+    drain_ms: AtomicU64,
 }
 
 impl Gateway {
@@ -77,6 +79,7 @@ impl Gateway {
             channel_tasks: TaskTracker::new(),
             background: CancellationToken::new(),
             background_tasks: Mutex::new(Vec::new()),
+            drain_ms: AtomicU64::new(0),
         })
     }
 
@@ -123,17 +126,48 @@ impl Gateway {
         self
     }
 
-    /// Stops cleanly: closes every socket, waits (bounded) for channels to clean up, removes
-    /// this node's presences (other nodes see the leaves), then flushes and stops the Redis
-    /// tasks.
-    pub async fn stop(&self) {
+    /// Whether the node should receive traffic: not draining, and Redis reachable (or
+    /// unreachable for less than `redis.ready_grace_ms`).
+    pub fn ready(&self) -> bool {
+        if self.shutdown.is_cancelled() {
+            return false;
+        }
+        let Some(cluster) = &self.cluster else {
+            return true;
+        };
+        let stats = &cluster.pubsub_stats;
+        if stats.connected.load(Ordering::Relaxed) {
+            return true;
+        }
+        let down_since = stats.down_since_ms.load(Ordering::Relaxed);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        down_since == 0 || now.saturating_sub(down_since) < self.settings.redis.ready_grace_ms
+    }
+
+    /// The drain period in effect (set by [`Gateway::stop`]).
+    pub fn drain(&self) -> Duration {
+        Duration::from_millis(self.drain_ms.load(Ordering::Relaxed))
+    }
+
+    /// Stops cleanly. At once: readiness goes false, new sockets are refused and this node's
+    /// presences are removed (other nodes' clients see the leaves). Open sockets are closed
+    /// with 1012 at random moments over `drain`, so their reconnections spread out. Then,
+    /// once the channels are done (bounded), the Redis tasks flush and stop.
+    pub async fn stop(&self, drain: Duration) {
+        self.drain_ms
+            .store(drain.as_millis() as u64, Ordering::Relaxed);
         self.shutdown.cancel();
+        tracing::info!(drain_ms = drain.as_millis() as u64, "draining");
+        self.presence.shutdown().await;
         self.channel_tasks.close();
-        if tokio::time::timeout(Duration::from_secs(5), self.channel_tasks.wait())
+        let budget = drain + Duration::from_secs(5);
+        if tokio::time::timeout(budget, self.channel_tasks.wait())
             .await
             .is_err()
         {
-            tracing::warn!("channels still running after 5 s; stopping anyway");
+            tracing::warn!("channels still running after the drain period; stopping anyway");
         }
         self.presence.shutdown().await;
         self.background.cancel();

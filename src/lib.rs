@@ -12,10 +12,12 @@
 //! - [`protocol`]: the wire formats (V1 JSON, V2 JSON, V2 binary); pure, no I/O.
 //! - [`config`], [`gateway`], [`server`], [`telemetry`]: settings, wiring, HTTP server, logs.
 
+pub mod admin;
 pub mod channel;
 pub mod cluster;
 pub mod config;
 pub mod gateway;
+pub mod metrics;
 pub mod presence;
 pub mod protocol;
 pub mod pubsub;

@@ -123,34 +123,73 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
                 gateway.settings.http.port
             )
         })?;
+        let admin = phx_gateway::admin::bind(&gateway).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen on the admin port {}:{}: {e}",
+                gateway.settings.admin.host,
+                gateway.settings.admin.port
+            )
+        })?;
         let running = server::start(gateway.clone(), listener)?;
         tracing::info!(addr = %running.addr, "phx-gateway listening");
+        let admin = match admin {
+            Some(listener) => {
+                let addr = listener.local_addr()?;
+                let admin = phx_gateway::admin::start(gateway.clone(), listener)?;
+                tracing::info!(%addr, "admin listening (/metrics, /healthz, /readyz)");
+                Some(admin)
+            }
+            None => None,
+        };
+        let admin_handle = admin.as_ref().map(|a| a.handle());
+        let admin_task = admin.map(tokio::spawn);
         let handle = running.handle.clone();
         let server = tokio::spawn(running.server);
-        shutdown_signal().await;
-        tracing::info!("shutting down: closing sockets");
-        gateway.stop().await;
+        let drain = match shutdown_signal().await {
+            Signal::Terminate => gateway.settings.shutdown.drain_ms,
+            Signal::Interrupt => gateway.settings.shutdown.sigint_drain_ms,
+        };
+        tracing::info!("shutting down: readiness off, new sockets refused, closing sockets");
+        gateway.stop(std::time::Duration::from_millis(drain)).await;
         handle.stop(true).await;
         let _ = server.await;
+        if let (Some(h), Some(t)) = (admin_handle, admin_task) {
+            h.stop(false).await;
+            let _ = t.await;
+        }
         tracing::info!("stopped");
         Ok(())
     })
 }
 
-async fn shutdown_signal() {
+/// The signal that asked us to stop.
+enum Signal {
+    /// SIGTERM (Kubernetes): drain over `shutdown.drain_ms`.
+    Terminate,
+    /// SIGINT (Ctrl-C): drain over `shutdown.sigint_drain_ms`.
+    Interrupt,
+}
+
+async fn shutdown_signal() -> Signal {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
                 Ok(s) => s,
-                Err(_) => return ctrl_c.await.unwrap_or(()),
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return Signal::Interrupt;
+                }
             };
         tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+            _ = ctrl_c => Signal::Interrupt,
+            _ = term.recv() => Signal::Terminate,
         }
     }
     #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    {
+        let _ = ctrl_c.await;
+        Signal::Interrupt
+    }
 }

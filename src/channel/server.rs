@@ -96,6 +96,12 @@ impl Actor {
         let joined = AssertUnwindSafe(self.channel.join(&mut self.ctx, req.payload))
             .catch_unwind()
             .await;
+        let result = match &joined {
+            Ok(Ok(_)) => "ok",
+            Ok(Err(_)) => "refused",
+            Err(_) => "error",
+        };
+        ::metrics::counter!(crate::metrics::JOINS, "result" => result).increment(1);
         let response = match joined {
             Ok(Ok(response)) => response,
             Ok(Err(reason)) => {
@@ -145,6 +151,7 @@ impl Actor {
             self.send_close_of(old);
         }
         tracing::debug!("joined");
+        ::metrics::gauge!(crate::metrics::CHANNELS).increment(1.0);
 
         let mut end = match AssertUnwindSafe(self.channel.after_join(&mut self.ctx))
             .catch_unwind()
@@ -179,6 +186,7 @@ impl Actor {
             tracing::error!("channel terminate panicked");
         }
         self.ctx.cleanup().await;
+        ::metrics::gauge!(crate::metrics::CHANNELS).decrement(1.0);
         match end {
             End::Terminated(Termination::Left | Termination::Stopped) => {
                 self.ctx.send_control(events::CLOSE, &Payload::empty());

@@ -147,12 +147,18 @@ impl Redis {
         F: FnOnce(redis::aio::MultiplexedConnection) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
+        let started = std::time::Instant::now();
         let result = tokio::time::timeout(self.timeout, async {
             let conn = self.connection().await?;
             op(conn).await.map_err(ClusterError::from)
         })
         .await
         .unwrap_or(Err(ClusterError::Timeout));
+        ::metrics::histogram!(crate::metrics::REDIS_COMMAND_SECONDS)
+            .record(started.elapsed().as_secs_f64());
+        if result.is_err() {
+            ::metrics::counter!(crate::metrics::REDIS_ERRORS).increment(1);
+        }
         let broken = match &result {
             Err(ClusterError::Redis(e)) => {
                 e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error()

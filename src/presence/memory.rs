@@ -79,6 +79,7 @@ impl Presence for MemoryPresence {
             owner,
             meta,
         });
+        ::metrics::gauge!(crate::metrics::PRESENCE_ENTRIES).increment(1.0);
         self.emit(topic, &diff);
         Ok(phx_ref)
     }
@@ -119,6 +120,7 @@ impl Presence for MemoryPresence {
             .position(|e| e.owner == owner && e.key == key)
             .ok_or(PresenceError::NoPresence)?;
         let gone = entries.remove(pos);
+        ::metrics::gauge!(crate::metrics::PRESENCE_ENTRIES).decrement(1.0);
         if entries.is_empty() {
             topics.remove(topic);
         }
@@ -149,6 +151,7 @@ impl Presence for MemoryPresence {
         if entries.is_empty() {
             topics.remove(topic);
         }
+        ::metrics::gauge!(crate::metrics::PRESENCE_ENTRIES).decrement(leaves.len() as f64);
         self.emit(
             topic,
             &Diff {

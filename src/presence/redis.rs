@@ -162,6 +162,7 @@ impl RedisPresence {
         if gone.is_empty() {
             return;
         }
+        ::metrics::gauge!(crate::metrics::PRESENCE_ENTRIES).decrement(gone.len() as f64);
         let pkey = self.redis.keys.presence(topic);
         let mut pipe = redis::pipe();
         for e in &gone {
@@ -204,6 +205,8 @@ impl RedisPresence {
             match self.beat().await {
                 Ok(had_heartbeat) => {
                     self.stats.heartbeats.fetch_add(1, Ordering::Relaxed);
+                    ::metrics::counter!(crate::metrics::PRESENCE_HEARTBEATS, "result" => "ok")
+                        .increment(1);
                     if failing || (!first && !had_heartbeat) {
                         tracing::info!("redis presence state was lost or unreachable: re-announcing and resyncing");
                         self.announce_own().await;
@@ -219,8 +222,16 @@ impl RedisPresence {
                     }
                     failing = false;
                     first = false;
-                    if let Err(e) = self.reap().await {
-                        tracing::warn!(error = %e, "reaper run failed");
+                    match self.reap().await {
+                        Ok(()) => {
+                            ::metrics::counter!(crate::metrics::REAPER_RUNS, "result" => "ok")
+                                .increment(1)
+                        }
+                        Err(e) => {
+                            ::metrics::counter!(crate::metrics::REAPER_RUNS, "result" => "error")
+                                .increment(1);
+                            tracing::warn!(error = %e, "reaper run failed");
+                        }
                     }
                     if resync_at.is_some_and(|t| Instant::now() >= t) {
                         resync_at = None;
@@ -228,6 +239,8 @@ impl RedisPresence {
                     }
                 }
                 Err(e) => {
+                    ::metrics::counter!(crate::metrics::PRESENCE_HEARTBEATS, "result" => "error")
+                        .increment(1);
                     let n = self
                         .stats
                         .heartbeat_failures
@@ -387,6 +400,7 @@ impl RedisPresence {
             cleanup.cmd("SREM").arg(k.nodes()).arg(node).ignore();
             self.redis.pipe::<()>(&cleanup).await?;
             self.stats.reaped_nodes.fetch_add(1, Ordering::Relaxed);
+            ::metrics::counter!(crate::metrics::REAPED_NODES).increment(1);
             self.stats
                 .reaped_presences
                 .fetch_add(removed, Ordering::Relaxed);
@@ -419,6 +433,7 @@ impl Presence for RedisPresence {
                 owner,
                 meta: meta.clone(),
             });
+            ::metrics::gauge!(crate::metrics::PRESENCE_ENTRIES).increment(1.0);
         }
         let k = &self.redis.keys;
         let pkey = k.presence(topic);

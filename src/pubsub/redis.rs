@@ -46,6 +46,8 @@ pub struct RedisStats {
     pub connected: AtomicBool,
     /// Redis channels currently subscribed.
     pub subscribed: AtomicU64,
+    /// When the subscriber connection went down (unix ms); 0 while up.
+    pub down_since_ms: AtomicU64,
 }
 
 enum SubCmd {
@@ -134,6 +136,7 @@ impl RedisPubSub {
             .try_send((self.redis.keys.channel(&msg.topic), bytes))
             .is_err()
         {
+            ::metrics::counter!(crate::metrics::REDIS_PUBLISH_DROPPED).increment(1);
             let n = self.stats.publish_dropped.fetch_add(1, Ordering::Relaxed);
             if n.is_power_of_two() {
                 tracing::warn!(
@@ -239,14 +242,19 @@ impl Manager {
                 Ok(Ok(conn)) => {
                     if ever_connected {
                         self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                        ::metrics::counter!(crate::metrics::REDIS_RECONNECTS).increment(1);
                         tracing::info!("redis subscriber reconnected");
                     }
                     ever_connected = true;
                     failures = 0;
                     backoff = Duration::from_millis(100);
                     self.stats.connected.store(true, Ordering::Relaxed);
+                    self.stats.down_since_ms.store(0, Ordering::Relaxed);
+                    ::metrics::gauge!(crate::metrics::REDIS_UP).set(1.0);
                     let lost = self.connected(conn).await;
                     self.stats.connected.store(false, Ordering::Relaxed);
+                    self.stats.down_since_ms.store(now_ms(), Ordering::Relaxed);
+                    ::metrics::gauge!(crate::metrics::REDIS_UP).set(0.0);
                     self.stats.subscribed.store(0, Ordering::Relaxed);
                     self.active.clear();
                     match lost {
@@ -474,6 +482,10 @@ async fn read(
         if env.node == *redis.node {
             continue; // The origin already delivered it locally.
         }
+        if env.ts > 0 {
+            let lag_ms = now_ms().saturating_sub(env.ts);
+            ::metrics::histogram!(crate::metrics::LAG_SECONDS).record(lag_ms as f64 / 1000.0);
+        }
         if redis.keys.channel(&env.broadcast.topic) != msg.get_channel_name() {
             stats.invalid.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
@@ -532,6 +544,7 @@ impl Publisher {
                 self.stats.published.fetch_add(n, Ordering::Relaxed);
             }
             Err(e) => {
+                ::metrics::counter!(crate::metrics::REDIS_PUBLISH_DROPPED).increment(n);
                 let total = self.stats.publish_dropped.fetch_add(n, Ordering::Relaxed) + n;
                 let quiet = self
                     .last_warn

@@ -104,6 +104,18 @@ impl Registry {
     /// encoded at most once per serializer; intercepting subscribers get the message through
     /// their actor instead.
     pub fn dispatch(&self, msg: &Arc<Broadcast>, from: Option<SubscriberId>) -> DispatchStats {
+        let started = std::time::Instant::now();
+        let stats = self.deliver(msg, from);
+        if stats.delivered + stats.intercepted + stats.dropped > 0 {
+            ::metrics::histogram!(crate::metrics::FANOUT_SECONDS)
+                .record(started.elapsed().as_secs_f64());
+            ::metrics::counter!(crate::metrics::MESSAGES_OUT, "kind" => "broadcast")
+                .increment(stats.delivered as u64);
+        }
+        stats
+    }
+
+    fn deliver(&self, msg: &Arc<Broadcast>, from: Option<SubscriberId>) -> DispatchStats {
         let mut stats = DispatchStats::default();
         let topics = self.read();
         let Some(subs) = topics.get(&msg.topic) else {

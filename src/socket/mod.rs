@@ -133,6 +133,13 @@ impl Socket {
 
     /// Handles one decoded client message, following Phoenix's dispatch rules.
     pub async fn handle(&mut self, msg: Message) {
+        let kind = match msg.event.as_str() {
+            events::HEARTBEAT if msg.topic == HEARTBEAT_TOPIC => "heartbeat",
+            events::JOIN => "join",
+            events::LEAVE => "leave",
+            _ => "event",
+        };
+        ::metrics::counter!(crate::metrics::MESSAGES_IN, "kind" => kind).increment(1);
         if msg.topic == HEARTBEAT_TOPIC && msg.event == events::HEARTBEAT {
             self.reply(&Value::Null, &msg.msg_ref, HEARTBEAT_TOPIC, "ok", json!({}));
             return;
@@ -207,6 +214,7 @@ impl Socket {
         };
         if msg.topic.len() > limits.max_topic_bytes {
             tracing::info!(len = msg.topic.len(), "join refused: topic too long");
+            ::metrics::counter!(crate::metrics::JOINS, "result" => "refused").increment(1);
             self.reply(
                 &msg.join_ref,
                 &msg.msg_ref,
@@ -218,6 +226,7 @@ impl Socket {
         }
         let Some(factory) = self.gateway.router.find(&msg.topic).cloned() else {
             tracing::debug!(topic = %msg.topic, "join of an unmatched topic");
+            ::metrics::counter!(crate::metrics::JOINS, "result" => "refused").increment(1);
             self.unmatched(&msg.msg_ref, &msg.topic);
             return;
         };
@@ -241,6 +250,7 @@ impl Socket {
                 limit = limits.max_channels,
                 "join refused: too many channels"
             );
+            ::metrics::counter!(crate::metrics::JOINS, "result" => "refused").increment(1);
             self.reply(
                 &msg.join_ref,
                 &msg.msg_ref,

@@ -41,6 +41,18 @@ impl CloseReason {
         }
     }
 
+    /// The metric label of this reason.
+    pub fn label(self) -> &'static str {
+        match self {
+            CloseReason::SlowConsumer => "slow_consumer",
+            CloseReason::Disconnected => "disconnected",
+            CloseReason::HeartbeatTimeout => "heartbeat_timeout",
+            CloseReason::MalformedFrame => "malformed_frame",
+            CloseReason::FrameTooLarge => "frame_too_large",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+
     /// The close reason text sent to the client.
     pub fn text(self) -> &'static str {
         match self {
@@ -105,6 +117,7 @@ impl Outbox {
             Err(mpsc::error::TrySendError::Full(_)) => {
                 if self.closer.reason.get().is_none() {
                     tracing::warn!("outbound queue full: closing slow consumer");
+                    ::metrics::counter!(crate::metrics::SLOW_CONSUMERS).increment(1);
                 }
                 self.close(CloseReason::SlowConsumer);
                 false
@@ -115,6 +128,12 @@ impl Outbox {
 
     /// Encodes a message with this socket's serializer and queues it.
     pub fn send(&self, msg: &Outbound<'_>) -> bool {
+        let kind = match msg {
+            Outbound::Reply { .. } => "reply",
+            Outbound::Event { join_ref, .. } if join_ref.is_null() => "broadcast",
+            Outbound::Event { .. } => "push",
+        };
+        ::metrics::counter!(crate::metrics::MESSAGES_OUT, "kind" => kind).increment(1);
         match self.serializer.encode(msg) {
             Ok(frame) => self.push(frame),
             Err(e) => {

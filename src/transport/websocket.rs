@@ -34,16 +34,21 @@ pub async fn upgrade(
 ) -> HttpResponse {
     let gateway = gateway.get_ref().clone();
     if gateway.shutdown.is_cancelled() {
+        connect_result("refused");
         return HttpResponse::ServiceUnavailable().finish();
     }
     let params = parse_params(req.query_string());
     let vsn = match params.get("vsn") {
         None => None,
         Some(Value::String(v)) => Some(v.as_str()),
-        Some(_) => return HttpResponse::Forbidden().finish(),
+        Some(_) => {
+            connect_result("refused");
+            return HttpResponse::Forbidden().finish();
+        }
     };
     let Some(serializer) = Serializer::negotiate(vsn) else {
         tracing::warn!(vsn = ?vsn, "connect refused: unsupported vsn");
+        connect_result("refused");
         return HttpResponse::Forbidden().finish();
     };
     if let Some(offered) = req
@@ -55,6 +60,7 @@ pub async fn upgrade(
             .is_ok_and(|v| v.split(',').any(|p| p.trim() == PHOENIX_SUBPROTOCOL));
         if !offers_phoenix {
             tracing::info!("connect refused: no supported subprotocol offered");
+            connect_result("refused");
             return HttpResponse::Forbidden().finish();
         }
     }
@@ -72,11 +78,13 @@ pub async fn upgrade(
         Ok(c) => c,
         Err(refused) => {
             tracing::info!(reason = %refused.0, "connect refused");
+            connect_result("refused");
             return HttpResponse::Forbidden().finish();
         }
     };
     match actix_ws::handle_with_protocols(&req, body, &[PHOENIX_SUBPROTOCOL]) {
         Ok((response, session, stream)) => {
+            connect_result("ok");
             let span = tracing::info_span!("socket", id = connected.id.as_deref().unwrap_or("-"));
             actix_web::rt::spawn(
                 run(gateway, serializer, connected, session, stream).instrument(span),
@@ -85,12 +93,18 @@ pub async fn upgrade(
         }
         Err(e) => {
             tracing::debug!(error = %e, "websocket handshake failed");
+            connect_result("error");
             HttpResponse::BadRequest().finish()
         }
     }
 }
 
+fn connect_result(result: &'static str) {
+    ::metrics::counter!(crate::metrics::CONNECTS, "result" => result).increment(1);
+}
+
 async fn write(session: &mut Session, frame: Frame) -> Result<(), actix_ws::Closed> {
+    ::metrics::counter!(crate::metrics::BYTES_OUT).increment(frame.len() as u64);
     match frame {
         Frame::Text(text) => session.text(text).await,
         Frame::Binary(bin) => session.binary(bin).await,
@@ -143,13 +157,22 @@ async fn run(
     let idle = tokio::time::sleep(timeout);
     tokio::pin!(idle);
     tracing::debug!(?serializer, "socket connected");
+    ::metrics::gauge!(crate::metrics::SOCKETS, "transport" => "websocket").increment(1.0);
+    // On shutdown each socket closes at its own random moment within the drain period, so
+    // that clients reconnect to the other nodes gradually.
+    let drain_share = rand::random::<f64>();
+    let drained = async {
+        gateway.shutdown.cancelled().await;
+        tokio::time::sleep(gateway.drain().mul_f64(drain_share)).await;
+    };
+    tokio::pin!(drained);
 
     // The client's close frame, echoed back as RFC 6455 suggests.
     let mut echo: Option<actix_ws::CloseReason> = None;
     let reason: Option<CloseReason> = loop {
         tokio::select! {
             reason = close_signal.requested() => break Some(reason),
-            _ = gateway.shutdown.cancelled() => break Some(CloseReason::Shutdown),
+            _ = &mut drained => break Some(CloseReason::Shutdown),
             Some(frame) = out.rx.recv() => {
                 // A client that does not read blocks the write: stay responsive to close
                 // requests (slow consumer, disconnect, shutdown) while it is pending.
@@ -160,7 +183,7 @@ async fn run(
                         }
                     }
                     reason = close_signal.requested() => break Some(reason),
-                    _ = gateway.shutdown.cancelled() => break Some(CloseReason::Shutdown),
+                    _ = &mut drained => break Some(CloseReason::Shutdown),
                 }
             }
             Some(event) = events.recv() => socket.on_event(event),
@@ -178,8 +201,14 @@ async fn run(
                 idle.as_mut().reset(Instant::now() + timeout);
                 let decoded = match msg {
                     None => break None,
-                    Some(Ok(AggregatedMessage::Text(text))) => serializer.decode_text(&text),
-                    Some(Ok(AggregatedMessage::Binary(bin))) => serializer.decode_binary(&bin),
+                    Some(Ok(AggregatedMessage::Text(text))) => {
+                        ::metrics::counter!(crate::metrics::BYTES_IN).increment(text.len() as u64);
+                        serializer.decode_text(&text)
+                    }
+                    Some(Ok(AggregatedMessage::Binary(bin))) => {
+                        ::metrics::counter!(crate::metrics::BYTES_IN).increment(bin.len() as u64);
+                        serializer.decode_binary(&bin)
+                    }
                     Some(Ok(AggregatedMessage::Ping(p))) => {
                         let _ = session.pong(&p).await;
                         continue;
@@ -205,6 +234,7 @@ async fn run(
                 match decoded {
                     Ok(message) => socket.handle(message).await,
                     Err(e) => {
+                        ::metrics::counter!(crate::metrics::MESSAGES_IN, "kind" => "malformed").increment(1);
                         tracing::info!(error = %e, "malformed frame");
                         break Some(CloseReason::MalformedFrame);
                     }
@@ -215,6 +245,13 @@ async fn run(
     socket.close();
     drop(socket);
     tracing::debug!(reason = ?reason, "socket closed");
+    ::metrics::gauge!(crate::metrics::SOCKETS, "transport" => "websocket").decrement(1.0);
+    let why = match reason {
+        Some(r) => r.label(),
+        None if echo.is_some() => "client",
+        None => "connection_lost",
+    };
+    ::metrics::counter!(crate::metrics::SOCKET_CLOSES, "reason" => why).increment(1);
     let close = match reason {
         Some(r) => Some(actix_ws::CloseReason {
             code: CloseCode::from(r.code()),

@@ -161,7 +161,25 @@ impl Drop for RedisServer {
 /// A gateway node as a real process.
 pub struct NodeProcess {
     pub port: u16,
+    /// The admin port (`/metrics`, `/healthz`, `/readyz`).
+    pub admin_port: u16,
     child: Child,
+}
+
+/// A blocking HTTP/1.0 GET on loopback: (status, body).
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).ok()?;
+    let status = raw.split_whitespace().nth(1)?.parse().ok()?;
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Some((status, body))
 }
 
 impl NodeProcess {
@@ -170,10 +188,11 @@ impl NodeProcess {
     pub fn start(redis_url: &str, name: &str, env: &[(&str, &str)]) -> Self {
         for _ in 0..3 {
             let port = free_port();
+            let admin_port = free_port();
             let mut cmd = Command::new(env!("CARGO_BIN_EXE_phx-gateway"));
             cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
                 .env("PHX_GATEWAY__HTTP__PORT", port.to_string())
-                .env("PHX_GATEWAY__REDIS__URL", redis_url)
+                .env("PHX_GATEWAY__ADMIN__PORT", admin_port.to_string())
                 .env("PHX_GATEWAY__REDIS__NODE_NAME", name)
                 .env(
                     "RUST_LOG",
@@ -182,6 +201,9 @@ impl NodeProcess {
                 .stdout(Stdio::null());
             if std::env::var("TEST_GATEWAY_LOG").is_err() {
                 cmd.stderr(Stdio::null());
+            }
+            if !redis_url.is_empty() {
+                cmd.env("PHX_GATEWAY__REDIS__URL", redis_url);
             }
             for (k, v) in env {
                 cmd.env(k, v);
@@ -193,7 +215,11 @@ impl NodeProcess {
                     break;
                 }
                 if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Self { port, child };
+                    return Self {
+                        port,
+                        admin_port,
+                        child,
+                    };
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -211,6 +237,33 @@ impl NodeProcess {
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Sends a signal (`TERM`, `INT`) to the process.
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .map(|s| s.success());
+        assert!(matches!(ok, Ok(true)), "kill -{sig} failed");
+    }
+
+    /// Waits (bounded) for the process to exit; returns its exit code.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+
+    /// GET on the admin port.
+    pub fn admin(&self, path: &str) -> Option<(u16, String)> {
+        http_get(self.admin_port, path)
     }
 
     /// SIGKILL, as a crash.

@@ -1,0 +1,196 @@
+//! Prometheus metrics: names, the global recorder, and process metrics.
+//!
+//! Code records through the `metrics` facade with the names below; `/metrics` on the admin
+//! port renders them. Labels have bounded cardinality: never a topic or a user id.
+
+use std::sync::OnceLock;
+
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Connected sockets, by `transport`.
+pub const SOCKETS: &str = "phx_gateway_sockets";
+/// Joined channels.
+pub const CHANNELS: &str = "phx_gateway_channels";
+/// Connection attempts, by `result` (ok, refused, error).
+pub const CONNECTS: &str = "phx_gateway_connects_total";
+/// Joins, by `result` (ok, refused, error).
+pub const JOINS: &str = "phx_gateway_joins_total";
+/// Client messages, by `kind` (heartbeat, join, leave, event, malformed).
+pub const MESSAGES_IN: &str = "phx_gateway_messages_in_total";
+/// Messages queued to clients, by `kind` (reply, push, broadcast).
+pub const MESSAGES_OUT: &str = "phx_gateway_messages_out_total";
+/// Bytes received from clients.
+pub const BYTES_IN: &str = "phx_gateway_bytes_in_total";
+/// Bytes written to clients.
+pub const BYTES_OUT: &str = "phx_gateway_bytes_out_total";
+/// Time to deliver one broadcast to this node's subscribers.
+pub const FANOUT_SECONDS: &str = "phx_gateway_broadcast_fanout_seconds";
+/// Publish-to-deliver lag of broadcasts from other nodes (from the envelope timestamp).
+pub const LAG_SECONDS: &str = "phx_gateway_broadcast_lag_seconds";
+/// Presences tracked by this node.
+pub const PRESENCE_ENTRIES: &str = "phx_gateway_presence_entries";
+/// Presence heartbeats, by `result` (ok, error).
+pub const PRESENCE_HEARTBEATS: &str = "phx_gateway_presence_heartbeats_total";
+/// Reaper runs, by `result` (ok, error).
+pub const REAPER_RUNS: &str = "phx_gateway_presence_reaper_runs_total";
+/// Dead nodes reaped by this node.
+pub const REAPED_NODES: &str = "phx_gateway_presence_reaped_nodes_total";
+/// Redis command latency.
+pub const REDIS_COMMAND_SECONDS: &str = "phx_gateway_redis_command_duration_seconds";
+/// Redis command errors (including timeouts).
+pub const REDIS_ERRORS: &str = "phx_gateway_redis_errors_total";
+/// 1 while the pub/sub connection to Redis is up.
+pub const REDIS_UP: &str = "phx_gateway_redis_up";
+/// Pub/sub reconnections.
+pub const REDIS_RECONNECTS: &str = "phx_gateway_redis_reconnects_total";
+/// Broadcasts not published to Redis (queue full or Redis unavailable).
+pub const REDIS_PUBLISH_DROPPED: &str = "phx_gateway_redis_publish_dropped_total";
+/// Sockets closed because their outbound queue overflowed.
+pub const SLOW_CONSUMERS: &str = "phx_gateway_slow_consumer_disconnects_total";
+/// Socket closes, by `reason`.
+pub const SOCKET_CLOSES: &str = "phx_gateway_socket_closes_total";
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the global recorder (once per process) and returns its handle.
+pub fn init() -> Option<&'static PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .ok()?;
+            let handle = builder.install_recorder().ok()?;
+            describe();
+            Some(handle)
+        })
+        .as_ref()
+}
+
+fn describe() {
+    describe_gauge!(SOCKETS, "Connected sockets, by transport.");
+    describe_gauge!(CHANNELS, "Joined channels.");
+    describe_counter!(CONNECTS, "Connection attempts, by result.");
+    describe_counter!(JOINS, "Channel joins, by result.");
+    describe_counter!(MESSAGES_IN, "Client messages, by kind.");
+    describe_counter!(MESSAGES_OUT, "Messages queued to clients, by kind.");
+    describe_counter!(BYTES_IN, Unit::Bytes, "Bytes received from clients.");
+    describe_counter!(BYTES_OUT, Unit::Bytes, "Bytes written to clients.");
+    describe_histogram!(
+        FANOUT_SECONDS,
+        Unit::Seconds,
+        "Time to deliver one broadcast to this node's subscribers."
+    );
+    describe_histogram!(
+        LAG_SECONDS,
+        Unit::Seconds,
+        "Publish-to-deliver lag of broadcasts from other nodes."
+    );
+    describe_gauge!(PRESENCE_ENTRIES, "Presences tracked by this node.");
+    describe_counter!(PRESENCE_HEARTBEATS, "Presence heartbeats, by result.");
+    describe_counter!(REAPER_RUNS, "Dead-node reaper runs, by result.");
+    describe_counter!(REAPED_NODES, "Dead nodes reaped by this node.");
+    describe_histogram!(
+        REDIS_COMMAND_SECONDS,
+        Unit::Seconds,
+        "Redis command latency."
+    );
+    describe_counter!(REDIS_ERRORS, "Redis command errors and timeouts.");
+    describe_gauge!(REDIS_UP, "1 while the Redis pub/sub connection is up.");
+    describe_counter!(REDIS_RECONNECTS, "Redis pub/sub reconnections.");
+    describe_counter!(REDIS_PUBLISH_DROPPED, "Broadcasts not published to Redis.");
+    describe_counter!(
+        SLOW_CONSUMERS,
+        "Sockets closed because their outbound queue overflowed."
+    );
+    describe_counter!(SOCKET_CLOSES, "Socket closes, by reason.");
+}
+
+/// Renders every metric in the Prometheus text format, process metrics included.
+pub fn render() -> String {
+    let Some(handle) = init() else {
+        return String::new();
+    };
+    handle.run_upkeep();
+    let mut out = handle.render();
+    out.push_str(&process_metrics());
+    out
+}
+
+/// `process_*` metrics from /proc (Linux), in the names Prometheus clients use.
+fn process_metrics() -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let ticks = 100.0; // USER_HZ on Linux
+    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        let num = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        let cpu = (num(11) + num(12)) / ticks;
+        let _ = writeln!(
+            out,
+            "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds."
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {cpu}"
+        );
+        let rss_pages = num(21);
+        let _ = writeln!(
+            out,
+            "# HELP process_resident_memory_bytes Resident memory size in bytes."
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {}",
+            rss_pages * 4096.0
+        );
+        let _ = writeln!(
+            out,
+            "# HELP process_virtual_memory_bytes Virtual memory size in bytes."
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE process_virtual_memory_bytes gauge\nprocess_virtual_memory_bytes {}",
+            num(20)
+        );
+    }
+    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+        let _ = writeln!(
+            out,
+            "# HELP process_open_fds Number of open file descriptors."
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE process_open_fds gauge\nprocess_open_fds {}",
+            dir.count()
+        );
+    }
+    if let Ok(limits) = std::fs::read_to_string("/proc/self/limits") {
+        if let Some(max) = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .and_then(|l| l.split_whitespace().nth(3))
+        {
+            let _ = writeln!(
+                out,
+                "# HELP process_max_fds Maximum number of open file descriptors."
+            );
+            let _ = writeln!(out, "# TYPE process_max_fds gauge\nprocess_max_fds {max}");
+        }
+    }
+    out
+}
