@@ -37,6 +37,9 @@ pub struct Settings {
     /// Graceful shutdown.
     #[serde(default)]
     pub shutdown: ShutdownSettings,
+    /// The server API for application backends.
+    #[serde(default)]
+    pub api: ApiSettings,
     /// Redis, for running several nodes as one cluster. Without `redis.url` the gateway is a
     /// single node with in-memory pub/sub and presence.
     #[serde(default)]
@@ -170,6 +173,23 @@ impl Default for AdminSettings {
             host: "127.0.0.1".into(),
             port: 9568,
         }
+    }
+}
+
+/// The server API (`/api/v1`).
+#[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiSettings {
+    /// Bearer key; unset or empty turns the API off (404). Set it from a secret
+    /// (`PHX_GATEWAY__API__KEY`), not in a file.
+    pub key: Option<String>,
+}
+
+impl std::fmt::Debug for ApiSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiSettings")
+            .field("key", &self.key.as_ref().map(|_| "<redacted>"))
+            .finish()
     }
 }
 
@@ -370,6 +390,7 @@ impl Settings {
             demo: DemoSettings::default(),
             admin: AdminSettings::default(),
             shutdown: ShutdownSettings::default(),
+            api: ApiSettings::default(),
             redis: RedisSettings::default(),
             routes: default_routes(),
         }

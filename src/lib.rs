@@ -13,6 +13,7 @@
 //! - [`config`], [`gateway`], [`server`], [`telemetry`]: settings, wiring, HTTP server, logs.
 
 pub mod admin;
+pub mod api;
 pub mod channel;
 pub mod cluster;
 pub mod config;

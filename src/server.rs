@@ -40,6 +40,7 @@ pub fn start(gateway: Arc<Gateway>, listener: TcpListener) -> std::io::Result<Ru
     let demo = gateway.settings.demo.enabled;
     let server = HttpServer::new(move || {
         let mut app = App::new()
+            .configure(crate::api::configure)
             .app_data(data.clone())
             .route(&ws_path, web::get().to(websocket::upgrade));
         if demo {
