@@ -89,6 +89,9 @@ pub struct SocketSettings {
     pub outbound_queue: usize,
     /// Client events queued for one channel before new ones get an error reply.
     pub channel_inbox: usize,
+    /// Allowed browser origins: `true` (same host as the request, the default), `false`, or
+    /// a list (`https://app.example.com`, `//*.example.com`), comma-separated in env vars.
+    pub check_origin: crate::socket::origin::CheckOrigin,
     /// Socket id template, e.g. `users_socket:{user_id}`: `{name}` is replaced by that
     /// connect param. Sockets without the param get no id. Empty: no ids.
     pub id: String,
@@ -104,6 +107,7 @@ impl Default for SocketSettings {
             max_topic_bytes: 255,
             outbound_queue: 1024,
             channel_inbox: 128,
+            check_origin: crate::socket::origin::CheckOrigin::default(),
             id: "users_socket:{user_id}".into(),
         }
     }

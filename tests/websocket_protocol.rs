@@ -453,3 +453,52 @@ async fn a_client_close_is_echoed_and_its_presence_leaves() {
         })
         .await;
 }
+
+#[tokio::test]
+async fn origins_are_checked_and_the_auth_token_subprotocol_is_answered() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let srv = TestServer::start(|s| {
+        s.socket.check_origin =
+            phx_gateway::socket::origin::CheckOrigin::List(vec!["https://app.example.com".into()])
+    });
+    let url = srv.ws_url("vsn=2.0.0");
+    let with = |origin: &str, protocols: Option<&str>| {
+        let mut req = url.clone().into_client_request().expect("request");
+        req.headers_mut()
+            .insert("Origin", origin.parse().expect("header"));
+        if let Some(p) = protocols {
+            req.headers_mut()
+                .insert("Sec-WebSocket-Protocol", p.parse().expect("header"));
+        }
+        req
+    };
+    match tokio_tungstenite::connect_async(with("https://evil.example.com", None)).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 403),
+        other => panic!(
+            "a foreign origin must be refused, got {:?}",
+            other.map(|_| ())
+        ),
+    }
+    let (_ws, resp) = tokio_tungstenite::connect_async(with("https://app.example.com", None))
+        .await
+        .expect("allowed origin");
+    assert_eq!(resp.status(), 101);
+    // phoenix.js with authToken offers ["phoenix", "base64url.bearer.phx.<btoa(token)>"]: we pick "phoenix".
+    let (_ws, resp) = tokio_tungstenite::connect_async(with(
+        "https://app.example.com",
+        Some("phoenix, base64url.bearer.phx.U0ZNeU5UWS5nMmdE"),
+    ))
+    .await
+    .expect("auth token handshake");
+    assert_eq!(
+        resp.headers()
+            .get("sec-websocket-protocol")
+            .and_then(|v| v.to_str().ok()),
+        Some("phoenix")
+    );
+    // A client that offers only unknown subprotocols is refused, as Phoenix does.
+    match tokio_tungstenite::connect_async(with("https://app.example.com", Some("mqtt"))).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 403),
+        other => panic!("expected 403, got {:?}", other.map(|_| ())),
+    }
+}

@@ -14,6 +14,8 @@ pub struct ConnectInfo {
     pub peer: Option<SocketAddr>,
     /// The `Origin` header.
     pub origin: Option<String>,
+    /// The token phoenix.js sends with its `authToken` option (via `Sec-WebSocket-Protocol`).
+    pub auth_token: Option<String>,
 }
 
 /// An accepted connection.

@@ -6,6 +6,7 @@
 //! Everything the client must receive goes through the socket's [`Outbox`].
 
 mod connect;
+pub mod origin;
 mod outbox;
 
 use std::collections::HashMap;

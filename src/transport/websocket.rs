@@ -69,10 +69,30 @@ pub async fn upgrade(
         .get(actix_web::http::header::ORIGIN)
         .and_then(|o| o.to_str().ok())
         .map(str::to_owned);
+    let host = req
+        .headers()
+        .get(actix_web::http::header::HOST)
+        .and_then(|h| h.to_str().ok());
+    if !gateway
+        .settings
+        .socket
+        .check_origin
+        .allows(origin.as_deref(), host)
+    {
+        tracing::info!(origin = ?origin, "connect refused: origin not allowed");
+        connect_result("refused");
+        return HttpResponse::Forbidden().finish();
+    }
+    let auth_token = req
+        .headers()
+        .get(actix_web::http::header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::socket::origin::auth_token);
     let info = ConnectInfo {
         params,
         peer: req.peer_addr(),
         origin,
+        auth_token,
     };
     let connected = match gateway.connector.connect(&info).await {
         Ok(c) => c,
