@@ -37,6 +37,9 @@ pub struct Settings {
     /// Graceful shutdown.
     #[serde(default)]
     pub shutdown: ShutdownSettings,
+    /// The long-poll transport.
+    #[serde(default)]
+    pub longpoll: LongPollSettings,
     /// The server API for application backends.
     #[serde(default)]
     pub api: ApiSettings,
@@ -176,6 +179,26 @@ impl Default for AdminSettings {
         Self {
             host: "127.0.0.1".into(),
             port: 9568,
+        }
+    }
+}
+
+/// The long-poll transport (`<socket.path>/longpoll`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LongPollSettings {
+    /// Serve long-poll (phoenix.js falls back to it when WebSockets are blocked).
+    pub enabled: bool,
+    /// How long a poll waits for messages before answering 204 (Phoenix: 10 s). A session
+    /// that does not poll for 1.5 windows is closed.
+    pub window_ms: u64,
+}
+
+impl Default for LongPollSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            window_ms: 10_000,
         }
     }
 }
@@ -395,6 +418,7 @@ impl Settings {
             admin: AdminSettings::default(),
             shutdown: ShutdownSettings::default(),
             api: ApiSettings::default(),
+            longpoll: LongPollSettings::default(),
             redis: RedisSettings::default(),
             routes: default_routes(),
         }

@@ -58,6 +58,10 @@ pub struct Gateway {
     background: CancellationToken,
     background_tasks: Mutex<Vec<JoinHandle<()>>>,
     drain_ms: AtomicU64,
+    /// Long-poll sessions owned by this node.
+    pub longpoll: Arc<crate::transport::longpoll::Sessions>,
+    /// Relays long-poll requests for other nodes' sessions (cluster mode).
+    pub longpoll_relay: Option<Arc<crate::transport::relay::Relay>>,
 }
 
 impl Gateway {
@@ -80,6 +84,8 @@ impl Gateway {
             background: CancellationToken::new(),
             background_tasks: Mutex::new(Vec::new()),
             drain_ms: AtomicU64::new(0),
+            longpoll: Arc::default(),
+            longpoll_relay: None,
         })
     }
 
@@ -103,6 +109,13 @@ impl Gateway {
         );
         tasks.push(heartbeat);
         tracing::info!(node = %redis.node, "cluster node started (redis pub/sub and presence)");
+        let relay = crate::transport::relay::Relay::start(
+            pubsub.clone(),
+            redis.node.to_string(),
+            gateway.longpoll.clone(),
+        )
+        .await;
+        gateway.longpoll_relay = Some(relay);
         gateway.cluster = Some(Cluster {
             redis,
             pubsub_stats,
@@ -124,6 +137,13 @@ impl Gateway {
     pub fn with_connector(mut self, connector: Arc<dyn Connector>) -> Self {
         self.connector = connector;
         self
+    }
+
+    /// This node's id: the Redis node id in a cluster, `local` otherwise.
+    pub fn node_id(&self) -> String {
+        self.cluster
+            .as_ref()
+            .map_or_else(|| "local".to_owned(), |c| c.redis.node.to_string())
     }
 
     /// Whether the node should receive traffic: not draining, and Redis reachable (or

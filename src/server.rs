@@ -38,11 +38,23 @@ pub fn start(gateway: Arc<Gateway>, listener: TcpListener) -> std::io::Result<Ru
     let data = web::Data::new(gateway.clone());
     let ws_path = format!("{}/websocket", gateway.settings.socket.path);
     let demo = gateway.settings.demo.enabled;
+    let longpoll = gateway.settings.longpoll.enabled;
+    let lp_path = format!("{}/longpoll", gateway.settings.socket.path);
     let server = HttpServer::new(move || {
         let mut app = App::new()
             .configure(crate::api::configure)
             .app_data(data.clone())
             .route(&ws_path, web::get().to(websocket::upgrade));
+        if longpoll {
+            app = app
+                .route(&lp_path, web::get().to(crate::transport::longpoll::get))
+                .route(&lp_path, web::post().to(crate::transport::longpoll::post))
+                .route(
+                    &lp_path,
+                    web::method(actix_web::http::Method::OPTIONS)
+                        .to(crate::transport::longpoll::options),
+                );
+        }
         if demo {
             app = app
                 .route("/", web::get().to(demo_index))

@@ -91,6 +91,11 @@ fn validate(m: Message, gateway: &Gateway) -> Result<Broadcast, String> {
             gateway.settings.socket.max_topic_bytes
         ));
     }
+    if m.topic
+        .starts_with(crate::transport::relay::INTERNAL_PREFIX)
+    {
+        return Err("topics starting with phx_internal: are reserved".into());
+    }
     if m.event.is_empty() || m.event.len() > 255 {
         return Err("event must be 1 to 255 bytes".into());
     }

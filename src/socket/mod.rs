@@ -225,7 +225,16 @@ impl Socket {
             );
             return;
         }
-        let Some(factory) = self.gateway.router.find(&msg.topic).cloned() else {
+        let internal = msg
+            .topic
+            .starts_with(crate::transport::relay::INTERNAL_PREFIX);
+        let Some(factory) = self
+            .gateway
+            .router
+            .find(&msg.topic)
+            .cloned()
+            .filter(|_| !internal)
+        else {
             tracing::debug!(topic = %msg.topic, "join of an unmatched topic");
             ::metrics::counter!(crate::metrics::JOINS, "result" => "refused").increment(1);
             self.unmatched(&msg.msg_ref, &msg.topic);

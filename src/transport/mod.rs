@@ -1,5 +1,7 @@
 //! Transports: how frames get between clients and [`crate::socket::Socket`].
 
+pub mod longpoll;
+pub mod relay;
 pub mod websocket;
 
 use serde_json::{Map, Value};

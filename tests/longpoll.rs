@@ -1,0 +1,231 @@
+//! The long-poll transport: sessions, polls, POST batches, timeouts, and relaying across
+//! nodes without sticky sessions.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::redis_server::RedisServer;
+use support::TestServer;
+
+/// One HTTP request; returns the JSON body (long-poll always answers HTTP 200).
+async fn lp(addr: SocketAddr, method: &str, query: &str, body: Option<(&str, &str)>) -> Value {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (ctype, body) = body.unwrap_or(("application/json", ""));
+    let req = format!(
+        "{method} /socket/longpoll?{query} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut raw))
+        .await
+        .expect("answer in time")
+        .expect("read");
+    let raw = String::from_utf8_lossy(&raw).into_owned();
+    assert!(
+        raw.starts_with("HTTP/1.0 200") || raw.starts_with("HTTP/1.1 200"),
+        "long-poll always answers 200: {raw}"
+    );
+    let text = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("JSON body ({e}): {text}"))
+}
+
+/// Polls until `pred` holds on a received frame; returns the frames seen.
+async fn poll_until(
+    addr: SocketAddr,
+    token: &str,
+    what: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> Vec<Value> {
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while tokio::time::Instant::now() < deadline {
+        let r = lp(addr, "GET", &format!("vsn=2.0.0&token={token}"), None).await;
+        assert!(r["status"] == 200 || r["status"] == 204, "poll: {r}");
+        for m in r["messages"].as_array().into_iter().flatten() {
+            let frame: Value = serde_json::from_str(m.as_str().expect("messages are strings"))
+                .expect("frame JSON");
+            let hit = pred(&frame);
+            seen.push(frame);
+            if hit {
+                return seen;
+            }
+        }
+    }
+    panic!("{what}: not seen; got {seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_joins_pushes_and_receives_broadcasts() {
+    let srv = TestServer::start(|s| s.longpoll.window_ms = 500);
+    let open = lp(srv.addr, "GET", "vsn=2.0.0&user_id=lp1&", None).await;
+    assert_eq!(
+        open["status"], 410,
+        "a new session answers 410 with its token: {open}"
+    );
+    assert_eq!(open["messages"], json!([]));
+    let token = open["token"].as_str().expect("token").to_owned();
+
+    // An empty poll waits for the window, then 204 with the same token.
+    let started = std::time::Instant::now();
+    let empty = lp(srv.addr, "GET", &format!("vsn=2.0.0&token={token}"), None).await;
+    assert_eq!(
+        (empty["status"].as_u64(), empty["token"].as_str()),
+        (Some(204), Some(token.as_str()))
+    );
+    assert!(started.elapsed() >= Duration::from_millis(400));
+
+    // A batch of ndjson lines: join then push.
+    let batch = "[\"3\",\"3\",\"room:lobby\",\"phx_join\",{}]\n[\"3\",\"4\",\"room:lobby\",\"ping\",{\"n\":1}]";
+    let posted = lp(
+        srv.addr,
+        "POST",
+        &format!("vsn=2.0.0&token={token}"),
+        Some(("application/x-ndjson", batch)),
+    )
+    .await;
+    assert_eq!(posted, json!({"status": 200}));
+    let seen = poll_until(srv.addr, &token, "ping reply", |f| f[1] == "4").await;
+    assert_eq!(
+        seen[0],
+        json!(["3", "3", "room:lobby", "phx_reply", {"response": {}, "status": "ok"}])
+    );
+    assert!(seen.iter().any(|f| f[3] == "presence_state"));
+    assert_eq!(
+        seen.last().cloned(),
+        Some(json!(["3", "4", "room:lobby", "phx_reply", {"response": {"n": 1}, "status": "ok"}]))
+    );
+
+    // A broadcast from a WebSocket client reaches the long-poll session.
+    let mut ws = srv.v2("").await;
+    ws.join("1", "room:lobby").await;
+    ws.send_text(r#"["1","2","room:lobby","new_msg",{"body":"to lp"}]"#)
+        .await;
+    let seen = poll_until(srv.addr, &token, "broadcast", |f| f[3] == "new_msg").await;
+    assert_eq!(
+        seen.last().cloned(),
+        Some(json!([null, null, "room:lobby", "new_msg", {"body": "to lp"}]))
+    );
+
+    // Unknown tokens: POST -> 410; GET opens a new session (410 with a new token).
+    assert_eq!(
+        lp(
+            srv.addr,
+            "POST",
+            "vsn=2.0.0&token=local.nope",
+            Some(("application/x-ndjson", "[]"))
+        )
+        .await,
+        json!({"status": 410})
+    );
+    let fresh = lp(srv.addr, "GET", "vsn=2.0.0&token=local.nope", None).await;
+    assert_eq!(fresh["status"], 410);
+    assert_ne!(fresh["token"], json!(token));
+}
+
+#[tokio::test]
+async fn refused_connects_and_inactive_sessions() {
+    let srv = TestServer::start(|s| s.longpoll.window_ms = 200);
+    assert_eq!(
+        lp(srv.addr, "GET", "vsn=3.0.0", None).await,
+        json!({"status": 403})
+    );
+    let open = lp(srv.addr, "GET", "vsn=2.0.0", None).await;
+    let token = open["token"].as_str().expect("token").to_owned();
+    // No poll for 1.5 windows: the session is reaped, POSTs get 410.
+    support::redis_server::wait_until("session reaped", Duration::from_secs(5), || {
+        srv.gateway.longpoll.is_empty()
+    })
+    .await;
+    let r = lp(
+        srv.addr,
+        "POST",
+        &format!("vsn=2.0.0&token={token}"),
+        Some((
+            "application/x-ndjson",
+            "[null,\"1\",\"phoenix\",\"heartbeat\",{}]",
+        )),
+    )
+    .await;
+    assert_eq!(r, json!({"status": 410}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v1_sessions_post_single_json_objects() {
+    let srv = TestServer::start(|s| s.longpoll.window_ms = 500);
+    let open = lp(srv.addr, "GET", "vsn=1.0.0", None).await;
+    let token = open["token"].as_str().expect("token").to_owned();
+    let join = r#"{"topic":"room:v1","event":"phx_join","payload":{},"ref":"1"}"#;
+    assert_eq!(
+        lp(
+            srv.addr,
+            "POST",
+            &format!("vsn=1.0.0&token={token}"),
+            Some(("application/json", join))
+        )
+        .await,
+        json!({"status": 200})
+    );
+    let seen = poll_until(srv.addr, &token, "v1 join reply", |f| {
+        f["event"] == "phx_reply"
+    })
+    .await;
+    assert_eq!(
+        seen[0],
+        json!({"event": "phx_reply", "payload": {"response": {}, "status": "ok"}, "ref": "1", "topic": "room:v1"})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polls_and_posts_landing_on_another_node_reach_the_owner() {
+    let redis = RedisServer::start();
+    let a = TestServer::start_node(&redis.url(), |s| s.longpoll.window_ms = 500).await;
+    let b = TestServer::start_node(&redis.url(), |s| s.longpoll.window_ms = 500).await;
+    let open = lp(a.addr, "GET", "vsn=2.0.0&user_id=roamer", None).await;
+    let token = open["token"].as_str().expect("token").to_owned();
+    assert!(
+        token.starts_with(&a.gateway.node_id()),
+        "the token names its owner: {token}"
+    );
+    // The POST lands on B, the polls alternate between B and A.
+    let posted = lp(
+        b.addr,
+        "POST",
+        &format!("vsn=2.0.0&token={token}"),
+        Some((
+            "application/x-ndjson",
+            "[\"3\",\"3\",\"room:lp\",\"phx_join\",{}]",
+        )),
+    )
+    .await;
+    assert_eq!(posted, json!({"status": 200}));
+    let seen = poll_until(b.addr, &token, "join reply via B", |f| {
+        f[1] == "3" && f[3] == "phx_reply"
+    })
+    .await;
+    assert_eq!(
+        seen.last().map(|f| f[4]["status"].clone()),
+        Some(json!("ok"))
+    );
+    // A WebSocket client on B broadcasts; the session (owned by A) gets it through a poll on B.
+    let mut ws = b.v2("").await;
+    ws.join("1", "room:lp").await;
+    ws.send_text(r#"["1","2","room:lp","new_msg",{"x":1}]"#)
+        .await;
+    poll_until(b.addr, &token, "broadcast via B", |f| f[3] == "new_msg").await;
+    ws.send_text(r#"["1","3","room:lp","new_msg",{"x":2}]"#)
+        .await;
+    poll_until(a.addr, &token, "broadcast via A", |f| {
+        f[3] == "new_msg" && f[4]["x"] == 2
+    })
+    .await;
+    // Sessions exist only on their owner.
+    assert_eq!((a.gateway.longpoll.len(), b.gateway.longpoll.len()), (1, 0));
+}
