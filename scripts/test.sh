@@ -16,6 +16,7 @@ missing=()
 command -v chromium >/dev/null || [ -x /usr/bin/chromium ] || missing+=(chromium)
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v openssl >/dev/null || missing+=(openssl)
+command -v python3 >/dev/null || missing+=(python3 python3-venv)
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
@@ -36,3 +37,6 @@ cargo test
 
 log "node --test (phoenix.js end-to-end, headless Chromium demo)"
 PHX_GATEWAY_BIN="$PWD/target/debug/phx-gateway" npm test
+
+log "Helm chart and Docker image checks"
+scripts/test-chart.sh
