@@ -40,6 +40,9 @@ pub struct Settings {
     /// The long-poll transport.
     #[serde(default)]
     pub longpoll: LongPollSettings,
+    /// Backend webhooks (routes with `join = "webhook"` or an `event_webhook`).
+    #[serde(default)]
+    pub webhook: WebhookSettings,
     /// The server API for application backends.
     #[serde(default)]
     pub api: ApiSettings,
@@ -203,6 +206,38 @@ impl Default for LongPollSettings {
     }
 }
 
+/// Backend webhook client settings.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookSettings {
+    /// Timeout of one call (connect included).
+    pub timeout_ms: u64,
+    /// Calls in flight at most; more wait (within the timeout) for a slot.
+    pub max_concurrency: usize,
+    /// Sent as `Authorization: Bearer <secret>` so the backend can trust the caller.
+    pub secret: Option<String>,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        Self {
+            timeout_ms: 5_000,
+            max_concurrency: 64,
+            secret: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for WebhookSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookSettings")
+            .field("timeout_ms", &self.timeout_ms)
+            .field("max_concurrency", &self.max_concurrency)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
 /// The server API (`/api/v1`).
 #[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -311,6 +346,11 @@ pub enum JoinPolicy {
     Allow,
     /// Every join is refused with `deny_reason`.
     Deny,
+    /// Allowed when a socket assign (a token claim, `join_claim`) lists a matching topic
+    /// pattern.
+    Claim,
+    /// The backend decides (`join_webhook`).
+    Webhook,
 }
 
 /// A config-driven channel route.
@@ -343,6 +383,19 @@ pub struct RouteSettings {
     /// Client events answered `ok` with their own payload.
     #[serde(default)]
     pub echo: Vec<String>,
+    /// With `join = "claim"`: the assign (token claim) listing allowed topic patterns.
+    #[serde(default = "default_join_claim")]
+    pub join_claim: String,
+    /// With `join = "webhook"`: the backend URL asked about each join.
+    #[serde(default)]
+    pub join_webhook: Option<String>,
+    /// Backend URL for client events no other setting handles.
+    #[serde(default)]
+    pub event_webhook: Option<String>,
+}
+
+fn default_join_claim() -> String {
+    "topics".into()
 }
 
 fn default_join() -> JoinPolicy {
@@ -366,6 +419,9 @@ pub fn default_routes() -> Vec<RouteSettings> {
         broadcast: vec!["new_msg".into()],
         broadcast_from: vec!["typing".into()],
         echo: vec!["ping".into()],
+        join_claim: default_join_claim(),
+        join_webhook: None,
+        event_webhook: None,
     };
     vec![
         RouteSettings {
@@ -419,6 +475,7 @@ impl Settings {
             shutdown: ShutdownSettings::default(),
             api: ApiSettings::default(),
             longpoll: LongPollSettings::default(),
+            webhook: WebhookSettings::default(),
             redis: RedisSettings::default(),
             routes: default_routes(),
         }
@@ -474,6 +531,12 @@ impl Settings {
             return Err(ConfigError::Invalid("redis.key_prefix must be non-empty without braces; pool_size and publish_queue > 0".into()));
         }
         for r in &self.routes {
+            if r.join == JoinPolicy::Webhook && r.join_webhook.is_none() {
+                return Err(ConfigError::Invalid(format!(
+                    "route {:?}: join = \"webhook\" needs join_webhook",
+                    r.topic
+                )));
+            }
             crate::channel::TopicPattern::parse(&r.topic)
                 .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         }

@@ -67,7 +67,22 @@ pub struct Gateway {
 impl Gateway {
     /// A single-node gateway (in-memory pub/sub and presence) with the configured routes.
     pub fn new(settings: Settings) -> Result<Self, PatternError> {
-        let router = builtin::router(&settings.routes)?;
+        let needs_webhooks = settings
+            .routes
+            .iter()
+            .any(|r| r.join_webhook.is_some() || r.event_webhook.is_some());
+        let webhooks = if needs_webhooks {
+            match crate::channel::webhook::Webhooks::new(&settings.webhook) {
+                Ok(w) => Some(Arc::new(w)),
+                Err(e) => {
+                    tracing::error!(error = %e, "webhook client unavailable");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let router = builtin::router(&settings.routes, webhooks)?;
         let pubsub: Arc<dyn PubSub> = Arc::new(LocalPubSub::new());
         let presence: Arc<dyn Presence> = Arc::new(MemoryPresence::new(pubsub.clone()));
         let connector: Arc<dyn Connector> =

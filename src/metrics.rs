@@ -48,6 +48,10 @@ pub const REDIS_RECONNECTS: &str = "phx_gateway_redis_reconnects_total";
 pub const REDIS_PUBLISH_DROPPED: &str = "phx_gateway_redis_publish_dropped_total";
 /// Sockets closed because their outbound queue overflowed.
 pub const SLOW_CONSUMERS: &str = "phx_gateway_slow_consumer_disconnects_total";
+/// Webhook call latency, by `kind` (join, event).
+pub const WEBHOOK_SECONDS: &str = "phx_gateway_webhook_duration_seconds";
+/// Webhook failures, by `kind`.
+pub const WEBHOOK_ERRORS: &str = "phx_gateway_webhook_errors_total";
 /// Socket closes, by `reason`.
 pub const SOCKET_CLOSES: &str = "phx_gateway_socket_closes_total";
 
@@ -108,6 +112,12 @@ fn describe() {
         "Sockets closed because their outbound queue overflowed."
     );
     describe_counter!(SOCKET_CLOSES, "Socket closes, by reason.");
+    describe_histogram!(
+        WEBHOOK_SECONDS,
+        Unit::Seconds,
+        "Webhook call latency, by kind."
+    );
+    describe_counter!(WEBHOOK_ERRORS, "Webhook failures, by kind.");
 }
 
 /// Renders every metric in the Prometheus text format, process metrics included.

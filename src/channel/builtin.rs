@@ -1,5 +1,6 @@
-//! The config-driven channel: join policy, presence, and which client events are
-//! broadcast, broadcast to others, or echoed. No Rust needed for common cases.
+//! The config-driven channel: join policy (allow, deny, token claim, backend webhook),
+//! presence, and which client events are broadcast, broadcast to others, echoed, or handed
+//! to the backend. No Rust needed for common cases.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -7,20 +8,27 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use serde_json::{json, Map, Value};
 
-use super::{Channel, Context, Reply, Router};
+use super::webhook::{self, Webhooks};
+use super::{Channel, Context, Reply, Router, TopicPattern};
 use crate::config::{JoinPolicy, RouteSettings};
 use crate::presence::Meta;
 use crate::protocol::Payload;
 
-/// Builds a router from configured routes.
-pub fn router(routes: &[RouteSettings]) -> Result<Router, super::PatternError> {
+/// Builds a router from configured routes; `webhooks` serves routes that call the backend.
+pub fn router(
+    routes: &[RouteSettings],
+    webhooks: Option<Arc<Webhooks>>,
+) -> Result<Router, super::PatternError> {
     routes.iter().try_fold(Router::new(), |router, route| {
         let route = Arc::new(route.clone());
+        let webhooks = webhooks.clone();
         router.route(&route.topic.clone(), move |_: &str| -> Box<dyn Channel> {
             Box::new(BuiltinChannel {
                 route: route.clone(),
+                webhooks: webhooks.clone(),
                 key: None,
                 meta: Meta::new(),
+                extra_meta: Map::new(),
                 join_params: Map::new(),
             })
         })
@@ -30,10 +38,13 @@ pub fn router(routes: &[RouteSettings]) -> Result<Router, super::PatternError> {
 /// A channel configured by a [`RouteSettings`].
 pub struct BuiltinChannel {
     route: Arc<RouteSettings>,
+    webhooks: Option<Arc<Webhooks>>,
     /// The presence key this channel tracks, once tracked.
     key: Option<String>,
     /// The meta currently tracked.
     meta: Meta,
+    /// Meta fields given by the join webhook.
+    extra_meta: Map<String, Value>,
     join_params: Map<String, Value>,
 }
 
@@ -43,6 +54,20 @@ fn key_text(v: &Value) -> Option<String> {
         Value::String(s) if !s.is_empty() => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
         _ => None,
+    }
+}
+
+/// Whether a claim (a pattern, or a list of patterns) allows `topic`.
+fn claim_allows(claim: Option<&Value>, topic: &str) -> bool {
+    let allows = |p: &Value| {
+        p.as_str()
+            .and_then(|p| TopicPattern::parse(p).ok())
+            .is_some_and(|p| p.matches(topic))
+    };
+    match claim {
+        Some(Value::Array(patterns)) => patterns.iter().any(allows),
+        Some(p @ Value::String(_)) => allows(p),
+        _ => false,
     }
 }
 
@@ -59,21 +84,107 @@ impl BuiltinChannel {
                 meta.insert(field.clone(), v.clone());
             }
         }
+        meta.extend(self.extra_meta.clone());
         meta
+    }
+
+    fn refused(&self) -> Value {
+        json!({"reason": self.route.deny_reason})
+    }
+
+    async fn webhook_join(&mut self, ctx: &mut Context, params: Value) -> Result<Value, Value> {
+        let (Some(url), Some(hooks)) = (self.route.join_webhook.as_deref(), self.webhooks.as_ref())
+        else {
+            tracing::warn!("route has join = webhook but no join_webhook URL");
+            return Err(webhook::unavailable());
+        };
+        let request = json!({
+            "topic": ctx.topic(),
+            "params": params,
+            "user_id": ctx.assigns.get("user_id"),
+            "assigns": ctx.assigns,
+            "socket_id": ctx.socket().id,
+        });
+        match hooks.join(url, request).await {
+            Ok(answer) if answer.allow => {
+                if let Some(assigns) = answer.assigns {
+                    ctx.assigns.extend(assigns);
+                }
+                self.extra_meta = answer.presence_meta.unwrap_or_default();
+                Ok(answer.reply.unwrap_or_else(|| json!({})))
+            }
+            Ok(answer) => Err(
+                json!({"reason": answer.reason.unwrap_or_else(|| self.route.deny_reason.clone())}),
+            ),
+            Err(_) => Err(webhook::unavailable()),
+        }
+    }
+
+    async fn webhook_event(
+        &self,
+        ctx: &mut Context,
+        url: &str,
+        event: &str,
+        payload: Payload,
+    ) -> Reply {
+        let Some(hooks) = self.webhooks.as_ref() else {
+            return Reply::error(webhook::unavailable());
+        };
+        let Payload::Json(payload) = payload else {
+            return Reply::error(json!({"reason": "binary payloads are not sent to the backend"}));
+        };
+        let request = json!({
+            "topic": ctx.topic(),
+            "event": event,
+            "payload": payload,
+            "user_id": ctx.assigns.get("user_id"),
+            "assigns": ctx.assigns,
+        });
+        let answer = match hooks.event(url, request).await {
+            Ok(a) => a,
+            Err(_) => return Reply::error(webhook::unavailable()),
+        };
+        if let Some(b) = answer.broadcast {
+            ctx.broadcast(
+                &b.event,
+                Payload::Json(b.payload.unwrap_or_else(|| json!({}))),
+            );
+        }
+        if let Some(b) = answer.broadcast_from {
+            ctx.broadcast_from(
+                &b.event,
+                Payload::Json(b.payload.unwrap_or_else(|| json!({}))),
+            );
+        }
+        match answer.reply {
+            Some(r) => Reply::Reply {
+                status: r.status,
+                response: Payload::Json(r.response.unwrap_or_else(|| json!({}))),
+            },
+            None => Reply::ok(json!({})),
+        }
     }
 }
 
 #[async_trait]
 impl Channel for BuiltinChannel {
-    async fn join(&mut self, _ctx: &mut Context, payload: Payload) -> Result<Value, Value> {
+    async fn join(&mut self, ctx: &mut Context, payload: Payload) -> Result<Value, Value> {
+        let params = match payload {
+            Payload::Json(Value::Object(params)) => params,
+            _ => Map::new(),
+        };
+        self.join_params = params.clone();
         match self.route.join {
-            JoinPolicy::Deny => Err(json!({"reason": self.route.deny_reason})),
-            JoinPolicy::Allow => {
-                if let Payload::Json(Value::Object(params)) = payload {
-                    self.join_params = params;
+            JoinPolicy::Deny => Err(self.refused()),
+            JoinPolicy::Allow => Ok(json!({})),
+            JoinPolicy::Claim => {
+                if claim_allows(ctx.assigns.get(&self.route.join_claim), ctx.topic()) {
+                    Ok(json!({}))
+                } else {
+                    Err(self.refused())
                 }
-                Ok(json!({}))
             }
+            JoinPolicy::Webhook => self.webhook_join(ctx, Value::Object(params)).await,
         }
     }
 
@@ -129,6 +240,25 @@ impl Channel for BuiltinChannel {
                 Err(e) => Reply::error(json!({"reason": e.to_string()})),
             };
         }
+        if let Some(url) = self.route.event_webhook.clone() {
+            return self.webhook_event(ctx, &url, event, payload).await;
+        }
         Reply::unhandled()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claims_list_allowed_topic_patterns() {
+        let claim = json!(["room:1", "game:*"]);
+        assert!(claim_allows(Some(&claim), "room:1"));
+        assert!(claim_allows(Some(&claim), "game:42"));
+        assert!(!claim_allows(Some(&claim), "room:2"));
+        assert!(claim_allows(Some(&json!("room:*")), "room:9"));
+        assert!(!claim_allows(None, "room:1"));
+        assert!(!claim_allows(Some(&json!(5)), "room:1"));
     }
 }

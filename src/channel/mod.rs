@@ -10,6 +10,7 @@ pub mod builtin;
 mod context;
 pub mod router;
 pub(crate) mod server;
+pub mod webhook;
 
 use async_trait::async_trait;
 use serde_json::{json, Value};
