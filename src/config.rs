@@ -40,6 +40,9 @@ pub struct Settings {
     /// The long-poll transport.
     #[serde(default)]
     pub longpoll: LongPollSettings,
+    /// Connect authentication (tokens).
+    #[serde(default)]
+    pub auth: AuthSettings,
     /// Backend webhooks (routes with `join = "webhook"` or an `event_webhook`).
     #[serde(default)]
     pub webhook: WebhookSettings,
@@ -203,6 +206,96 @@ impl Default for LongPollSettings {
             enabled: true,
             window_ms: 10_000,
         }
+    }
+}
+
+/// How sockets authenticate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    /// No token: connect params are trusted as they are (the demo).
+    None,
+    /// A Phoenix.Token signed by the app (same `secret_key_base` and salt).
+    PhoenixToken,
+    /// A JWT.
+    Jwt,
+}
+
+/// JWT signature algorithms accepted (pinned: the token's header never chooses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum JwtAlgorithm {
+    /// HMAC-SHA256 with `jwt_secret`.
+    HS256,
+    /// RSA-SHA256 with a public key or JWKS.
+    RS256,
+    /// ECDSA P-256 with a public key or JWKS.
+    ES256,
+}
+
+/// Connect token settings.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    /// `none`, `phoenix_token` or `jwt`.
+    pub mode: AuthMode,
+    /// Connect param carrying the token (phoenix.js `authToken` works too).
+    pub token_param: String,
+    /// Phoenix.Token: the app's `secret_key_base` (set from a secret).
+    pub secret_key_base: Option<String>,
+    /// Phoenix.Token: the salt the app signs with.
+    pub salt: String,
+    /// Phoenix.Token: maximum token age in seconds.
+    pub max_age_s: u64,
+    /// JWT: accepted algorithm.
+    pub jwt_algorithm: JwtAlgorithm,
+    /// JWT HS256: the shared secret (set from a secret).
+    pub jwt_secret: Option<String>,
+    /// JWT RS256/ES256: PEM public key file.
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// JWT RS256/ES256: JWKS file (keys chosen by `kid`).
+    pub jwt_jwks_file: Option<PathBuf>,
+    /// JWT: required issuer.
+    pub jwt_issuer: Option<String>,
+    /// JWT: required audience.
+    pub jwt_audience: Option<String>,
+    /// JWT: clock leeway in seconds for exp/nbf.
+    pub jwt_leeway_s: u64,
+    /// JWT: the claim holding the user id.
+    pub user_id_claim: String,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            mode: AuthMode::None,
+            token_param: "token".into(),
+            secret_key_base: None,
+            salt: "user socket".into(),
+            max_age_s: 86_400,
+            jwt_algorithm: JwtAlgorithm::HS256,
+            jwt_secret: None,
+            jwt_public_key_file: None,
+            jwt_jwks_file: None,
+            jwt_issuer: None,
+            jwt_audience: None,
+            jwt_leeway_s: 30,
+            user_id_claim: "sub".into(),
+        }
+    }
+}
+
+impl std::fmt::Debug for AuthSettings {
+    // Secrets never reach logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthSettings")
+            .field("mode", &self.mode)
+            .field("token_param", &self.token_param)
+            .field("secret_key_base", &self.secret_key_base.as_ref().map(|_| "<redacted>"))
+            .field("salt", &self.salt)
+            .field("max_age_s", &self.max_age_s)
+            .field("jwt_algorithm", &self.jwt_algorithm)
+            .field("jwt_secret", &self.jwt_secret.as_ref().map(|_| "<redacted>"))
+            .finish_non_exhaustive()
     }
 }
 
@@ -476,6 +569,7 @@ impl Settings {
             api: ApiSettings::default(),
             longpoll: LongPollSettings::default(),
             webhook: WebhookSettings::default(),
+            auth: AuthSettings::default(),
             redis: RedisSettings::default(),
             routes: default_routes(),
         }
@@ -514,6 +608,28 @@ impl Settings {
                         "redis.url must start with redis:// or rediss://, not {}://",
                         parsed.scheme()
                     )));
+                }
+            }
+        }
+        let a = &self.auth;
+        match a.mode {
+            AuthMode::None => {}
+            AuthMode::PhoenixToken => {
+                if a.secret_key_base.as_deref().is_none_or(|s| s.len() < 20) {
+                    return Err(ConfigError::Invalid(
+                        "auth.mode = phoenix_token needs auth.secret_key_base (at least 20 bytes; PHX_GATEWAY__AUTH__SECRET_KEY_BASE)".into(),
+                    ));
+                }
+            }
+            AuthMode::Jwt => {
+                let ok = match a.jwt_algorithm {
+                    JwtAlgorithm::HS256 => a.jwt_secret.as_deref().is_some_and(|s| !s.is_empty()),
+                    _ => a.jwt_public_key_file.is_some() || a.jwt_jwks_file.is_some(),
+                };
+                if !ok {
+                    return Err(ConfigError::Invalid(
+                        "auth.mode = jwt needs auth.jwt_secret (HS256) or auth.jwt_public_key_file / auth.jwt_jwks_file (RS256, ES256)".into(),
+                    ));
                 }
             }
         }
