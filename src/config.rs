@@ -290,11 +290,17 @@ impl std::fmt::Debug for AuthSettings {
         f.debug_struct("AuthSettings")
             .field("mode", &self.mode)
             .field("token_param", &self.token_param)
-            .field("secret_key_base", &self.secret_key_base.as_ref().map(|_| "<redacted>"))
+            .field(
+                "secret_key_base",
+                &self.secret_key_base.as_ref().map(|_| "<redacted>"),
+            )
             .field("salt", &self.salt)
             .field("max_age_s", &self.max_age_s)
             .field("jwt_algorithm", &self.jwt_algorithm)
-            .field("jwt_secret", &self.jwt_secret.as_ref().map(|_| "<redacted>"))
+            .field(
+                "jwt_secret",
+                &self.jwt_secret.as_ref().map(|_| "<redacted>"),
+            )
             .finish_non_exhaustive()
     }
 }

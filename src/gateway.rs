@@ -21,6 +21,9 @@ pub enum StartError {
     /// A route's topic pattern is invalid.
     #[error(transparent)]
     Pattern(#[from] PatternError),
+    /// The auth settings cannot be used (e.g. an unreadable key file).
+    #[error("auth: {0}")]
+    Auth(String),
     /// Redis is unreachable or its key layout is not usable.
     #[error(transparent)]
     Cluster(#[from] ClusterError),
@@ -66,7 +69,7 @@ pub struct Gateway {
 
 impl Gateway {
     /// A single-node gateway (in-memory pub/sub and presence) with the configured routes.
-    pub fn new(settings: Settings) -> Result<Self, PatternError> {
+    pub fn new(settings: Settings) -> Result<Self, StartError> {
         let needs_webhooks = settings
             .routes
             .iter()
@@ -85,8 +88,15 @@ impl Gateway {
         let router = builtin::router(&settings.routes, webhooks)?;
         let pubsub: Arc<dyn PubSub> = Arc::new(LocalPubSub::new());
         let presence: Arc<dyn Presence> = Arc::new(MemoryPresence::new(pubsub.clone()));
-        let connector: Arc<dyn Connector> =
-            Arc::new(ParamsConnector::new(settings.socket.id.clone()));
+        let connector: Arc<dyn Connector> = match settings.auth.mode {
+            crate::config::AuthMode::None => {
+                Arc::new(ParamsConnector::new(settings.socket.id.clone()))
+            }
+            _ => Arc::new(
+                crate::socket::TokenConnector::new(&settings.auth, &settings.socket.id)
+                    .map_err(StartError::Auth)?,
+            ),
+        };
         Ok(Self {
             settings,
             router,

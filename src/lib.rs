@@ -14,6 +14,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod auth;
 pub mod channel;
 pub mod cluster;
 pub mod config;

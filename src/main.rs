@@ -30,6 +30,19 @@ enum Command {
     Serve,
     /// Apply the Redis key-layout migrations (`migrations/`) and exit.
     Migrate,
+    /// Mint a connect token for testing, with the configured `auth` settings
+    /// (Phoenix.Token, or JWT HS256).
+    Token {
+        /// The user id (the token's subject).
+        #[arg(long)]
+        user_id: String,
+        /// Lifetime in seconds (default: auth.max_age_s).
+        #[arg(long)]
+        max_age_s: Option<u64>,
+        /// Extra claims as a JSON object, e.g. '{"topics":["room:*"]}'.
+        #[arg(long)]
+        claims: Option<String>,
+    },
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -59,6 +72,20 @@ fn main() -> ExitCode {
             println!("configuration is valid");
             ExitCode::SUCCESS
         }
+        Command::Token {
+            user_id,
+            max_age_s,
+            claims,
+        } => match mint(&settings, &user_id, max_age_s, claims.as_deref()) {
+            Ok(token) => {
+                println!("{token}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("phx-gateway: {e:#}");
+                ExitCode::from(2)
+            }
+        },
         Command::Migrate => match run_migrate(settings) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -73,6 +100,71 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+fn mint(
+    settings: &Settings,
+    user_id: &str,
+    max_age_s: Option<u64>,
+    claims: Option<&str>,
+) -> anyhow::Result<String> {
+    use phx_gateway::config::{AuthMode, JwtAlgorithm};
+    use serde_json::{json, Value};
+    let extra = match claims {
+        Some(text) => match serde_json::from_str::<Value>(text)? {
+            Value::Object(map) => map,
+            _ => anyhow::bail!("--claims must be a JSON object"),
+        },
+        None => Default::default(),
+    };
+    let auth = &settings.auth;
+    let max_age = max_age_s.unwrap_or(auth.max_age_s);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+    // A numeric id is signed as a number, as Phoenix apps usually do.
+    let id: Value = user_id
+        .parse::<i64>()
+        .map_or_else(|_| json!(user_id), |n| json!(n));
+    match auth.mode {
+        AuthMode::None => {
+            anyhow::bail!("auth.mode is none: set PHX_GATEWAY__AUTH__MODE to phoenix_token or jwt")
+        }
+        AuthMode::PhoenixToken => {
+            let secret = auth.secret_key_base.as_deref().unwrap_or_default();
+            let data = if extra.is_empty() {
+                id
+            } else {
+                let mut map = extra;
+                map.insert("user_id".into(), id);
+                Value::Object(map)
+            };
+            let signer = phx_gateway::auth::PhoenixToken::new(secret, &auth.salt);
+            Ok(signer
+                .sign(&data, now.as_millis() as u64, max_age)
+                .map_err(|e| anyhow::anyhow!("{e}"))?)
+        }
+        AuthMode::Jwt => {
+            if auth.jwt_algorithm != JwtAlgorithm::HS256 {
+                anyhow::bail!(
+                    "only HS256 JWTs can be minted here (RS256/ES256 need the private key)"
+                );
+            }
+            let mut claims = extra;
+            claims.insert(auth.user_id_claim.clone(), json!(user_id));
+            claims.insert("exp".into(), json!(now.as_secs() + max_age));
+            claims.insert("iat".into(), json!(now.as_secs()));
+            if let Some(iss) = &auth.jwt_issuer {
+                claims.insert("iss".into(), json!(iss));
+            }
+            if let Some(aud) = &auth.jwt_audience {
+                claims.insert("aud".into(), json!(aud));
+            }
+            let secret = auth.jwt_secret.as_deref().unwrap_or_default();
+            Ok(
+                phx_gateway::auth::sign_hs256(&Value::Object(claims), secret.as_bytes())
+                    .map_err(|e| anyhow::anyhow!("{e}"))?,
+            )
+        }
     }
 }
 

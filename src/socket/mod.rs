@@ -8,6 +8,7 @@
 mod connect;
 pub mod origin;
 mod outbox;
+mod token;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use crate::pubsub::{next_subscriber_id, Broadcast, Intercept, Subscriber, Subscr
 
 pub use connect::{ConnectInfo, Connected, Connector, ParamsConnector, Refused};
 pub use outbox::{outbox, CloseReason, CloseSignal, Outbox, OutboxReceiver};
+pub use token::TokenConnector;
 
 /// What channels and the rest of the gateway know about a socket.
 #[derive(Debug, Clone)]

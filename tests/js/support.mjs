@@ -176,6 +176,9 @@ async function spawnGateway({ env, readyTimeout, port }) {
       RUST_LOG: process.env.PHX_GATEWAY_TEST_RUST_LOG || "warn",
       PHX_GATEWAY__HTTP__HOST: "127.0.0.1",
       PHX_GATEWAY__HTTP__PORT: String(port),
+      // The admin listener (metrics, health) is not needed here; several gateways would
+      // otherwise clash on its fixed default port.
+      PHX_GATEWAY__ADMIN__PORT: "0",
       ...env,
     },
   });

@@ -1,0 +1,161 @@
+//! The token connect policy: a socket must present a valid Phoenix.Token or JWT; the token's
+//! subject becomes the socket's `user_id` and its claims become assigns.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use serde_json::{Map, Value};
+
+use super::{ConnectInfo, Connected, Connector, ParamsConnector, Refused};
+use crate::auth::{JwtKey, JwtVerifier, PhoenixToken, TokenError};
+use crate::config::{AuthMode, AuthSettings, JwtAlgorithm};
+
+enum Verifier {
+    Phoenix {
+        token: PhoenixToken,
+        max_age: u64,
+    },
+    Jwt {
+        verifier: JwtVerifier,
+        user_id_claim: String,
+    },
+}
+
+/// Verifies connect tokens (from the `authToken` subprotocol or the configured param).
+pub struct TokenConnector {
+    verifier: Verifier,
+    param: String,
+    ids: ParamsConnector,
+}
+
+impl TokenConnector {
+    /// Builds the connector for `settings` (mode `phoenix_token` or `jwt`); `id_template`
+    /// names socket ids as in [`ParamsConnector`].
+    pub fn new(settings: &AuthSettings, id_template: &str) -> Result<Self, String> {
+        let verifier = match settings.mode {
+            AuthMode::None => return Err("auth.mode is none".into()),
+            AuthMode::PhoenixToken => {
+                let secret = settings
+                    .secret_key_base
+                    .as_deref()
+                    .ok_or("auth.secret_key_base is not set")?;
+                Verifier::Phoenix {
+                    // A few seconds of clock skew between the app and the gateway hosts.
+                    token: PhoenixToken::new(secret, &settings.salt).with_future_leeway_ms(5_000),
+                    max_age: settings.max_age_s,
+                }
+            }
+            AuthMode::Jwt => {
+                let read = |p: &std::path::Path| {
+                    std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+                };
+                let key = match (
+                    settings.jwt_algorithm,
+                    &settings.jwt_jwks_file,
+                    &settings.jwt_public_key_file,
+                ) {
+                    (JwtAlgorithm::HS256, _, _) => {
+                        JwtKey::Hs256(settings.jwt_secret.clone().unwrap_or_default().into_bytes())
+                    }
+                    (_, Some(jwks), _) => {
+                        JwtKey::Jwks(String::from_utf8_lossy(&read(jwks)?).into_owned())
+                    }
+                    (JwtAlgorithm::RS256, None, Some(pem)) => JwtKey::Rs256Pem(read(pem)?),
+                    (JwtAlgorithm::ES256, None, Some(pem)) => JwtKey::Es256Pem(read(pem)?),
+                    _ => return Err("auth: no JWT key configured".into()),
+                };
+                let verifier = JwtVerifier::new(
+                    key,
+                    settings.jwt_issuer.clone(),
+                    settings.jwt_audience.clone(),
+                    settings.jwt_leeway_s,
+                )
+                .map_err(|e| e.to_string())?;
+                Verifier::Jwt {
+                    verifier,
+                    user_id_claim: settings.user_id_claim.clone(),
+                }
+            }
+        };
+        Ok(Self {
+            verifier,
+            param: settings.token_param.clone(),
+            ids: ParamsConnector::new(id_template),
+        })
+    }
+}
+
+fn user_id_text(v: &Value) -> Option<Value> {
+    match v {
+        Value::String(s) if !s.is_empty() => Some(Value::String(s.clone())),
+        Value::Number(n) => Some(Value::String(n.to_string())),
+        _ => None,
+    }
+}
+
+#[async_trait]
+impl Connector for TokenConnector {
+    async fn connect(&self, info: &ConnectInfo) -> Result<Connected, Refused> {
+        let mut assigns = info.params.clone();
+        let from_param = assigns.remove(&self.param);
+        assigns.remove("vsn");
+        // Only the token may say who the user is.
+        assigns.remove("user_id");
+        let token = info
+            .auth_token
+            .clone()
+            .or_else(|| from_param.and_then(|v| v.as_str().map(str::to_owned)))
+            .filter(|t| !t.is_empty());
+        let Some(token) = token else {
+            return Err(Refused("missing token".into()));
+        };
+        let refused = |e: TokenError| Refused(format!("token {e}"));
+        let (user_id, claims): (Option<Value>, Map<String, Value>) = match &self.verifier {
+            Verifier::Phoenix {
+                token: verifier,
+                max_age,
+            } => {
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                match verifier
+                    .verify(&token, Some(*max_age), now)
+                    .map_err(refused)?
+                {
+                    Value::Object(map) => (
+                        map.get("user_id")
+                            .or_else(|| map.get("sub"))
+                            .and_then(user_id_text),
+                        map,
+                    ),
+                    other => (user_id_text(&other), Map::new()),
+                }
+            }
+            Verifier::Jwt {
+                verifier,
+                user_id_claim,
+            } => {
+                let claims = verifier.verify(&token).map_err(refused)?;
+                (claims.get(user_id_claim).and_then(user_id_text), claims)
+            }
+        };
+        assigns.extend(claims);
+        match user_id {
+            Some(id) => {
+                assigns.insert("user_id".into(), id);
+            }
+            None => {
+                assigns.remove("user_id");
+            }
+        }
+        let mut connected = self
+            .ids
+            .connect(&ConnectInfo {
+                params: assigns,
+                ..Default::default()
+            })
+            .await?;
+        connected.assigns.remove(&self.param);
+        Ok(connected)
+    }
+}
