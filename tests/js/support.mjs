@@ -147,9 +147,10 @@ async function terminate(child, exitPromise, graceMs = 3000) {
 /**
  * Starts the gateway binary (cwd = repo root, so it serves demo/ and
  * node_modules/phoenix) on a free port and waits until it accepts TCP
- * connections. Returns { port, url, wsUrl, output(), stop() }.
+ * connections. `args` are extra command-line arguments (e.g. ["--config", file]).
+ * Returns { port, url, wsUrl, output(), stop() }.
  */
-export async function startGateway({ env = {}, readyTimeout = 20000 } = {}) {
+export async function startGateway({ env = {}, args = [], readyTimeout = 20000 } = {}) {
   if (!fs.existsSync(GATEWAY_BIN)) {
     throw new Error(
       `gateway binary not found at ${GATEWAY_BIN}: build it first with \`cargo build\` ` +
@@ -160,15 +161,15 @@ export async function startGateway({ env = {}, readyTimeout = 20000 } = {}) {
   // bind; the gateway then exits at once, and we retry on a new port.
   for (let attempt = 1; ; attempt++) {
     try {
-      return await spawnGateway({ env, readyTimeout, port: await freePort() });
+      return await spawnGateway({ env, args, readyTimeout, port: await freePort() });
     } catch (err) {
       if (!err.exitedEarly || attempt >= 3) throw err;
     }
   }
 }
 
-async function spawnGateway({ env, readyTimeout, port }) {
-  const child = spawn(GATEWAY_BIN, [], {
+async function spawnGateway({ env, args, readyTimeout, port }) {
+  const child = spawn(GATEWAY_BIN, args, {
     cwd: REPO_ROOT,
     stdio: ["ignore", "pipe", "pipe"],
     env: {
