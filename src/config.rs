@@ -31,6 +31,9 @@ pub struct Settings {
     /// The demo page.
     #[serde(default)]
     pub demo: DemoSettings,
+    /// Presence.
+    #[serde(default)]
+    pub presence: PresenceSettings,
     /// The admin listener: `/metrics`, `/healthz`, `/readyz`.
     #[serde(default)]
     pub admin: AdminSettings,
@@ -167,6 +170,21 @@ impl Default for DemoSettings {
             dir: "demo".into(),
             phoenix_js: "node_modules/phoenix/priv/static/phoenix.mjs".into(),
         }
+    }
+}
+
+/// Presence settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PresenceSettings {
+    /// A topic's presence changes within this window are broadcast as one `presence_diff`
+    /// (0: one diff per change). Bounds a join storm to one diff per window per subscriber.
+    pub diff_batch_ms: u64,
+}
+
+impl Default for PresenceSettings {
+    fn default() -> Self {
+        Self { diff_batch_ms: 25 }
     }
 }
 
@@ -570,6 +588,7 @@ impl Settings {
             socket: SocketSettings::default(),
             log: LogSettings::default(),
             demo: DemoSettings::default(),
+            presence: PresenceSettings::default(),
             admin: AdminSettings::default(),
             shutdown: ShutdownSettings::default(),
             api: ApiSettings::default(),

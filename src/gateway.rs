@@ -87,7 +87,8 @@ impl Gateway {
         };
         let router = builtin::router(&settings.routes, webhooks)?;
         let pubsub: Arc<dyn PubSub> = Arc::new(LocalPubSub::new());
-        let presence: Arc<dyn Presence> = Arc::new(MemoryPresence::new(pubsub.clone()));
+        let batch = Duration::from_millis(settings.presence.diff_batch_ms);
+        let presence: Arc<dyn Presence> = Arc::new(MemoryPresence::new(pubsub.clone(), batch));
         let connector: Arc<dyn Connector> = match settings.auth.mode {
             crate::config::AuthMode::None => {
                 Arc::new(ParamsConnector::new(settings.socket.id.clone()))
@@ -130,6 +131,7 @@ impl Gateway {
             redis.clone(),
             pubsub.clone(),
             pubsub_stats.clone(),
+            Duration::from_millis(gateway.settings.presence.diff_batch_ms),
             gateway.background.clone(),
         );
         tasks.push(heartbeat);

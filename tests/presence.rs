@@ -134,6 +134,9 @@ async fn update_sends_one_diff_with_leave_and_join_and_phx_ref_prev() {
     let first_ref = own[4]["joins"]["b200"]["metas"][0]["phx_ref"].clone();
     b.send_text(r#"["1","3","room:lobby","update_meta",{"status":"away"}]"#)
         .await;
+    // The reply comes at once; the diff follows within the presence batch window.
+    let reply = b.recv_until("update reply", |v| v[1] == "3").await;
+    assert_eq!(reply[4]["status"], "ok");
     let diff = b
         .recv_until("update diff", |v| v[3] == "presence_diff")
         .await;
@@ -145,8 +148,6 @@ async fn update_sends_one_diff_with_leave_and_join_and_phx_ref_prev() {
     assert!(diff[4]["leaves"]["b200"]["metas"][0]
         .get("status")
         .is_none());
-    let reply = b.recv_until("update reply", |v| v[1] == "3").await;
-    assert_eq!(reply[4]["status"], "ok");
 }
 
 #[tokio::test]

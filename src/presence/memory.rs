@@ -6,10 +6,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 use serde_json::Value;
 
+use super::batch::DiffBatcher;
 use super::state::{group, new_phx_ref, updated_meta, Diff, Meta};
 use super::{Presence, PresenceError};
-use crate::protocol::{events, Payload};
-use crate::pubsub::{Broadcast, PubSub, SubscriberId};
+use crate::pubsub::{PubSub, SubscriberId};
 
 struct Entry {
     key: String,
@@ -19,16 +19,16 @@ struct Entry {
 
 /// Presences of one node, held in memory. Diffs are broadcast to local subscribers.
 pub struct MemoryPresence {
-    pubsub: Arc<dyn PubSub>,
+    diffs: Arc<DiffBatcher>,
     topics: Mutex<HashMap<String, Vec<Entry>>>,
     node_tag: u16,
 }
 
 impl MemoryPresence {
-    /// A tracker that publishes its diffs through `pubsub`.
-    pub fn new(pubsub: Arc<dyn PubSub>) -> Self {
+    /// A tracker that publishes its diffs through `pubsub`, coalesced per `batch` window.
+    pub fn new(pubsub: Arc<dyn PubSub>, batch: std::time::Duration) -> Self {
         Self {
-            pubsub,
+            diffs: DiffBatcher::new(pubsub, batch),
             topics: Mutex::new(HashMap::new()),
             node_tag: rand::random(),
         }
@@ -38,18 +38,10 @@ impl MemoryPresence {
         self.topics.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Broadcasts a diff. Called with the lock held so that diffs leave in the order of the
-    /// changes and a `list` never runs between a change and its diff.
+    /// Queues a diff. Called with the lock held so that diffs leave in the order of the
+    /// changes.
     fn emit(&self, topic: &str, diff: &Diff) {
-        if diff.is_empty() {
-            return;
-        }
-        let msg = Broadcast {
-            topic: topic.to_owned(),
-            event: events::PRESENCE_DIFF.to_owned(),
-            payload: Payload::Json(diff.to_payload()),
-        };
-        self.pubsub.local_broadcast(Arc::new(msg), None);
+        self.diffs.push(topic, diff.clone());
     }
 }
 
@@ -190,7 +182,7 @@ mod tests {
     #[tokio::test]
     async fn track_update_untrack_emit_phoenix_diffs() {
         let pubsub = Arc::new(LocalPubSub::new());
-        let presence = MemoryPresence::new(pubsub.clone());
+        let presence = MemoryPresence::new(pubsub.clone(), std::time::Duration::ZERO);
         let (ob, mut rx) = outbox(Serializer::V2, 16);
         pubsub
             .subscribe(

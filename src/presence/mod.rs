@@ -4,6 +4,7 @@
 //! [`Presence`] is the seam; [`MemoryPresence`] keeps one node's presences in memory (the
 //! embedded default). A Redis tracker implements the same trait for a cluster.
 
+pub mod batch;
 mod memory;
 pub mod redis;
 pub mod state;

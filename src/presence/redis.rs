@@ -80,6 +80,7 @@ impl Entry {
 pub struct RedisPresence {
     redis: Redis,
     pubsub: Arc<dyn PubSub>,
+    diffs: Arc<super::batch::DiffBatcher>,
     local: Mutex<HashMap<String, Vec<Entry>>>,
     watched: Mutex<HashSet<String>>,
     node_tag: u16,
@@ -112,10 +113,12 @@ impl RedisPresence {
         redis: Redis,
         pubsub: Arc<dyn PubSub>,
         pubsub_reconnects: Arc<crate::pubsub::RedisStats>,
+        batch: std::time::Duration,
         shutdown: CancellationToken,
     ) -> (Arc<Self>, JoinHandle<()>) {
         let me = Arc::new(Self {
             redis,
+            diffs: super::batch::DiffBatcher::new(pubsub.clone(), batch),
             pubsub,
             local: Mutex::new(HashMap::new()),
             watched: Mutex::new(HashSet::new()),
@@ -140,15 +143,7 @@ impl RedisPresence {
     }
 
     fn broadcast_diff(&self, topic: &str, diff: &Diff) {
-        if diff.is_empty() {
-            return;
-        }
-        let msg = Broadcast {
-            topic: topic.to_owned(),
-            event: events::PRESENCE_DIFF.to_owned(),
-            payload: Payload::Json(diff.to_payload()),
-        };
-        self.pubsub.broadcast(Arc::new(msg), None);
+        self.diffs.push(topic, diff.clone());
     }
 
     async fn write(&self, what: &str, pipe: &redis::Pipeline) {
@@ -594,5 +589,6 @@ impl Presence for RedisPresence {
             .arg(&*self.redis.node)
             .ignore();
         self.write("shutdown", &pipe).await;
+        self.diffs.flush_all();
     }
 }
