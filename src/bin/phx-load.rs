@@ -27,9 +27,46 @@ struct Cli {
 enum Scenario {
     /// Open N idle sockets joined to K topics; report join latency and server RSS per socket.
     Connect(ConnectArgs),
+    /// Closed-loop request/reply: M sockets each push `ping` and wait for the reply, repeatedly.
+    Rpc(RpcArgs),
+    /// N users join one presence topic (spread over nodes); time until a watcher applying
+    /// presence_state/presence_diff like phoenix.js sees all of them, then none after they leave.
+    Presence(PresenceArgs),
     /// N subscribers on one topic (spread over several nodes), one publisher at a fixed rate;
     /// report deliveries/s, loss, duplicates, reordering and latency from the scheduled send time.
     Fanout(FanoutArgs),
+}
+
+#[derive(clap::Args)]
+struct RpcArgs {
+    /// Server address.
+    #[arg(long, default_value = "127.0.0.1:4000")]
+    addr: SocketAddr,
+    /// Number of sockets.
+    #[arg(long, short = 'n', default_value_t = 50)]
+    sockets: usize,
+    /// Topic (a route that echoes `ping`).
+    #[arg(long, default_value = "fan:rpc")]
+    topic: String,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 5)]
+    duration: u64,
+}
+
+#[derive(clap::Args)]
+struct PresenceArgs {
+    /// Server addresses; users are spread over them, the watcher uses the first.
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:4000")]
+    addrs: Vec<SocketAddr>,
+    /// Number of users.
+    #[arg(long, short = 'n', default_value_t = 2000)]
+    users: usize,
+    /// Presence topic (a route with presence keyed by `user_id`).
+    #[arg(long, default_value = "room:presence-load")]
+    topic: String,
+    /// Number of loopback source addresses.
+    #[arg(long, default_value_t = 1)]
+    sources: u8,
 }
 
 #[derive(clap::Args)]
@@ -454,6 +491,203 @@ async fn fanout(args: FanoutArgs) {
     println!("load tool CPU: {:.1} s", cpu_seconds_self() - cpu_before);
 }
 
+async fn rpc(args: RpcArgs) {
+    let deadline = Instant::now() + Duration::from_secs(args.duration);
+    let mut tasks = Vec::new();
+    for i in 0..args.sockets {
+        let mut ws = match open(args.addr, "127.0.0.1".parse().expect("ip"), "").await {
+            Ok(ws) => ws,
+            Err(e) => return eprintln!("socket {i}: {e}"),
+        };
+        if let Err(e) = join(&mut ws, &args.topic).await {
+            return eprintln!("socket {i}: {e}");
+        }
+        let topic = args.topic.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut r = 2u64;
+            while Instant::now() < deadline {
+                r += 1;
+                let started = Instant::now();
+                let frame = format!(r#"["1","{r}","{topic}","ping",{{"n":{r}}}]"#);
+                if ws.send(Message::text(frame)).await.is_err() {
+                    break;
+                }
+                let want = format!(r#"["1","{r}","#);
+                loop {
+                    match ws.next().await {
+                        Some(Ok(Message::Text(t))) if t.starts_with(&want) => break,
+                        Some(Ok(_)) => continue,
+                        _ => return lat,
+                    }
+                }
+                lat.push(started.elapsed());
+            }
+            lat
+        }));
+    }
+    let cpu_before = cpu_seconds_self();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap_or_default());
+    }
+    all.sort();
+    println!(
+        "scenario rpc: {} sockets, {} s",
+        args.sockets, args.duration
+    );
+    println!(
+        "replies: {} ({:.0}/s)",
+        all.len(),
+        all.len() as f64 / args.duration as f64
+    );
+    println!(
+        "latency: p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms",
+        percentile(&all, 0.5).as_secs_f64() * 1e3,
+        percentile(&all, 0.99).as_secs_f64() * 1e3,
+        percentile(&all, 0.999).as_secs_f64() * 1e3,
+        all.last().copied().unwrap_or_default().as_secs_f64() * 1e3
+    );
+    println!("load tool CPU: {:.1} s", cpu_seconds_self() - cpu_before);
+}
+
+/// A presence view maintained like phoenix.js: refs per key from state and diffs.
+#[derive(Default)]
+struct PresenceView {
+    refs: std::collections::HashMap<String, Vec<String>>,
+}
+
+impl PresenceView {
+    fn add(&mut self, presences: &serde_json::Value) {
+        for (key, p) in presences.as_object().into_iter().flatten() {
+            let refs = self.refs.entry(key.clone()).or_default();
+            for m in p["metas"].as_array().into_iter().flatten() {
+                if let Some(r) = m["phx_ref"].as_str() {
+                    if !refs.iter().any(|x| x == r) {
+                        refs.push(r.to_owned());
+                    }
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, frame: &serde_json::Value) {
+        match frame[3].as_str() {
+            Some("presence_state") => {
+                self.refs.clear();
+                self.add(&frame[4]);
+            }
+            Some("presence_diff") => {
+                self.add(&frame[4]["joins"]);
+                for (key, p) in frame[4]["leaves"].as_object().into_iter().flatten() {
+                    let gone: Vec<&str> = p["metas"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|m| m["phx_ref"].as_str())
+                        .collect();
+                    if let Some(refs) = self.refs.get_mut(key) {
+                        refs.retain(|r| !gone.contains(&r.as_str()));
+                        if refs.is_empty() {
+                            self.refs.remove(key);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+async fn presence(args: PresenceArgs) {
+    let mut watcher = match open(args.addrs[0], "127.0.0.1".parse().expect("ip"), "").await {
+        Ok(ws) => ws,
+        Err(e) => return eprintln!("watcher: {e}"),
+    };
+    if let Err(e) = join(&mut watcher, &args.topic).await {
+        return eprintln!("watcher: {e}");
+    }
+    let (seen_tx, mut seen_rx) = tokio::sync::watch::channel(0usize);
+    let watch_task = tokio::spawn(async move {
+        let mut view = PresenceView::default();
+        while let Some(Ok(msg)) = watcher.next().await {
+            if let Message::Text(t) = msg {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&t) {
+                    view.apply(&v);
+                    let _ = seen_tx.send(view.refs.len());
+                }
+            }
+        }
+    });
+    let cpu_before = cpu_seconds_self();
+    let started = Instant::now();
+    let mut users = Vec::new();
+    for i in 0..args.users {
+        let addr = args.addrs[i % args.addrs.len()];
+        let src: IpAddr = format!("127.0.0.{}", 1 + (i % usize::from(args.sources.max(1))))
+            .parse()
+            .expect("ip");
+        let topic = args.topic.clone();
+        users.push(tokio::spawn(async move {
+            let mut ws = open(addr, src, &format!("&user_id=u{i}")).await?;
+            join(&mut ws, &topic).await?;
+            // Keep reading so the server never sees a slow consumer.
+            let (tx, mut rx) = ws.split();
+            let drain = tokio::spawn(async move { while rx.next().await.is_some() {} });
+            Ok::<_, String>((tx, drain))
+        }));
+    }
+    let mut held = Vec::new();
+    for u in users {
+        match u.await {
+            Ok(Ok(h)) => held.push(h),
+            Ok(Err(e)) => eprintln!("user: {e}"),
+            Err(e) => eprintln!("user task: {e}"),
+        }
+    }
+    let joined_in = started.elapsed();
+    let n = held.len();
+    let all_seen = matches!(
+        tokio::time::timeout(Duration::from_secs(30), seen_rx.wait_for(|s| *s >= n)).await,
+        Ok(Ok(_))
+    );
+    if !all_seen {
+        eprintln!("watcher sees {} of {n}", *seen_rx.borrow());
+    }
+    let see_all = started.elapsed();
+    let leaving = Instant::now();
+    for (mut tx, drain) in held {
+        let _ = tx.close().await;
+        drain.abort();
+    }
+    let none_seen = matches!(
+        tokio::time::timeout(Duration::from_secs(30), seen_rx.wait_for(|s| *s == 0)).await,
+        Ok(Ok(_))
+    );
+    let see_none = leaving.elapsed();
+    watch_task.abort();
+    println!(
+        "scenario presence: {} users over {} node(s) on one topic",
+        n,
+        args.addrs.len()
+    );
+    println!(
+        "all joined (join replies) after {:.3} s",
+        joined_in.as_secs_f64()
+    );
+    println!(
+        "watcher saw all {n}: {} after {:.3} s",
+        if all_seen { "yes" } else { "NO" },
+        see_all.as_secs_f64()
+    );
+    println!(
+        "watcher saw none after the leaves: {} after {:.3} s",
+        if none_seen { "yes" } else { "NO" },
+        see_none.as_secs_f64()
+    );
+    println!("load tool CPU: {:.1} s", cpu_seconds_self() - cpu_before);
+}
+
 fn main() {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -463,5 +697,7 @@ fn main() {
     match cli.scenario {
         Scenario::Connect(args) => runtime.block_on(connect(args)),
         Scenario::Fanout(args) => runtime.block_on(fanout(args)),
+        Scenario::Rpc(args) => runtime.block_on(rpc(args)),
+        Scenario::Presence(args) => runtime.block_on(presence(args)),
     }
 }

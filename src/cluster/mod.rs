@@ -101,7 +101,14 @@ impl Redis {
         pool_cfg.timeouts.create = Some(timeout);
         pool_cfg.timeouts.recycle = Some(timeout);
         // The pool's manager gets the client's connection info as is, TLS roots included.
-        let manager = deadpool_redis::Manager::new(client.get_connection_info().clone())?;
+        // redis-rs would time responses out after 500 ms on its own; ours is the bound.
+        let conn_cfg = redis::AsyncConnectionConfig::new()
+            .set_response_timeout(Some(timeout))
+            .set_connection_timeout(Some(timeout));
+        let manager = deadpool_redis::Manager::new_with_config(
+            client.get_connection_info().clone(),
+            conn_cfg,
+        )?;
         let pool = deadpool_redis::Pool::builder(manager)
             .config(pool_cfg)
             .runtime(deadpool_redis::Runtime::Tokio1)

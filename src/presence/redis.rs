@@ -61,6 +61,13 @@ pub struct PresenceStats {
     pub write_failures: AtomicU64,
 }
 
+/// Readers of one topic's snapshot.
+#[derive(Default)]
+struct Reads {
+    waiting: Vec<tokio::sync::oneshot::Sender<Value>>,
+    in_flight: bool,
+}
+
 struct Entry {
     key: String,
     owner: SubscriberId,
@@ -81,6 +88,10 @@ pub struct RedisPresence {
     redis: Redis,
     pubsub: Arc<dyn PubSub>,
     diffs: Arc<super::batch::DiffBatcher>,
+    /// Snapshot readers waiting per topic (see `list`).
+    reads: Mutex<HashMap<String, Reads>>,
+    /// A weak handle on ourselves, for the read tasks.
+    me: std::sync::Weak<RedisPresence>,
     local: Mutex<HashMap<String, Vec<Entry>>>,
     watched: Mutex<HashSet<String>>,
     node_tag: u16,
@@ -116,7 +127,9 @@ impl RedisPresence {
         batch: std::time::Duration,
         shutdown: CancellationToken,
     ) -> (Arc<Self>, JoinHandle<()>) {
-        let me = Arc::new(Self {
+        let me = Arc::new_cyclic(|me| Self {
+            reads: Mutex::new(HashMap::new()),
+            me: me.clone(),
             redis,
             diffs: super::batch::DiffBatcher::new(pubsub.clone(), batch),
             pubsub,
@@ -192,6 +205,7 @@ impl RedisPresence {
         let mut failing = false;
         let mut resync_at: Option<Instant> = None;
         let mut reconnects = pubsub.reconnects.load(Ordering::Relaxed);
+        let mut dropped = pubsub.publish_dropped.load(Ordering::Relaxed);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -213,6 +227,13 @@ impl RedisPresence {
                         tracing::info!(
                             "pub/sub reconnected: diffs may have been lost, resyncing presence"
                         );
+                        resync_at.get_or_insert(Instant::now() + period);
+                    }
+                    // Dropped publishes may have been presence diffs: resync too.
+                    let now_dropped = pubsub.publish_dropped.load(Ordering::Relaxed);
+                    if now_dropped != dropped {
+                        dropped = now_dropped;
+                        tracing::info!("broadcasts were dropped: resyncing presence");
                         resync_at.get_or_insert(Instant::now() + period);
                     }
                     failing = false;
@@ -405,6 +426,53 @@ impl RedisPresence {
     }
 }
 
+impl RedisPresence {
+    /// Serves the queued readers of `topic` with fresh snapshots until none is waiting.
+    async fn read_loop(&self, topic: &str) {
+        loop {
+            let waiting = {
+                let mut reads = self.reads.lock().unwrap_or_else(|e| e.into_inner());
+                let Some(entry) = reads.get_mut(topic) else {
+                    return;
+                };
+                if entry.waiting.is_empty() {
+                    reads.remove(topic);
+                    return;
+                }
+                std::mem::take(&mut entry.waiting)
+            };
+            let state = self.read(topic).await;
+            for tx in waiting {
+                let _ = tx.send(state.clone());
+            }
+        }
+    }
+
+    /// One snapshot of a topic's presences from Redis (this node's own if Redis fails).
+    async fn read(&self, topic: &str) -> Value {
+        let pkey = self.redis.keys.presence(topic);
+        match self
+            .redis
+            .query::<BTreeMap<String, String>>(redis::cmd("HGETALL").arg(&pkey))
+            .await
+        {
+            Ok(all) => {
+                let entries: Vec<(String, Meta)> =
+                    all.values().filter_map(|v| parse_value(v)).collect();
+                group(entries.iter().map(|(k, m)| (k.as_str(), m)))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "presence list from redis failed: answering with this node's presences");
+                let local = self.local();
+                match local.get(topic) {
+                    Some(entries) => group(entries.iter().map(|e| (e.key.as_str(), &e.meta))),
+                    None => json!({}),
+                }
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl Presence for RedisPresence {
     async fn track(
@@ -551,25 +619,25 @@ impl Presence for RedisPresence {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(topic.to_owned());
-        let pkey = self.redis.keys.presence(topic);
-        match self
-            .redis
-            .query::<BTreeMap<String, String>>(redis::cmd("HGETALL").arg(&pkey))
-            .await
-        {
-            Ok(all) => {
-                let entries: Vec<(String, Meta)> =
-                    all.values().filter_map(|v| parse_value(v)).collect();
-                group(entries.iter().map(|(k, m)| (k.as_str(), m)))
+        // Concurrent reads of one topic share one HGETALL, but only one that starts after
+        // they asked (a snapshot must not predate the caller's subscription): a join storm
+        // costs a few reads instead of one per joiner.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let start = {
+            let mut reads = self.reads.lock().unwrap_or_else(|e| e.into_inner());
+            let entry = reads.entry(topic.to_owned()).or_default();
+            entry.waiting.push(tx);
+            !std::mem::replace(&mut entry.in_flight, true)
+        };
+        if start {
+            if let Some(me) = self.me.upgrade() {
+                let topic = topic.to_owned();
+                tokio::spawn(async move { me.read_loop(&topic).await });
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "presence list from redis failed: answering with this node's presences");
-                let local = self.local();
-                match local.get(topic) {
-                    Some(entries) => group(entries.iter().map(|e| (e.key.as_str(), &e.meta))),
-                    None => json!({}),
-                }
-            }
+        }
+        match rx.await {
+            Ok(state) => state,
+            Err(_) => self.read(topic).await,
         }
     }
 
