@@ -64,6 +64,8 @@ pub fn start(gateway: Arc<Gateway>, listener: TcpListener) -> std::io::Result<Ru
         app
     })
     .workers(workers)
+    // Realtime frames are small: never let Nagle's algorithm hold them back.
+    .tcp_nodelay(true)
     .disable_signals()
     .shutdown_timeout(5)
     .listen(listener)?

@@ -179,6 +179,7 @@ async fn one_socket(
         .connect(args.addr)
         .await
         .map_err(|e| format!("connect: {e}"))?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
     let mut url = format!("ws://{}{}", args.addr, args.path);
     if let Some(users) = args.users {
         url.push_str(&format!("&user_id=u{}", i % users.max(1)));
@@ -312,6 +313,7 @@ async fn open(addr: SocketAddr, src: IpAddr, query: &str) -> Result<Ws, String> 
         .connect(addr)
         .await
         .map_err(|e| format!("connect {addr}: {e}"))?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
     let url = format!("ws://{addr}/socket/websocket?vsn=2.0.0{query}");
     let (ws, _) = tokio_tungstenite::client_async(url, stream)
         .await

@@ -186,12 +186,16 @@ async fn run(
         tokio::time::sleep(gateway.drain().mul_f64(drain_share)).await;
     };
     tokio::pin!(drained);
+    // Created once: a fresh cancellation future per loop turn would cost a lock and a
+    // registration on every wake-up of a busy socket.
+    let close_requested = close_signal.requested();
+    tokio::pin!(close_requested);
 
     // The client's close frame, echoed back as RFC 6455 suggests.
     let mut echo: Option<actix_ws::CloseReason> = None;
     let reason: Option<CloseReason> = loop {
         tokio::select! {
-            reason = close_signal.requested() => break Some(reason),
+            reason = &mut close_requested => break Some(reason),
             _ = &mut drained => break Some(CloseReason::Shutdown),
             Some(frame) = out.rx.recv() => {
                 // A client that does not read blocks the write: stay responsive to close
@@ -202,7 +206,7 @@ async fn run(
                             break None;
                         }
                     }
-                    reason = close_signal.requested() => break Some(reason),
+                    reason = &mut close_requested => break Some(reason),
                     _ = &mut drained => break Some(CloseReason::Shutdown),
                 }
             }
