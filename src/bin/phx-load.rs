@@ -154,6 +154,16 @@ fn cpu_seconds_self() -> f64 {
     ticks as f64 / 100.0
 }
 
+fn cpu_seconds_of(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|i| fields.get(*i)?.parse::<u64>().ok())
+        .sum();
+    Some(ticks as f64 / 100.0)
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -255,7 +265,18 @@ async fn connect(args: ConnectArgs) {
     }
     let join_phase = started.elapsed();
     let n_joined = joined.load(Ordering::Relaxed);
+    let cpu_hold_start = args.server_pid.and_then(cpu_seconds_of);
+    let hold_started = Instant::now();
     tokio::time::sleep(Duration::from_secs(args.hold)).await;
+    if let (Some(before), Some(after)) = (cpu_hold_start, args.server_pid.and_then(cpu_seconds_of))
+    {
+        println!(
+            "server CPU while holding {} idle sockets for {:.0} s: {:.2}% of one core",
+            joined.load(Ordering::Relaxed),
+            hold_started.elapsed().as_secs_f64(),
+            (after - before) / hold_started.elapsed().as_secs_f64() * 100.0
+        );
+    }
     let rss_after = args.server_pid.and_then(rss_kib);
     release.notify_waiters();
     let mut latencies = Vec::new();
