@@ -43,6 +43,9 @@ pub struct Settings {
     /// The long-poll transport.
     #[serde(default)]
     pub longpoll: LongPollSettings,
+    /// Admission limits.
+    #[serde(default)]
+    pub limits: LimitSettings,
     /// Connect authentication (tokens).
     #[serde(default)]
     pub auth: AuthSettings,
@@ -223,6 +226,38 @@ impl Default for LongPollSettings {
         Self {
             enabled: true,
             window_ms: 10_000,
+        }
+    }
+}
+
+/// Admission limits; 0 disables a limit.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitSettings {
+    /// Sockets one node accepts (beyond: HTTP 503, the balancer tries another node).
+    pub max_sockets: usize,
+    /// Sockets one user (socket id) may hold on one node (beyond: HTTP 429).
+    pub max_sockets_per_user: usize,
+    /// New connections per second from one IP (token bucket; beyond: HTTP 429).
+    pub connects_per_ip_per_second: u32,
+    /// Burst of new connections from one IP.
+    pub connects_per_ip_burst: u32,
+    /// Client messages per second on one socket (token bucket; heartbeats are exempt;
+    /// beyond: error reply `rate limited`).
+    pub messages_per_second: u32,
+    /// Burst of client messages on one socket.
+    pub messages_burst: u32,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        Self {
+            max_sockets: 0,
+            max_sockets_per_user: 0,
+            connects_per_ip_per_second: 0,
+            connects_per_ip_burst: 100,
+            messages_per_second: 1_000,
+            messages_burst: 2_000,
         }
     }
 }
@@ -595,6 +630,7 @@ impl Settings {
             longpoll: LongPollSettings::default(),
             webhook: WebhookSettings::default(),
             auth: AuthSettings::default(),
+            limits: LimitSettings::default(),
             redis: RedisSettings::default(),
             routes: default_routes(),
         }

@@ -65,6 +65,8 @@ pub struct Gateway {
     pub longpoll: Arc<crate::transport::longpoll::Sessions>,
     /// Relays long-poll requests for other nodes' sessions (cluster mode).
     pub longpoll_relay: Option<Arc<crate::transport::relay::Relay>>,
+    /// Admission limits.
+    pub limits: Arc<crate::limits::Limits>,
 }
 
 impl Gateway {
@@ -98,6 +100,7 @@ impl Gateway {
                     .map_err(StartError::Auth)?,
             ),
         };
+        let limits = crate::limits::Limits::new(&settings.limits);
         Ok(Self {
             settings,
             router,
@@ -112,6 +115,7 @@ impl Gateway {
             drain_ms: AtomicU64::new(0),
             longpoll: Arc::default(),
             longpoll_relay: None,
+            limits,
         })
     }
 

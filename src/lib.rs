@@ -19,6 +19,7 @@ pub mod channel;
 pub mod cluster;
 pub mod config;
 pub mod gateway;
+pub mod limits;
 pub mod metrics;
 pub mod presence;
 pub mod protocol;

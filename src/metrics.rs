@@ -52,6 +52,8 @@ pub const SLOW_CONSUMERS: &str = "phx_gateway_slow_consumer_disconnects_total";
 pub const WEBHOOK_SECONDS: &str = "phx_gateway_webhook_duration_seconds";
 /// Webhook failures, by `kind`.
 pub const WEBHOOK_ERRORS: &str = "phx_gateway_webhook_errors_total";
+/// Connections and messages refused by the admission limits, by `limit`.
+pub const LIMITED: &str = "phx_gateway_limited_total";
 /// Socket closes, by `reason`.
 pub const SOCKET_CLOSES: &str = "phx_gateway_socket_closes_total";
 
@@ -112,6 +114,10 @@ fn describe() {
         "Sockets closed because their outbound queue overflowed."
     );
     describe_counter!(SOCKET_CLOSES, "Socket closes, by reason.");
+    describe_counter!(
+        LIMITED,
+        "Connections and messages refused by the admission limits, by limit."
+    );
     describe_histogram!(
         WEBHOOK_SECONDS,
         Unit::Seconds,

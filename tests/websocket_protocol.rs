@@ -502,3 +502,68 @@ async fn origins_are_checked_and_the_auth_token_subprotocol_is_answered() {
         other => panic!("expected 403, got {:?}", other.map(|_| ())),
     }
 }
+
+#[tokio::test]
+async fn admission_limits_refuse_cleanly_and_count() {
+    let srv = TestServer::start(|s| {
+        s.limits.max_sockets_per_user = 1;
+        s.limits.max_sockets = 3;
+        s.limits.messages_per_second = 5;
+        s.limits.messages_burst = 5;
+    });
+    let refused = |url: String| async move {
+        match tokio_tungstenite::connect_async(url).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+            other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+        }
+    };
+    let mut a = srv.v2("user_id=7").await;
+    assert_eq!(
+        refused(srv.ws_url("vsn=2.0.0&user_id=7")).await,
+        429,
+        "one socket per user"
+    );
+    let _b = srv.v2("user_id=8").await;
+    let _c = srv.v2("").await;
+    assert_eq!(
+        refused(srv.ws_url("vsn=2.0.0")).await,
+        503,
+        "the node is full"
+    );
+
+    // A burst over the message rate: the excess gets "rate limited"; heartbeats still pass.
+    for i in 0..10 {
+        a.send(json!(["1", format!("p{i}"), "room:nope", "ping", {}]))
+            .await;
+    }
+    let mut limited = 0;
+    for _ in 0..10 {
+        let r = a.recv_json().await;
+        if r[4]["response"]["reason"] == "rate limited" {
+            limited += 1;
+        }
+    }
+    assert!(
+        limited >= 4,
+        "the excess of a burst is refused ({limited} of 10)"
+    );
+    a.send_text(r#"[null,"hb","phoenix","heartbeat",{}]"#).await;
+    assert_eq!(
+        a.recv_json().await[4]["status"],
+        "ok",
+        "heartbeats are exempt"
+    );
+    // Closing a socket frees its place (polled: the server notices the close asynchronously).
+    drop(a);
+    let mut retry = 0;
+    loop {
+        match tokio_tungstenite::connect_async(srv.ws_url("vsn=2.0.0&user_id=7")).await {
+            Ok(_) => break,
+            Err(_) if retry < 50 => {
+                retry += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("the freed place was not reusable: {e}"),
+        }
+    }
+}

@@ -61,6 +61,8 @@ pub struct Socket {
     events: mpsc::UnboundedSender<SocketEvent>,
     channels: HashMap<String, ChannelHandle>,
     id_subscription: Option<SubscriberId>,
+    /// Inbound message rate limit (heartbeats exempt).
+    limiter: Option<crate::limits::MessageLimiter>,
 }
 
 impl Socket {
@@ -71,6 +73,7 @@ impl Socket {
         outbox: Outbox,
         events: mpsc::UnboundedSender<SocketEvent>,
     ) -> Self {
+        let limiter = gateway.limits.message_limiter();
         Self {
             info: Arc::new(info),
             gateway,
@@ -78,6 +81,7 @@ impl Socket {
             events,
             channels: HashMap::new(),
             id_subscription: None,
+            limiter,
         }
     }
 
@@ -143,6 +147,18 @@ impl Socket {
             _ => "event",
         };
         ::metrics::counter!(crate::metrics::MESSAGES_IN, "kind" => kind).increment(1);
+        if kind != "heartbeat" && self.limiter.as_ref().is_some_and(|l| l.check().is_err()) {
+            ::metrics::counter!(crate::metrics::LIMITED, "limit" => "messages").increment(1);
+            tracing::debug!(topic = %msg.topic, "message over the socket's rate limit");
+            self.reply(
+                &msg.join_ref,
+                &msg.msg_ref,
+                &msg.topic,
+                "error",
+                json!({"reason": "rate limited"}),
+            );
+            return;
+        }
         if msg.topic == HEARTBEAT_TOPIC && msg.event == events::HEARTBEAT {
             self.reply(&Value::Null, &msg.msg_ref, HEARTBEAT_TOPIC, "ok", json!({}));
             return;

@@ -302,6 +302,14 @@ async fn open(req: &HttpRequest, gateway: &Arc<Gateway>) -> HttpResponse {
         .get("x-phoenix-authtoken")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    if let Err(refusal) = gateway.limits.check_rate(req.peer_addr().map(|a| a.ip())) {
+        tracing::info!(
+            limit = refusal.label(),
+            "long-poll connect refused by a limit"
+        );
+        ::metrics::counter!(crate::metrics::LIMITED, "limit" => refusal.label()).increment(1);
+        return refuse();
+    }
     let info = ConnectInfo {
         params,
         peer: req.peer_addr(),
@@ -312,6 +320,17 @@ async fn open(req: &HttpRequest, gateway: &Arc<Gateway>) -> HttpResponse {
         Ok(c) => c,
         Err(refused) => {
             tracing::info!(reason = %refused.0, "long-poll connect refused");
+            return refuse();
+        }
+    };
+    let admission = match gateway.limits.admit(connected.id.as_deref()) {
+        Ok(a) => a,
+        Err(refusal) => {
+            tracing::info!(
+                limit = refusal.label(),
+                "long-poll connect refused by a limit"
+            );
+            ::metrics::counter!(crate::metrics::LIMITED, "limit" => refusal.label()).increment(1);
             return refuse();
         }
     };
@@ -326,7 +345,7 @@ async fn open(req: &HttpRequest, gateway: &Arc<Gateway>) -> HttpResponse {
     };
     let span = tracing::info_span!("longpoll", id = info.id.as_deref().unwrap_or("-"));
     tokio::spawn(tracing::Instrument::instrument(
-        run(gateway.clone(), token.clone(), info, rx),
+        run(gateway.clone(), token.clone(), info, rx, admission),
         span,
     ));
     json_response(json!({"status": 410, "token": token, "messages": []}))
@@ -338,6 +357,8 @@ async fn run(
     token: String,
     info: SocketInfo,
     mut cmds: mpsc::Receiver<SessionCmd>,
+    // Holds the session's place in the admission limits until it ends.
+    _admission: crate::limits::Admission,
 ) {
     let limits = gateway.settings.socket.clone();
     let serializer = info.serializer;

@@ -88,6 +88,9 @@ pub async fn upgrade(
         .get(actix_web::http::header::SEC_WEBSOCKET_PROTOCOL)
         .and_then(|v| v.to_str().ok())
         .and_then(crate::socket::origin::auth_token);
+    if let Err(refusal) = gateway.limits.check_rate(req.peer_addr().map(|a| a.ip())) {
+        return limited(refusal);
+    }
     let info = ConnectInfo {
         params,
         peer: req.peer_addr(),
@@ -102,12 +105,16 @@ pub async fn upgrade(
             return HttpResponse::Forbidden().finish();
         }
     };
+    let admission = match gateway.limits.admit(connected.id.as_deref()) {
+        Ok(a) => a,
+        Err(refusal) => return limited(refusal),
+    };
     match actix_ws::handle_with_protocols(&req, body, &[PHOENIX_SUBPROTOCOL]) {
         Ok((response, session, stream)) => {
             connect_result("ok");
             let span = tracing::info_span!("socket", id = connected.id.as_deref().unwrap_or("-"));
             actix_web::rt::spawn(
-                run(gateway, serializer, connected, session, stream).instrument(span),
+                run(gateway, serializer, connected, session, stream, admission).instrument(span),
             );
             response
         }
@@ -116,6 +123,18 @@ pub async fn upgrade(
             connect_result("error");
             HttpResponse::BadRequest().finish()
         }
+    }
+}
+
+/// Refuses a connection over an admission limit: 503 when the node is full (the balancer
+/// should try another node), 429 otherwise.
+pub(crate) fn limited(refusal: crate::limits::Refusal) -> HttpResponse {
+    tracing::info!(limit = refusal.label(), "connect refused by a limit");
+    ::metrics::counter!(crate::metrics::LIMITED, "limit" => refusal.label()).increment(1);
+    connect_result("refused");
+    match refusal {
+        crate::limits::Refusal::NodeFull => HttpResponse::ServiceUnavailable().finish(),
+        _ => HttpResponse::TooManyRequests().finish(),
     }
 }
 
@@ -157,6 +176,8 @@ async fn run(
     connected: Connected,
     mut session: Session,
     stream: actix_ws::MessageStream,
+    // Holds the socket's place in the admission limits until the connection ends.
+    _admission: crate::limits::Admission,
 ) {
     let limits = gateway.settings.socket.clone();
     let mut stream = stream

@@ -1,0 +1,206 @@
+//! Admission limits: sockets per node and per user, connection rate per IP, and the
+//! inbound message rate of one socket. Exceeding one refuses the connection (HTTP 503/429)
+//! or the message (an error reply), is counted, and never affects other sockets.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use governor::clock::DefaultClock;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+use crate::config::LimitSettings;
+
+/// A per-socket inbound message limiter.
+pub type MessageLimiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock>;
+
+/// Why a connection is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The node holds `limits.max_sockets` sockets (HTTP 503: try another node).
+    NodeFull,
+    /// This user holds `limits.max_sockets_per_user` sockets (HTTP 429).
+    UserFull,
+    /// This IP opens connections faster than `limits.connects_per_ip_per_second` (HTTP 429).
+    RateLimited,
+}
+
+impl Refusal {
+    /// The metric / log label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::NodeFull => "node_full",
+            Refusal::UserFull => "user_full",
+            Refusal::RateLimited => "rate_limited",
+        }
+    }
+}
+
+/// The node's admission state.
+pub struct Limits {
+    settings: LimitSettings,
+    sockets: AtomicUsize,
+    per_user: Mutex<HashMap<String, usize>>,
+    per_ip: Option<DefaultKeyedRateLimiter<IpAddr>>,
+}
+
+/// Holds a socket's place; dropping it releases the place.
+pub struct Admission {
+    limits: Arc<Limits>,
+    user: Option<String>,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.limits.sockets.fetch_sub(1, Ordering::Relaxed);
+        if let Some(user) = &self.user {
+            let mut per_user = self
+                .limits
+                .per_user
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = per_user.get_mut(user) {
+                *n -= 1;
+                if *n == 0 {
+                    per_user.remove(user);
+                }
+            }
+        }
+    }
+}
+
+fn quota(per_second: u32, burst: u32) -> Option<Quota> {
+    let rate = NonZeroU32::new(per_second)?;
+    Some(Quota::per_second(rate).allow_burst(NonZeroU32::new(burst.max(1)).unwrap_or(rate)))
+}
+
+impl Limits {
+    /// Limits from the settings (0 disables a limit).
+    pub fn new(settings: &LimitSettings) -> Arc<Self> {
+        let per_ip = quota(
+            settings.connects_per_ip_per_second,
+            settings.connects_per_ip_burst,
+        )
+        .map(RateLimiter::keyed);
+        Arc::new(Self {
+            settings: settings.clone(),
+            sockets: AtomicUsize::new(0),
+            per_user: Mutex::default(),
+            per_ip,
+        })
+    }
+
+    /// Checks the connection rate of `ip` (before the connect policy runs).
+    pub fn check_rate(&self, ip: Option<IpAddr>) -> Result<(), Refusal> {
+        match (&self.per_ip, ip) {
+            (Some(limiter), Some(ip)) if limiter.check_key(&ip).is_err() => {
+                Err(Refusal::RateLimited)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Takes a place for a socket of `user` (its socket id), or refuses.
+    pub fn admit(self: &Arc<Self>, user: Option<&str>) -> Result<Admission, Refusal> {
+        let max = self.settings.max_sockets;
+        if max > 0 && self.sockets.fetch_add(1, Ordering::Relaxed) >= max {
+            self.sockets.fetch_sub(1, Ordering::Relaxed);
+            return Err(Refusal::NodeFull);
+        }
+        if max == 0 {
+            self.sockets.fetch_add(1, Ordering::Relaxed);
+        }
+        let per_user_max = self.settings.max_sockets_per_user;
+        let user = match user {
+            Some(u) if per_user_max > 0 => {
+                let mut per_user = self.per_user.lock().unwrap_or_else(|e| e.into_inner());
+                let n = per_user.entry(u.to_owned()).or_default();
+                if *n >= per_user_max {
+                    drop(per_user);
+                    self.sockets.fetch_sub(1, Ordering::Relaxed);
+                    return Err(Refusal::UserFull);
+                }
+                *n += 1;
+                Some(u.to_owned())
+            }
+            _ => None,
+        };
+        Ok(Admission {
+            limits: self.clone(),
+            user,
+        })
+    }
+
+    /// A limiter for one socket's inbound messages; None when unlimited.
+    pub fn message_limiter(&self) -> Option<MessageLimiter> {
+        quota(
+            self.settings.messages_per_second,
+            self.settings.messages_burst,
+        )
+        .map(RateLimiter::direct)
+    }
+
+    /// Forgets idle per-IP state (call now and then).
+    pub fn tidy(&self) {
+        if let Some(l) = &self.per_ip {
+            l.retain_recent();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> LimitSettings {
+        LimitSettings {
+            max_sockets: 3,
+            max_sockets_per_user: 2,
+            connects_per_ip_per_second: 2,
+            connects_per_ip_burst: 2,
+            messages_per_second: 5,
+            messages_burst: 5,
+        }
+    }
+
+    #[test]
+    fn node_and_user_places_are_held_and_released() {
+        let limits = Limits::new(&settings());
+        let a = limits.admit(Some("u1")).expect("1st");
+        let b = limits.admit(Some("u1")).expect("2nd");
+        assert_eq!(limits.admit(Some("u1")).err(), Some(Refusal::UserFull));
+        let c = limits.admit(None).expect("3rd");
+        assert_eq!(limits.admit(Some("u2")).err(), Some(Refusal::NodeFull));
+        drop(a);
+        let _d = limits.admit(Some("u1")).expect("place released");
+        drop((b, c));
+    }
+
+    #[test]
+    fn connection_rate_per_ip() {
+        let limits = Limits::new(&settings());
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let other: IpAddr = "127.0.0.2".parse().unwrap();
+        assert!(limits.check_rate(Some(ip)).is_ok());
+        assert!(limits.check_rate(Some(ip)).is_ok());
+        assert_eq!(limits.check_rate(Some(ip)), Err(Refusal::RateLimited));
+        assert!(
+            limits.check_rate(Some(other)).is_ok(),
+            "other IPs are not affected"
+        );
+    }
+
+    #[test]
+    fn message_rate() {
+        let limits = Limits::new(&settings());
+        let l = limits.message_limiter().expect("limited");
+        assert_eq!((0..10).filter(|_| l.check().is_ok()).count(), 5);
+        let unlimited = Limits::new(&LimitSettings::default());
+        assert!(unlimited
+            .message_limiter()
+            .is_some_and(|l| (0..50).all(|_| l.check().is_ok())));
+    }
+}
