@@ -631,3 +631,64 @@ async fn rediss_with_a_private_ca() {
         assert_cross_node_broadcast(&redis, |s| s.redis.tls_ca_file = Some(ca_path.clone())).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_topic_names_never_reach_redis_raw() {
+    let redis = RedisServer::start();
+    let n1 = TestServer::start_node(&redis.url(), |_| {}).await;
+    let n2 = TestServer::start_node(&redis.url(), |_| {}).await;
+    let long = format!("room:{}", "x*{}".repeat(61)); // 249 bytes, just under the topic limit
+    for topic in [
+        "room:a*b?c[d]",
+        "room:{x}",
+        "room:new\nline",
+        "room:sp ace",
+        "room:ünï",
+        long.as_str(),
+    ] {
+        let mut a = n1.v2("user_id=h1").await;
+        let mut b = n2.v2("user_id=h2").await;
+        a.send(json!(["1", "1", topic, "phx_join", {}])).await;
+        assert_eq!(
+            a.recv_until("join", |v| v[1] == "1").await[4]["status"],
+            "ok",
+            "{topic:?}"
+        );
+        b.send(json!(["1", "1", topic, "phx_join", {}])).await;
+        assert_eq!(
+            b.recv_until("join", |v| v[1] == "1").await[4]["status"],
+            "ok",
+            "{topic:?}"
+        );
+        a.send(json!(["1", "2", topic, "new_msg", {"t": topic}]))
+            .await;
+        let got = b
+            .recv_until("cross-node new_msg", |v| v[3] == "new_msg")
+            .await;
+        assert_eq!(
+            got[2],
+            json!(topic),
+            "the topic survives the round trip through Redis"
+        );
+        let escaped = phx_gateway::cluster::keys::escape(topic);
+        let channels: Vec<String> = redis.cmd(&["PUBSUB", "CHANNELS"]);
+        let keys: Vec<String> = redis.cmd(&["KEYS", "*"]);
+        let topic_names = channels
+            .iter()
+            .chain(keys.iter())
+            .filter(|n| n.starts_with("phx:b:") || n.starts_with("phx:p:"));
+        for name in topic_names {
+            // Exactly one hash tag, and nothing between its braces but the escaped form.
+            assert_eq!(name.matches('{').count(), 1, "{name:?}");
+            assert!(
+                !name.contains(['\n', ' ', '*', '?', '[']),
+                "raw characters in a Redis name: {name:?}"
+            );
+        }
+        assert!(
+            channels.contains(&format!("phx:b:{{{escaped}}}")),
+            "{channels:?}"
+        );
+        assert!(keys.contains(&format!("phx:p:{{{escaped}}}")), "{keys:?}");
+    }
+}
