@@ -692,3 +692,81 @@ async fn hostile_topic_names_never_reach_redis_raw() {
         assert!(keys.contains(&format!("phx:p:{{{escaped}}}")), "{keys:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_redis_does_not_stop_local_traffic_and_everything_resumes() {
+    let redis = RedisServer::start();
+    let env = [
+        ("PHX_GATEWAY__REDIS__HEARTBEAT_MS", "300"),
+        ("PHX_GATEWAY__REDIS__DOWN_MS", "1200"),
+        ("PHX_GATEWAY__REDIS__COMMAND_TIMEOUT_MS", "500"),
+    ];
+    let mut n1 = NodeProcess::start(&redis.url(), "p1", &env);
+    let mut n2 = NodeProcess::start(&redis.url(), "p2", &env);
+    let mut a = Client::connect(&n1.ws_url("vsn=2.0.0&user_id=alice")).await;
+    let mut a2 = Client::connect(&n1.ws_url("vsn=2.0.0")).await;
+    let mut b = Client::connect(&n2.ws_url("vsn=2.0.0&user_id=bob")).await;
+    a.join("1", "room:pause").await;
+    a2.join("1", "room:pause").await;
+    b.join("1", "room:pause").await;
+    let mut view = View::default();
+    view.converge(
+        &mut b,
+        &counts(&[("alice", 1), ("bob", 1)]),
+        Duration::from_secs(5),
+    )
+    .await;
+
+    redis.pause(true);
+    let paused_at = std::time::Instant::now();
+    // While Redis is frozen (connections open, nothing answered), node 1 still serves its own
+    // clients: joins, replies and local broadcasts, without waiting on Redis per message.
+    for i in 0..10 {
+        let started = std::time::Instant::now();
+        a.send(json!(["1", format!("l{i}"), "room:pause", "new_msg", {"local": i}]))
+            .await;
+        let got = a2
+            .recv_until("local broadcast", |v| v[3] == "new_msg")
+            .await;
+        assert_eq!(got[4]["local"], i);
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "local delivery must not wait for Redis"
+        );
+        a.send(json!([null, format!("h{i}"), "phoenix", "heartbeat", {}]))
+            .await;
+        b.send(json!([null, format!("h{i}"), "phoenix", "heartbeat", {}]))
+            .await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    assert!(paused_at.elapsed() >= Duration::from_secs(4));
+    redis.pause(false);
+    assert!(
+        n1.is_running() && n2.is_running(),
+        "nodes survive a frozen Redis"
+    );
+
+    // Cross-node delivery resumes by itself.
+    let mut delivered = false;
+    for i in 0..50 {
+        a.send(json!(["1", format!("r{i}"), "room:pause", "new_msg", {"after": i}]))
+            .await;
+        if recv_event(&mut b, "new_msg", Duration::from_millis(200), &mut view)
+            .await
+            .is_some_and(|v| v[4]["after"].is_number())
+        {
+            delivered = true;
+            break;
+        }
+    }
+    assert!(
+        delivered,
+        "cross-node broadcasts did not resume after Redis was resumed"
+    );
+    view.converge(
+        &mut b,
+        &counts(&[("alice", 1), ("bob", 1)]),
+        Duration::from_secs(10),
+    )
+    .await;
+}

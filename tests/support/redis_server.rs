@@ -140,6 +140,19 @@ impl RedisServer {
         }
     }
 
+    /// Pauses (`SIGSTOP`) or resumes (`SIGCONT`) the server: connections stay open but
+    /// nothing is answered while paused.
+    pub fn pause(&self, paused: bool) {
+        let pid = self.child.as_ref().map(Child::id).expect("running");
+        let sig = if paused { "-STOP" } else { "-CONT" };
+        let ok = Command::new("kill")
+            .arg(sig)
+            .arg(pid.to_string())
+            .status()
+            .map(|s| s.success());
+        assert!(matches!(ok, Ok(true)), "kill {sig} failed");
+    }
+
     /// Starts an empty server again on the same port.
     pub fn restart(&mut self) {
         self.kill();
