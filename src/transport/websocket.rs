@@ -267,6 +267,12 @@ async fn run(
                         tracing::info!(max = limits.max_frame_bytes, "frame too large");
                         break Some(CloseReason::FrameTooLarge);
                     }
+                    Some(Err(ProtocolError::Io(e))) if e.kind() == std::io::ErrorKind::InvalidData => {
+                        // e.g. a text frame that is not UTF-8
+                        tracing::info!(error = %e, "malformed frame");
+                        ::metrics::counter!(crate::metrics::MESSAGES_IN, "kind" => "malformed").increment(1);
+                        break Some(CloseReason::MalformedFrame);
+                    }
                     Some(Err(ProtocolError::Io(e))) => {
                         tracing::debug!(error = %e, "connection lost");
                         break None;
