@@ -254,3 +254,90 @@ async fn readiness_follows_redis_after_a_grace_period() {
     .await;
     assert!(node.is_running());
 }
+
+/// The value of a metric line (`name{labels} value`) in a /metrics page; 0 when absent.
+fn metric(page: &str, series: &str) -> f64 {
+    page.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_leaks_after_clients_come_and_go() {
+    let redis = RedisServer::start();
+    let env = [
+        ("PHX_GATEWAY__REDIS__HEARTBEAT_MS", "300"),
+        ("PHX_GATEWAY__REDIS__DOWN_MS", "1200"),
+        ("PHX_GATEWAY__REDIS__UNSUBSCRIBE_DELAY_MS", "100"),
+    ];
+    let a = NodeProcess::start(&redis.url(), "leak-a", &env);
+    let b = NodeProcess::start(&redis.url(), "leak-b", &env);
+    let baseline_keys: Vec<String> = redis.cmd(&["KEYS", "*"]);
+    let fds_before = metric(&a.admin("/metrics").expect("metrics").1, "process_open_fds");
+    for round in 0..3 {
+        let mut clients = Vec::new();
+        for i in 0..60 {
+            let node = if i % 2 == 0 { &a } else { &b };
+            let mut c =
+                Client::connect(&node.ws_url(&format!("vsn=2.0.0&user_id=l{round}-{i}"))).await;
+            c.join("1", &format!("room:leak{}", i % 7)).await;
+            clients.push(c);
+        }
+        // Half leave politely, half just disconnect.
+        for (i, mut c) in clients.into_iter().enumerate() {
+            if i % 2 == 0 {
+                c.send_text(&format!(
+                    r#"["1","9","room:leak{}","phx_leave",{{}}]"#,
+                    i % 7
+                ))
+                .await;
+                c.recv_until("close", |v| v[3] == "phx_close").await;
+            }
+        }
+    }
+    for node in [&a, &b] {
+        wait_until(
+            "sockets, channels and presences back to zero",
+            Duration::from_secs(10),
+            || {
+                let page = node.admin("/metrics").map(|r| r.1).unwrap_or_default();
+                metric(&page, "phx_gateway_sockets{transport=\"websocket\"}") == 0.0
+                    && metric(&page, "phx_gateway_channels") == 0.0
+                    && metric(&page, "phx_gateway_presence_entries") == 0.0
+            },
+        )
+        .await;
+    }
+    // Redis holds no presence hash and no topic channel any more: only the node bookkeeping.
+    wait_until(
+        "redis back to its baseline keys",
+        Duration::from_secs(10),
+        || {
+            let keys: Vec<String> = redis.cmd(&["KEYS", "*"]);
+            let mut topic_keys: Vec<&String> = keys
+                .iter()
+                .filter(|k| k.contains(":p:") || k.contains(":topics"))
+                .collect();
+            topic_keys.sort();
+            topic_keys.is_empty() && keys.len() <= baseline_keys.len() + 2
+        },
+    )
+    .await;
+    wait_until(
+        "no topic channel subscribed",
+        Duration::from_secs(10),
+        || {
+            redis
+                .cmd::<Vec<String>>(&["PUBSUB", "CHANNELS", "phx:b:{room:leak*"])
+                .is_empty()
+        },
+    )
+    .await;
+    let fds_after = metric(&a.admin("/metrics").expect("metrics").1, "process_open_fds");
+    assert!(
+        fds_after <= fds_before + 2.0,
+        "file descriptors leaked: {fds_before} -> {fds_after}"
+    );
+}
