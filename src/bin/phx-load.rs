@@ -92,6 +92,16 @@ struct FanoutArgs {
     /// Number of loopback source addresses for subscriber sockets.
     #[arg(long, default_value_t = 1)]
     sources: u8,
+    /// Step mode: start at --rate and multiply by --step-factor until a run loses messages or
+    /// its p99 exceeds --max-p99-ms; report the highest passing rate.
+    #[arg(long)]
+    step: bool,
+    /// Rate multiplier between steps.
+    #[arg(long, default_value_t = 1.25)]
+    step_factor: f64,
+    /// p99 bound for step mode, in milliseconds.
+    #[arg(long, default_value_t = 100.0)]
+    max_p99_ms: f64,
     /// Node the publisher connects to (default: the first of --addrs); e.g. another node
     /// than the subscribers' to measure cross-node delivery.
     #[arg(long)]
@@ -416,8 +426,9 @@ async fn subscriber(mut ws: Ws, expected: u64, done: Arc<tokio::sync::Notify>) -
     seen
 }
 
-async fn fanout(args: FanoutArgs) {
-    let total = args.rate * args.duration;
+/// One fan-out run at `rate`; returns (lost deliveries, p99 ms), None if it could not run.
+async fn fanout_once(args: &FanoutArgs, rate: u64) -> Option<(u64, f64)> {
+    let total = rate * args.duration;
     let done = Arc::new(tokio::sync::Notify::new());
     let mut subs = Vec::new();
     for i in 0..args.subscribers {
@@ -427,10 +438,10 @@ async fn fanout(args: FanoutArgs) {
             .expect("ip");
         let mut ws = match open(addr, src, "").await {
             Ok(ws) => ws,
-            Err(e) => return eprintln!("subscriber {i}: {e}"),
+            Err(e) => return eprint_none(format!("subscriber {i}: {e}")),
         };
         if let Err(e) = join(&mut ws, &args.topic).await {
-            return eprintln!("subscriber {i}: {e}");
+            return eprint_none(format!("subscriber {i}: {e}"));
         }
         subs.push(tokio::spawn(subscriber(ws, total, done.clone())));
     }
@@ -442,10 +453,10 @@ async fn fanout(args: FanoutArgs) {
     .await
     {
         Ok(ws) => ws,
-        Err(e) => return eprintln!("publisher: {e}"),
+        Err(e) => return eprint_none(format!("publisher: {e}")),
     };
     if let Err(e) = join(&mut publisher, &args.topic).await {
-        return eprintln!("publisher: {e}");
+        return eprint_none(format!("publisher: {e}"));
     }
     // The publisher's own copies and replies are drained so its socket never backs up.
     let (mut tx, mut rx) = publisher.split();
@@ -453,7 +464,7 @@ async fn fanout(args: FanoutArgs) {
     let pad = "x".repeat(args.size);
     let cpu_before = cpu_seconds_self();
     let start = now_ns() + 50_000_000;
-    let gap = 1_000_000_000 / args.rate.max(1);
+    let gap = 1_000_000_000 / rate.max(1);
     let t0 = tokio::time::Instant::now() + Duration::from_millis(50);
     for seq in 0..total {
         // Latency counts from the scheduled time, so a stalled sender cannot hide delays.
@@ -495,7 +506,7 @@ async fn fanout(args: FanoutArgs) {
         args.subscribers,
         args.addrs.len(),
         args.publish_to.unwrap_or(args.addrs[0]),
-        args.rate,
+        rate,
         args.duration,
         args.size
     );
@@ -512,6 +523,40 @@ async fn fanout(args: FanoutArgs) {
         all.last().copied().unwrap_or(0) as f64 / 1000.0
     );
     println!("load tool CPU: {:.1} s", cpu_seconds_self() - cpu_before);
+    Some((expected.saturating_sub(received - dups), pct(0.99)))
+}
+
+fn eprint_none<T>(msg: String) -> Option<T> {
+    eprintln!("{msg}");
+    None
+}
+
+async fn fanout(args: FanoutArgs) {
+    if !args.step {
+        let _ = fanout_once(&args, args.rate).await;
+        return;
+    }
+    // Raise the rate until a run loses a message or its p99 exceeds the bound.
+    let mut rate = args.rate.max(1);
+    let mut best: Option<u64> = None;
+    loop {
+        match fanout_once(&args, rate).await {
+            Some((0, p99)) if p99 <= args.max_p99_ms => best = Some(rate),
+            _ => break,
+        }
+        rate = ((rate as f64) * args.step_factor).ceil() as u64;
+    }
+    match best {
+        Some(r) => println!(
+            "highest rate with no loss and p99 <= {} ms: {r} msg/s = {} deliveries/s",
+            args.max_p99_ms,
+            r * args.subscribers as u64
+        ),
+        None => println!(
+            "no rate met the rule (start lower than {} msg/s)",
+            args.rate
+        ),
+    }
 }
 
 async fn rpc(args: RpcArgs) {
