@@ -79,3 +79,60 @@ fn deeply_nested_payloads_are_rejected_not_overflowing_the_stack() {
     );
     assert!(Serializer::V2.decode_text(&deep).is_err());
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn envelope_decoder_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
+        let _ = phx_gateway::pubsub::envelope::decode(&bytes);
+    }
+
+    #[test]
+    fn envelope_shaped_input_never_panics(topic in "\\PC{0,30}", event in "\\PC{0,10}", v in 0u32..3, b64 in "[A-Za-z0-9+/=*]{0,20}") {
+        let text = format!(r#"{{"v":{v},"topic":{},"event":{},"binary":"{b64}"}}"#, json!(topic), json!(event));
+        let _ = phx_gateway::pubsub::envelope::decode(text.as_bytes());
+    }
+
+    #[test]
+    fn longpoll_body_parser_never_panics_and_caps_lines(body in prop::collection::vec(any::<u8>(), 0..2000), ndjson in any::<bool>()) {
+        if let Some(frames) = phx_gateway::transport::longpoll::parse_body(ndjson, &body) {
+            prop_assert!(frames.len() <= 100);
+            if !ndjson {
+                prop_assert_eq!(frames.len(), 1);
+            }
+        }
+    }
+
+    #[test]
+    fn token_verifiers_never_panic(token in "\\PC{0,200}") {
+        // Key derivation (PBKDF2) happens once, not per case.
+        static VERIFIERS: std::sync::LazyLock<(phx_gateway::auth::PhoenixToken, phx_gateway::auth::JwtVerifier)> =
+            std::sync::LazyLock::new(|| {
+                (
+                    phx_gateway::auth::PhoenixToken::new("abcdefghijabcdefghijabcdefghij", "user socket"),
+                    phx_gateway::auth::JwtVerifier::new(phx_gateway::auth::JwtKey::Hs256(b"secret".to_vec()), None, None, 30)
+                        .expect("verifier"),
+                )
+            });
+        let _ = VERIFIERS.0.verify(&token, None, 1_700_000_000_000);
+        let _ = VERIFIERS.1.verify(&token);
+    }
+}
+
+#[test]
+fn longpoll_ndjson_lines() {
+    use phx_gateway::transport::longpoll::{parse_body, Incoming};
+    let frames =
+        parse_body(true, b"[\"1\",\"1\",\"t\",\"e\",{}]\r\nAAEBAQF0ZQ==\n\n").expect("parses");
+    assert!(matches!(&frames[0], Incoming::Text(t) if t.starts_with('[')));
+    assert!(matches!(&frames[1], Incoming::Binary(b) if b == &[0, 1, 1, 1, 1, b't', b'e']));
+    assert_eq!(frames.len(), 2);
+    let many = "[]\n".repeat(150);
+    assert_eq!(
+        parse_body(true, many.as_bytes()).expect("parses").len(),
+        100,
+        "at most 100 lines, as Phoenix"
+    );
+    assert!(parse_body(true, b"not base64 !!").is_none());
+}

@@ -144,6 +144,35 @@ fn request_token(req: &HttpRequest) -> Option<String> {
     }
 }
 
+/// Splits a POST body into client frames: for `application/x-ndjson`, one frame per line
+/// (JSON when it starts with `[` or `{`, else standard base64 of a binary frame), at most
+/// [`MAX_LINES`]; for any other content type, the whole body is one text frame. None when a
+/// line is neither JSON-looking nor base64.
+pub fn parse_body(ndjson: bool, body: &[u8]) -> Option<Vec<Incoming>> {
+    let text = String::from_utf8_lossy(body);
+    if !ndjson {
+        return Some(vec![Incoming::Text(text.into_owned())]);
+    }
+    let mut frames = Vec::new();
+    for line in text
+        .split('\n')
+        .map(|l| l.trim_end_matches('\r'))
+        .filter(|l| !l.is_empty())
+        .take(MAX_LINES)
+    {
+        if line.starts_with('[') || line.starts_with('{') {
+            frames.push(Incoming::Text(line.to_owned()));
+        } else {
+            frames.push(Incoming::Binary(
+                base64::engine::general_purpose::STANDARD
+                    .decode(line)
+                    .ok()?,
+            ));
+        }
+    }
+    Some(frames)
+}
+
 /// The node that owns a session token.
 pub fn token_node(token: &str) -> Option<&str> {
     token.rsplit_once('.').map(|(node, _)| node)
@@ -207,27 +236,8 @@ pub async fn post(
                 .next()
                 .is_some_and(|t| t.trim() == "application/x-ndjson")
         });
-    let text = String::from_utf8_lossy(&body);
-    let frames: Vec<Incoming> = if ndjson {
-        let mut frames = Vec::new();
-        for line in text
-            .split('\n')
-            .map(|l| l.trim_end_matches('\r'))
-            .filter(|l| !l.is_empty())
-            .take(MAX_LINES)
-        {
-            if line.starts_with('[') || line.starts_with('{') {
-                frames.push(Incoming::Text(line.to_owned()));
-            } else {
-                match base64::engine::general_purpose::STANDARD.decode(line) {
-                    Ok(bin) => frames.push(Incoming::Binary(bin)),
-                    Err(_) => return status(400),
-                }
-            }
-        }
-        frames
-    } else {
-        vec![Incoming::Text(text.into_owned())]
+    let Some(frames) = parse_body(ndjson, &body) else {
+        return status(400);
     };
     match route_post(&gateway, &token, frames, window(&gateway)).await {
         Some(true) => status(200),
