@@ -2,12 +2,11 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use support::presence_view::{Counts, View};
 use support::redis_server::{wait_until, NodeProcess, RedisServer};
-use support::{Client, Received};
+use support::Client;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_port_serves_health_readiness_and_metrics() {
@@ -104,64 +103,6 @@ async fn sigterm_drains_sockets_over_the_drain_period_then_exits_zero() {
     );
 }
 
-/// Presence counts seen by a V2 client, applying frames like phoenix.js.
-async fn converge(
-    c: &mut Client,
-    view: &mut BTreeMap<String, Vec<String>>,
-    want: &BTreeMap<String, usize>,
-    timeout: Duration,
-) {
-    let deadline = tokio::time::Instant::now() + timeout;
-    let counts = |v: &BTreeMap<String, Vec<String>>| {
-        v.iter()
-            .map(|(k, r)| (k.clone(), r.len()))
-            .collect::<BTreeMap<_, _>>()
-    };
-    while counts(view) != *want {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let frame: Value = match c.recv_within(left).await {
-            Some(Received::Text(t)) => serde_json::from_str(&t).expect("json"),
-            Some(other) => panic!("watcher got {other:?}"),
-            None => panic!("no convergence: have {:?}, want {want:?}", counts(view)),
-        };
-        let add = |view: &mut BTreeMap<String, Vec<String>>, p: &Value| {
-            for (k, pres) in p.as_object().into_iter().flatten() {
-                for m in pres["metas"].as_array().into_iter().flatten() {
-                    let r = m["phx_ref"].as_str().unwrap_or_default().to_owned();
-                    let refs = view.entry(k.clone()).or_default();
-                    if !refs.contains(&r) {
-                        refs.push(r);
-                    }
-                }
-            }
-        };
-        match frame[3].as_str() {
-            Some("presence_state") => {
-                view.clear();
-                add(view, &frame[4]);
-            }
-            Some("presence_diff") => {
-                add(view, &frame[4]["joins"]);
-                for (k, pres) in frame[4]["leaves"].as_object().into_iter().flatten() {
-                    let gone: Vec<&str> = pres["metas"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|m| m["phx_ref"].as_str())
-                        .collect();
-                    if let Some(refs) = view.get_mut(k) {
-                        refs.retain(|r| !gone.contains(&r.as_str()));
-                        if refs.is_empty() {
-                            view.remove(k);
-                        }
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_restart_leaves_no_presence_behind_and_clients_move_to_the_other_node() {
     let redis = RedisServer::start();
@@ -175,7 +116,7 @@ async fn rolling_restart_leaves_no_presence_behind_and_clients_move_to_the_other
     let b = NodeProcess::start(&redis.url(), "rolling-b", &env);
     let mut watcher = Client::connect(&b.ws_url("vsn=2.0.0")).await;
     watcher.join("1", "room:roll").await;
-    let mut view = BTreeMap::new();
+    let mut view = View::default();
     let users: Vec<String> = (0..10).map(|i| format!("r{i}")).collect();
     let mut on_a = Vec::new();
     for u in &users {
@@ -183,19 +124,15 @@ async fn rolling_restart_leaves_no_presence_behind_and_clients_move_to_the_other
         c.join("1", "room:roll").await;
         on_a.push((u.clone(), c));
     }
-    let all: BTreeMap<String, usize> = users.iter().map(|u| (u.clone(), 1)).collect();
-    converge(&mut watcher, &mut view, &all, Duration::from_secs(5)).await;
+    let all: Counts = users.iter().map(|u| (u.clone(), 1)).collect();
+    view.converge(&mut watcher, &all, Duration::from_secs(5))
+        .await;
 
     let started = Instant::now();
     a.signal("TERM");
     // Node A removes its presences at once: the watcher sees everyone leave right away.
-    converge(
-        &mut watcher,
-        &mut view,
-        &BTreeMap::new(),
-        Duration::from_secs(3),
-    )
-    .await;
+    view.converge(&mut watcher, &Counts::new(), Duration::from_secs(3))
+        .await;
     assert!(
         started.elapsed() < Duration::from_secs(3),
         "leaves must not wait for the reaper"
@@ -208,7 +145,8 @@ async fn rolling_restart_leaves_no_presence_behind_and_clients_move_to_the_other
         c.join("2", "room:roll").await;
         moved.push(c);
     }
-    converge(&mut watcher, &mut view, &all, Duration::from_secs(5)).await;
+    view.converge(&mut watcher, &all, Duration::from_secs(5))
+        .await;
     assert_eq!(a.wait_exit(Duration::from_secs(10)).await, Some(0));
     // Redis holds exactly the live presences, all on B.
     let fields: Vec<String> = redis.cmd(&["HKEYS", "phx:p:{room:roll}"]);

@@ -2,79 +2,9 @@
 
 mod support;
 
-use std::collections::BTreeMap;
-
-use serde_json::{json, Value};
+use serde_json::json;
+use support::presence_view::View;
 use support::{Client, TestServer};
-
-/// Applies presence_state/presence_diff frames the way phoenix.js does (by phx_ref).
-#[derive(Default)]
-struct View {
-    synced: bool,
-    refs: BTreeMap<String, Vec<String>>,
-}
-
-impl View {
-    fn apply(&mut self, frame: &Value) {
-        match frame[3].as_str() {
-            Some("presence_state") => {
-                self.refs.clear();
-                self.add(&frame[4]);
-                self.synced = true;
-            }
-            Some("presence_diff") => {
-                self.add(&frame[4]["joins"]);
-                for (key, p) in frame[4]["leaves"].as_object().into_iter().flatten() {
-                    let gone: Vec<&str> = p["metas"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|m| m["phx_ref"].as_str())
-                        .collect();
-                    if let Some(refs) = self.refs.get_mut(key) {
-                        refs.retain(|r| !gone.contains(&r.as_str()));
-                        if refs.is_empty() {
-                            self.refs.remove(key);
-                        }
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-
-    fn add(&mut self, presences: &Value) {
-        for (key, p) in presences.as_object().into_iter().flatten() {
-            let refs = self.refs.entry(key.clone()).or_default();
-            for m in p["metas"].as_array().into_iter().flatten() {
-                let r = m["phx_ref"].as_str().unwrap_or_default().to_owned();
-                if !refs.contains(&r) {
-                    refs.push(r);
-                }
-            }
-        }
-    }
-
-    fn counts(&self) -> BTreeMap<String, usize> {
-        self.refs
-            .iter()
-            .map(|(k, v)| (k.clone(), v.len()))
-            .collect()
-    }
-
-    /// Reads frames until the counts equal `want`.
-    async fn wait_for(&mut self, client: &mut Client, want: &[(&str, usize)]) {
-        let want: BTreeMap<String, usize> = want.iter().map(|(k, n)| (k.to_string(), *n)).collect();
-        while !(self.synced && self.counts() == want) {
-            let frame = client
-                .recv_until("presence frame", |v| {
-                    v[3] == "presence_state" || v[3] == "presence_diff"
-                })
-                .await;
-            self.apply(&frame);
-        }
-    }
-}
 
 async fn join_lobby(c: &mut Client) {
     c.join("1", "room:lobby").await;

@@ -1,6 +1,7 @@
 //! Test harness: an in-process gateway on a free port and a raw WebSocket client.
 #![allow(dead_code)]
 
+pub mod presence_view;
 pub mod redis_server;
 
 use std::net::{SocketAddr, TcpListener};
