@@ -31,7 +31,8 @@ pub(crate) enum ChannelMsg {
 /// What the socket keeps of a running channel actor.
 pub(crate) struct ChannelHandle {
     pub join_ref: Ref,
-    pub inbox: mpsc::Sender<ChannelMsg>,
+    /// Boxed: a channel's queue allocates slots in blocks, and idle channels should be small.
+    pub inbox: mpsc::Sender<Box<ChannelMsg>>,
     /// Cancelled to stop the channel silently (socket closed, duplicate join).
     pub stop: CancellationToken,
     pub task: JoinHandle<()>,
@@ -53,7 +54,7 @@ pub(crate) fn spawn(
     ctx: Context,
     req: JoinRequest,
     inbox_capacity: usize,
-    socket_events: mpsc::UnboundedSender<SocketEvent>,
+    socket_events: mpsc::UnboundedSender<Box<SocketEvent>>,
     tasks: &tokio_util::task::TaskTracker,
 ) -> ChannelHandle {
     let (inbox, inbox_rx) = mpsc::channel(inbox_capacity.max(1));
@@ -86,9 +87,9 @@ enum End {
 struct Actor {
     channel: Box<dyn Channel>,
     ctx: Context,
-    inbox: mpsc::Receiver<ChannelMsg>,
+    inbox: mpsc::Receiver<Box<ChannelMsg>>,
     stop: CancellationToken,
-    socket_events: mpsc::UnboundedSender<SocketEvent>,
+    socket_events: mpsc::UnboundedSender<Box<SocketEvent>>,
 }
 
 impl Actor {
@@ -120,12 +121,20 @@ impl Actor {
             }
         };
 
-        let (out_tx, mut out_rx) = mpsc::channel::<Arc<Broadcast>>(capacity.max(1));
+        // The handle_out queue exists only for channels that intercept something.
         let intercepts = self.channel.intercepts();
-        let intercept = (!intercepts.is_empty()).then(|| Intercept {
-            events: Some(Arc::from(intercepts)),
-            tx: out_tx,
-        });
+        let (intercept, mut out_rx) = if intercepts.is_empty() {
+            (None, None)
+        } else {
+            let (tx, rx) = mpsc::channel::<Arc<Broadcast>>(capacity.max(1));
+            (
+                Some(Intercept {
+                    events: Some(Arc::from(intercepts)),
+                    tx,
+                }),
+                Some(rx),
+            )
+        };
         let reply = self.ctx.outbox().serializer().encode(&Outbound::Reply {
             join_ref: self.ctx.join_ref(),
             msg_ref: &req.msg_ref,
@@ -165,10 +174,10 @@ impl Actor {
             end = tokio::select! {
                 biased;
                 msg = self.inbox.recv() => match msg {
-                    Some(msg) => self.handle(msg).await,
+                    Some(msg) => self.handle(*msg).await,
                     None => Some(End::Terminated(Termination::Closed)),
                 },
-                Some(b) = out_rx.recv() => self.handle_out(&b).await,
+                Some(b) = async { match &mut out_rx { Some(rx) => rx.recv().await, None => std::future::pending().await } } => self.handle_out(&b).await,
                 _ = self.stop.cancelled() => Some(End::Terminated(Termination::Closed)),
             };
         }
@@ -279,7 +288,7 @@ impl Actor {
         self.inbox.close();
         let null = Value::Null;
         while let Ok(msg) = self.inbox.try_recv() {
-            if let ChannelMsg::In { msg_ref, .. } = msg {
+            if let ChannelMsg::In { msg_ref, .. } = *msg {
                 if !self.stop.is_cancelled() {
                     self.ctx.outbox().send(&Outbound::Reply {
                         join_ref: &null,
@@ -291,9 +300,11 @@ impl Actor {
                 }
             }
         }
-        let _ = self.socket_events.send(SocketEvent::ChannelExited {
-            topic: self.ctx.topic().to_owned(),
-            join_ref: self.ctx.join_ref().clone(),
-        });
+        let _ = self
+            .socket_events
+            .send(Box::new(SocketEvent::ChannelExited {
+                topic: self.ctx.topic().to_owned(),
+                join_ref: self.ctx.join_ref().clone(),
+            }));
     }
 }

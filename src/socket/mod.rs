@@ -58,7 +58,7 @@ pub struct Socket {
     info: Arc<SocketInfo>,
     gateway: Arc<Gateway>,
     outbox: Outbox,
-    events: mpsc::UnboundedSender<SocketEvent>,
+    events: mpsc::UnboundedSender<Box<SocketEvent>>,
     channels: HashMap<String, ChannelHandle>,
     id_subscription: Option<SubscriberId>,
     /// Inbound message rate limit (heartbeats exempt).
@@ -71,7 +71,7 @@ impl Socket {
         info: SocketInfo,
         gateway: Arc<Gateway>,
         outbox: Outbox,
-        events: mpsc::UnboundedSender<SocketEvent>,
+        events: mpsc::UnboundedSender<Box<SocketEvent>>,
     ) -> Self {
         let limiter = gateway.limits.message_limiter();
         Self {
@@ -182,7 +182,7 @@ impl Socket {
         }
         let is_leave = msg.event == events::LEAVE;
         let (msg_ref, topic) = (msg.msg_ref.clone(), msg.topic.clone());
-        let cmsg = if is_leave {
+        let cmsg = Box::new(if is_leave {
             ChannelMsg::Leave {
                 msg_ref: msg.msg_ref,
             }
@@ -192,7 +192,7 @@ impl Socket {
                 payload: msg.payload,
                 msg_ref: msg.msg_ref,
             }
-        };
+        });
         channel.leaving |= is_leave;
         let delivered = match channel.inbox.try_send(cmsg) {
             Ok(()) => true,

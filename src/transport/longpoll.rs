@@ -439,7 +439,7 @@ async fn run(
                     let _ = reply.send(PollResult::Messages(std::mem::take(&mut buffer)));
                 }
             }
-            Some(event) = events.recv() => socket.on_event(event),
+            Some(event) = events.recv() => socket.on_event(*event),
             Some(b) = async { match &mut id_rx { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
                 if b.event == "disconnect" {
                     tracing::info!("disconnect broadcast on the socket id");

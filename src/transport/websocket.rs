@@ -231,7 +231,7 @@ async fn run(
                     _ = &mut drained => break Some(CloseReason::Shutdown),
                 }
             }
-            Some(event) = events.recv() => socket.on_event(event),
+            Some(event) = events.recv() => socket.on_event(*event),
             Some(b) = recv_id(&mut id_rx) => {
                 if b.event == "disconnect" {
                     tracing::info!("disconnect broadcast on the socket id");
