@@ -21,10 +21,11 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use super::connect::{accept, Accepted};
 use super::parse_params;
 use crate::gateway::Gateway;
-use crate::protocol::{Frame, Serializer};
-use crate::socket::{outbox, CloseReason, ConnectInfo, Socket, SocketInfo};
+use crate::protocol::Frame;
+use crate::socket::{outbox, CloseReason, Socket, SocketInfo};
 
 /// Most lines of one POST that are processed (the rest are ignored, as in Phoenix).
 const MAX_LINES: usize = 100;
@@ -271,80 +272,22 @@ async fn route_post(
 
 /// Opens a session: the same checks as a WebSocket connect, then the session task.
 async fn open(req: &HttpRequest, gateway: &Arc<Gateway>) -> HttpResponse {
-    let refuse = || {
-        ::metrics::counter!(crate::metrics::CONNECTS, "result" => "refused").increment(1);
-        status(403)
-    };
-    if gateway.shutdown.is_cancelled() {
-        return refuse();
-    }
     let mut params = parse_params(req.query_string());
     params.remove("token");
-    let vsn = match params.get("vsn") {
-        None => None,
-        Some(Value::String(v)) => Some(v.as_str()),
-        Some(_) => return refuse(),
-    };
-    let Some(serializer) = Serializer::negotiate(vsn) else {
-        tracing::warn!(vsn = ?vsn, "long-poll connect refused: unsupported vsn");
-        return refuse();
-    };
-    let origin = req
-        .headers()
-        .get(header::ORIGIN)
-        .and_then(|o| o.to_str().ok())
-        .map(str::to_owned);
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok());
-    if !gateway
-        .settings
-        .socket
-        .check_origin
-        .allows(origin.as_deref(), host)
-    {
-        tracing::info!(origin = ?origin, "long-poll connect refused: origin not allowed");
-        return refuse();
-    }
     let auth_token = req
         .headers()
         .get("x-phoenix-authtoken")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    if let Err(refusal) = gateway.limits.check_rate(req.peer_addr().map(|a| a.ip())) {
-        tracing::info!(
-            limit = refusal.label(),
-            "long-poll connect refused by a limit"
-        );
-        ::metrics::counter!(crate::metrics::LIMITED, "limit" => refusal.label()).increment(1);
-        return refuse();
-    }
-    let info = ConnectInfo {
-        params,
-        peer: req.peer_addr(),
-        origin,
-        auth_token,
+    // Every refusal is a 403 body for long-poll clients, as in Phoenix.
+    let Ok(Accepted {
+        serializer,
+        connected,
+        admission,
+    }) = accept(req, gateway, params, auth_token).await
+    else {
+        return status(403);
     };
-    let connected = match gateway.connector.connect(&info).await {
-        Ok(c) => c,
-        Err(refused) => {
-            tracing::info!(reason = %refused.0, "long-poll connect refused");
-            return refuse();
-        }
-    };
-    let admission = match gateway.limits.admit(connected.id.as_deref()) {
-        Ok(a) => a,
-        Err(refusal) => {
-            tracing::info!(
-                limit = refusal.label(),
-                "long-poll connect refused by a limit"
-            );
-            ::metrics::counter!(crate::metrics::LIMITED, "limit" => refusal.label()).increment(1);
-            return refuse();
-        }
-    };
-    ::metrics::counter!(crate::metrics::CONNECTS, "result" => "ok").increment(1);
     let token = format!("{}.{:032x}", gateway.node_id(), rand::random::<u128>());
     let (tx, rx) = mpsc::channel(16);
     gateway.longpoll.insert(token.clone(), tx);

@@ -1,5 +1,6 @@
 //! Transports: how frames get between clients and [`crate::socket::Socket`].
 
+pub mod connect;
 pub mod longpoll;
 pub mod relay;
 pub mod websocket;

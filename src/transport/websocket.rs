@@ -8,16 +8,17 @@ use std::time::Duration;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{AggregatedMessage, CloseCode, ProtocolError, Session};
-use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use super::connect::{accept, count_error, Accepted, Refused};
 use super::parse_params;
 use crate::gateway::Gateway;
+use crate::limits::Refusal;
 use crate::protocol::{Frame, Serializer};
 use crate::pubsub::Broadcast;
-use crate::socket::{outbox, CloseReason, ConnectInfo, Connected, Socket, SocketInfo};
+use crate::socket::{outbox, CloseReason, Connected, Socket, SocketInfo};
 
 /// The subprotocol phoenix.js offers alongside its auth token.
 const PHOENIX_SUBPROTOCOL: &str = "phoenix";
@@ -33,85 +34,36 @@ pub async fn upgrade(
     gateway: web::Data<Arc<Gateway>>,
 ) -> HttpResponse {
     let gateway = gateway.get_ref().clone();
-    if gateway.shutdown.is_cancelled() {
-        connect_result("refused");
-        return HttpResponse::ServiceUnavailable().finish();
-    }
-    let params = parse_params(req.query_string());
-    let vsn = match params.get("vsn") {
-        None => None,
-        Some(Value::String(v)) => Some(v.as_str()),
-        Some(_) => {
-            connect_result("refused");
-            return HttpResponse::Forbidden().finish();
-        }
-    };
-    let Some(serializer) = Serializer::negotiate(vsn) else {
-        tracing::warn!(vsn = ?vsn, "connect refused: unsupported vsn");
-        connect_result("refused");
-        return HttpResponse::Forbidden().finish();
-    };
-    if let Some(offered) = req
+    let protocols = req
         .headers()
         .get(actix_web::http::header::SEC_WEBSOCKET_PROTOCOL)
-    {
-        let offers_phoenix = offered
-            .to_str()
-            .is_ok_and(|v| v.split(',').any(|p| p.trim() == PHOENIX_SUBPROTOCOL));
-        if !offers_phoenix {
+        .map(|v| v.to_str().unwrap_or_default().to_owned());
+    if let Some(offered) = &protocols {
+        if !offered.split(',').any(|p| p.trim() == PHOENIX_SUBPROTOCOL) {
             tracing::info!("connect refused: no supported subprotocol offered");
-            connect_result("refused");
+            ::metrics::counter!(crate::metrics::CONNECTS, "result" => "refused").increment(1);
             return HttpResponse::Forbidden().finish();
         }
     }
-    let origin = req
-        .headers()
-        .get(actix_web::http::header::ORIGIN)
-        .and_then(|o| o.to_str().ok())
-        .map(str::to_owned);
-    let host = req
-        .headers()
-        .get(actix_web::http::header::HOST)
-        .and_then(|h| h.to_str().ok());
-    if !gateway
-        .settings
-        .socket
-        .check_origin
-        .allows(origin.as_deref(), host)
-    {
-        tracing::info!(origin = ?origin, "connect refused: origin not allowed");
-        connect_result("refused");
-        return HttpResponse::Forbidden().finish();
-    }
-    let auth_token = req
-        .headers()
-        .get(actix_web::http::header::SEC_WEBSOCKET_PROTOCOL)
-        .and_then(|v| v.to_str().ok())
+    let auth_token = protocols
+        .as_deref()
         .and_then(crate::socket::origin::auth_token);
-    if let Err(refusal) = gateway.limits.check_rate(req.peer_addr().map(|a| a.ip())) {
-        return limited(refusal);
-    }
-    let info = ConnectInfo {
-        params,
-        peer: req.peer_addr(),
-        origin,
-        auth_token,
-    };
-    let connected = match gateway.connector.connect(&info).await {
-        Ok(c) => c,
-        Err(refused) => {
-            tracing::info!(reason = %refused.0, "connect refused");
-            connect_result("refused");
-            return HttpResponse::Forbidden().finish();
-        }
-    };
-    let admission = match gateway.limits.admit(connected.id.as_deref()) {
+    let params = parse_params(req.query_string());
+    let Accepted {
+        serializer,
+        connected,
+        admission,
+    } = match accept(&req, &gateway, params, auth_token).await {
         Ok(a) => a,
-        Err(refusal) => return limited(refusal),
+        // 503 tells the balancer to try another node; 429 asks the client to slow down.
+        Err(Refused::Draining | Refused::Limited(Refusal::NodeFull)) => {
+            return HttpResponse::ServiceUnavailable().finish()
+        }
+        Err(Refused::Limited(_)) => return HttpResponse::TooManyRequests().finish(),
+        Err(Refused::Forbidden) => return HttpResponse::Forbidden().finish(),
     };
     match actix_ws::handle_with_protocols(&req, body, &[PHOENIX_SUBPROTOCOL]) {
         Ok((response, session, stream)) => {
-            connect_result("ok");
             let span = tracing::info_span!("socket", id = connected.id.as_deref().unwrap_or("-"));
             actix_web::rt::spawn(
                 run(gateway, serializer, connected, session, stream, admission).instrument(span),
@@ -120,26 +72,10 @@ pub async fn upgrade(
         }
         Err(e) => {
             tracing::debug!(error = %e, "websocket handshake failed");
-            connect_result("error");
+            count_error();
             HttpResponse::BadRequest().finish()
         }
     }
-}
-
-/// Refuses a connection over an admission limit: 503 when the node is full (the balancer
-/// should try another node), 429 otherwise.
-pub(crate) fn limited(refusal: crate::limits::Refusal) -> HttpResponse {
-    tracing::info!(limit = refusal.label(), "connect refused by a limit");
-    ::metrics::counter!(crate::metrics::LIMITED, "limit" => refusal.label()).increment(1);
-    connect_result("refused");
-    match refusal {
-        crate::limits::Refusal::NodeFull => HttpResponse::ServiceUnavailable().finish(),
-        _ => HttpResponse::TooManyRequests().finish(),
-    }
-}
-
-fn connect_result(result: &'static str) {
-    ::metrics::counter!(crate::metrics::CONNECTS, "result" => result).increment(1);
 }
 
 async fn write(session: &mut Session, frame: Frame) -> Result<(), actix_ws::Closed> {
