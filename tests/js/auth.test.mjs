@@ -28,10 +28,11 @@ import {
   joinChannel,
   pushEvent,
   startGateway,
-  startRedis,
   uniqueRoom,
   waitFor,
   withTimeout,
+  presenceCounts,
+  startCluster,
 } from "./support.mjs";
 
 // ---------------------------------------------------------------------------
@@ -169,13 +170,6 @@ async function assertRefused(gw, opts, what) {
 }
 
 /** { key: metaCount } from a phoenix.js Presence instance, keys sorted. */
-function counts(presence) {
-  const out = {};
-  presence.list((key, { metas }) => {
-    out[key] = metas.length;
-  });
-  return Object.fromEntries(Object.entries(out).sort(([a], [b]) => a.localeCompare(b)));
-}
 
 const same = (a, b) => JSON.stringify(a) === JSON.stringify(b);
 
@@ -184,8 +178,8 @@ async function lobbyPresenceIs(socket, want, what) {
   const channel = socket.channel("room:lobby", {});
   const presence = new Presence(channel);
   assert.deepEqual(await joinChannel(channel), { status: "ok", response: {} }, `${what}: join room:lobby`);
-  await waitFor(() => same(counts(presence), want), {
-    message: () => `${what}: Presence on room:lobby to show ${JSON.stringify(want)}; it shows ${JSON.stringify(counts(presence))}`,
+  await waitFor(() => same(presenceCounts(presence), want), {
+    message: () => `${what}: Presence on room:lobby to show ${JSON.stringify(want)}; it shows ${JSON.stringify(presenceCounts(presence))}`,
   });
   return { channel, presence };
 }
@@ -368,29 +362,19 @@ describe("auth: JWT connect tokens (auth.mode = jwt) and join = \"claim\"", () =
 
 describe("server API: POST /api/v1/disconnect closes a user's sockets on every node", () => {
   const API_KEY = "test-key";
-  let redis;
+  let cluster;
   let nodeA;
   let nodeB;
   let sockets = [];
 
   before(async () => {
-    redis = await startRedis();
-    const env = {
-      PHX_GATEWAY__API__KEY: API_KEY,
-      PHX_GATEWAY__REDIS__URL: redis.url,
-      PHX_GATEWAY__REDIS__HEARTBEAT_MS: "500",
-      PHX_GATEWAY__REDIS__DOWN_MS: "1500",
-      PHX_GATEWAY__REDIS__UNSUBSCRIBE_DELAY_MS: "100",
-    };
-    // One after the other: the first one also applies the key-layout migration.
-    nodeA = await startGateway({ env });
-    nodeB = await startGateway({ env });
+    cluster = await startCluster({ env: { PHX_GATEWAY__API__KEY: API_KEY } });
+    ({ nodeA, nodeB } = cluster);
   });
 
   after(async () => {
     await disconnectAll(sockets);
-    await Promise.allSettled([nodeA?.stop(), nodeB?.stop()]);
-    await redis?.stop();
+    await cluster?.stop();
   });
 
   const disconnect = (node, body, headers = {}) =>

@@ -16,47 +16,30 @@ import {
   disconnectAll,
   joinChannel,
   pushEvent,
-  startGateway,
-  startRedis,
   uniqueRoom,
   waitFor,
+  presenceCounts,
+  startCluster,
 } from "./support.mjs";
 
 /** { key: metaCount } from a phoenix.js Presence instance, keys sorted. */
-function counts(presence) {
-  const out = {};
-  presence.list((key, { metas }) => {
-    out[key] = metas.length;
-  });
-  return Object.fromEntries(Object.entries(out).sort(([a], [b]) => a.localeCompare(b)));
-}
 
 const same = (a, b) => JSON.stringify(a) === JSON.stringify(b);
 
 describe("cluster: two gateway nodes sharing one Redis", () => {
-  let redis;
+  let cluster;
   let nodeA;
   let nodeB;
   let sockets = [];
 
   before(async () => {
-    redis = await startRedis();
-    const env = {
-      PHX_GATEWAY__REDIS__URL: redis.url,
-      PHX_GATEWAY__REDIS__HEARTBEAT_MS: "500",
-      PHX_GATEWAY__REDIS__DOWN_MS: "1500",
-      PHX_GATEWAY__REDIS__UNSUBSCRIBE_DELAY_MS: "100",
-    };
-    // One after the other: the first one also applies the key-layout migration.
-    nodeA = await startGateway({ env });
-    nodeB = await startGateway({ env });
+    cluster = await startCluster();
+    ({ nodeA, nodeB } = cluster);
   });
 
   after(async () => {
     await disconnectAll(sockets);
-    // Each stop is independent: a failure to stop one must not leave the others running.
-    await Promise.allSettled([nodeA?.stop(), nodeB?.stop()]);
-    await redis?.stop();
+    await cluster?.stop();
   });
 
   afterEach(async () => {
@@ -210,8 +193,8 @@ describe("cluster: two gateway nodes sharing one Redis", () => {
         ["node A", watcherA],
         ["node B", watcherB],
       ]) {
-        await waitFor(() => same(counts(presence), want), {
-          message: () => `the watcher on ${name} to see ${JSON.stringify(want)} ${why}; it sees ${JSON.stringify(counts(presence))}`,
+        await waitFor(() => same(presenceCounts(presence), want), {
+          message: () => `the watcher on ${name} to see ${JSON.stringify(want)} ${why}; it sees ${JSON.stringify(presenceCounts(presence))}`,
         });
       }
     };

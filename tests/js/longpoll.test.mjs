@@ -33,6 +33,7 @@ import {
   uniqueRoom,
   waitFor,
   withTimeout,
+  presenceCounts,
 } from "./support.mjs";
 
 // ---------------------------------------------------------------------------
@@ -89,13 +90,6 @@ async function connectLongPoll(endPoint, opts = {}) {
 }
 
 /** { key: metaCount } from a phoenix.js Presence instance, keys sorted. */
-function counts(presence) {
-  const out = {};
-  presence.list((key, { metas }) => {
-    out[key] = metas.length;
-  });
-  return Object.fromEntries(Object.entries(out).sort(([a], [b]) => a.localeCompare(b)));
-}
 
 /** `promise`, with `context()` appended to the message if it rejects. */
 async function explained(promise, context) {
@@ -325,8 +319,8 @@ describe("one node", () => {
         ["the LP socket", lpPresence],
         ["the WS socket", wsPresence],
       ]) {
-        await waitFor(() => same(counts(presence), both), {
-          message: () => `Presence on ${name} to see ${JSON.stringify(both)}; it sees ${JSON.stringify(counts(presence))}`,
+        await waitFor(() => same(presenceCounts(presence), both), {
+          message: () => `Presence on ${name} to see ${JSON.stringify(both)}; it sees ${JSON.stringify(presenceCounts(presence))}`,
         });
       }
 
@@ -340,8 +334,8 @@ describe("one node", () => {
         },
       );
       assert.deepEqual(reply.payload, { status: "ok", response: {} });
-      await waitFor(() => same(counts(wsPresence), { "ws-user": 1 }), {
-        message: () => `Presence on the WS socket to drop lp-user after its leave; it sees ${JSON.stringify(counts(wsPresence))}`,
+      await waitFor(() => same(presenceCounts(wsPresence), { "ws-user": 1 }), {
+        message: () => `Presence on the WS socket to drop lp-user after its leave; it sees ${JSON.stringify(presenceCounts(wsPresence))}`,
       });
 
       // The LP socket left: a later broadcast must not reach it. A ping on

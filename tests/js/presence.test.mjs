@@ -12,16 +12,10 @@ import {
   leaveChannel,
   startGateway,
   waitFor,
+  presenceCounts,
 } from "./support.mjs";
 
 /** { key: metaCount } from a phoenix.js Presence instance. */
-function counts(presence) {
-  const out = {};
-  presence.list((key, { metas }) => {
-    out[key] = metas.length;
-  });
-  return out;
-}
 
 describe("presence on room:lobby", () => {
   let gw;
@@ -68,8 +62,8 @@ describe("presence on room:lobby", () => {
       assert.deepEqual(await joinChannel(chan), { status: "ok", response: {} });
     }
 
-    await waitFor(() => JSON.stringify(counts(presence)) === JSON.stringify({ Alice: 2, Bob: 1 }), {
-      message: () => `the watcher to see Alice x2 and Bob x1; it sees ${JSON.stringify(counts(presence))}`,
+    await waitFor(() => JSON.stringify(presenceCounts(presence)) === JSON.stringify({ Alice: 2, Bob: 1 }), {
+      message: () => `the watcher to see Alice x2 and Bob x1; it sees ${JSON.stringify(presenceCounts(presence))}`,
     });
 
     // Every diff carries both joins and leaves (Phoenix always sends both).
@@ -94,27 +88,27 @@ describe("presence on room:lobby", () => {
     assert.equal(refs.size, 3, "each tracked connection has its own phx_ref");
 
     // A participant that joined before the others converges to the same view.
-    await waitFor(() => JSON.stringify(counts(alice1Presence)) === JSON.stringify({ Alice: 2, Bob: 1 }), {
-      message: () => `Alice's first tab to see Alice x2 and Bob x1; it sees ${JSON.stringify(counts(alice1Presence))}`,
+    await waitFor(() => JSON.stringify(presenceCounts(alice1Presence)) === JSON.stringify({ Alice: 2, Bob: 1 }), {
+      message: () => `Alice's first tab to see Alice x2 and Bob x1; it sees ${JSON.stringify(presenceCounts(alice1Presence))}`,
     });
 
     // Closing one of Alice's connections removes one meta.
     await disconnectAll([alice2]);
-    await waitFor(() => JSON.stringify(counts(presence)) === JSON.stringify({ Alice: 1, Bob: 1 }), {
-      message: () => `Alice's count to drop to 1 after one tab closed; watcher sees ${JSON.stringify(counts(presence))}`,
+    await waitFor(() => JSON.stringify(presenceCounts(presence)) === JSON.stringify({ Alice: 1, Bob: 1 }), {
+      message: () => `Alice's count to drop to 1 after one tab closed; watcher sees ${JSON.stringify(presenceCounts(presence))}`,
     });
 
     // Closing Bob's only connection removes Bob.
     await disconnectAll([bob]);
-    await waitFor(() => JSON.stringify(counts(presence)) === JSON.stringify({ Alice: 1 }), {
-      message: () => `Bob to disappear after his socket closed; watcher sees ${JSON.stringify(counts(presence))}`,
+    await waitFor(() => JSON.stringify(presenceCounts(presence)) === JSON.stringify({ Alice: 1 }), {
+      message: () => `Bob to disappear after his socket closed; watcher sees ${JSON.stringify(presenceCounts(presence))}`,
     });
-    assert.deepEqual(counts(alice1Presence), counts(presence));
+    assert.deepEqual(presenceCounts(alice1Presence), presenceCounts(presence));
 
     // Leaving the channel (socket still open) removes the presence too.
     assert.equal((await leaveChannel(alice1Chan)).status, "ok");
-    await waitFor(() => JSON.stringify(counts(presence)) === "{}", {
-      message: () => `Alice to disappear after leaving the channel; watcher sees ${JSON.stringify(counts(presence))}`,
+    await waitFor(() => JSON.stringify(presenceCounts(presence)) === "{}", {
+      message: () => `Alice to disappear after leaving the channel; watcher sees ${JSON.stringify(presenceCounts(presence))}`,
     });
     assert.ok(alice1.isConnected(), "leaving a channel does not close the socket");
   });

@@ -269,6 +269,42 @@ function redisPongs(port, host = "127.0.0.1") {
  * on a free port (never 6379) and waits until it answers PING. Returns
  * { port, url, output(), stop() }; stop() kills it and removes the dir.
  */
+/** Presence counts by key (number of metas), keys sorted, like the demo page shows them. */
+export function presenceCounts(presence) {
+  const out = {};
+  presence.list((key, { metas }) => {
+    out[key] = metas.length;
+  });
+  return Object.fromEntries(Object.entries(out).sort(([a], [b]) => a.localeCompare(b)));
+}
+
+/**
+ * Starts Redis and two gateway nodes on it (short presence timings for tests), one after
+ * the other since the first also applies the key-layout migration.
+ */
+export async function startCluster({ env = {} } = {}) {
+  const redis = await startRedis();
+  const nodeEnv = {
+    PHX_GATEWAY__REDIS__URL: redis.url,
+    PHX_GATEWAY__REDIS__HEARTBEAT_MS: "500",
+    PHX_GATEWAY__REDIS__DOWN_MS: "1500",
+    PHX_GATEWAY__REDIS__UNSUBSCRIBE_DELAY_MS: "100",
+    ...env,
+  };
+  const nodeA = await startGateway({ env: nodeEnv });
+  const nodeB = await startGateway({ env: nodeEnv });
+  return {
+    redis,
+    nodeA,
+    nodeB,
+    // Each stop is independent: a failure to stop one must not leave the others running.
+    async stop() {
+      await Promise.allSettled([nodeA.stop(), nodeB.stop()]);
+      await redis.stop();
+    },
+  };
+}
+
 export async function startRedis({ readyTimeout = 10000 } = {}) {
   if (!fs.existsSync(REDIS_BIN)) {
     throw new Error(`redis-server not found at ${REDIS_BIN} (apt-get install redis-server, or set PHX_GATEWAY_REDIS_BIN)`);
