@@ -19,6 +19,10 @@ use tokio_tungstenite::tungstenite::Message;
 #[derive(Parser)]
 #[command(name = "phx-load", about = "Phoenix Channels load generator")]
 struct Cli {
+    /// Runtime worker threads of the load tool (0: one per core). The tool shares the machine
+    /// with the server, so fewer threads can leave the server more room.
+    #[arg(long, global = true, default_value_t = 0)]
+    threads: usize,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -758,10 +762,11 @@ async fn presence(args: PresenceArgs) {
 
 fn main() {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if cli.threads > 0 {
+        builder.worker_threads(cli.threads);
+    }
+    let runtime = builder.enable_all().build().expect("tokio runtime");
     match cli.scenario {
         Scenario::Connect(args) => runtime.block_on(connect(args)),
         Scenario::Fanout(args) => runtime.block_on(fanout(args)),

@@ -4,6 +4,7 @@ pub mod connect;
 pub mod longpoll;
 pub mod relay;
 pub mod websocket;
+pub mod ws_writer;
 
 use serde_json::{Map, Value};
 

@@ -1,7 +1,7 @@
 //! The WebSocket transport (`/socket/websocket`), on actix-ws.
 //!
-//! One task per connection owns the reader, the writer, the heartbeat clock and the socket
-//! state. It runs on the actix worker's local set because actix-ws's stream is `!Send`.
+//! One task per connection owns the reader, the heartbeat clock and the socket state; the
+//! connection's response body writes the socket's queued frames ([`super::ws_writer`]). It runs on the actix worker's local set because actix-ws's stream is `!Send`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,11 +14,12 @@ use tracing::Instrument;
 
 use super::connect::{accept, count_error, Accepted, Refused};
 use super::parse_params;
+use super::ws_writer::OutboundBody;
 use crate::gateway::Gateway;
 use crate::limits::Refusal;
-use crate::protocol::{Frame, Serializer};
+use crate::protocol::Serializer;
 use crate::pubsub::Broadcast;
-use crate::socket::{outbox, CloseReason, Connected, Socket, SocketInfo};
+use crate::socket::{outbox, CloseReason, CloseSignal, Connected, Outbox, Socket, SocketInfo};
 
 /// The subprotocol phoenix.js offers alongside its auth token.
 const PHOENIX_SUBPROTOCOL: &str = "phoenix";
@@ -64,10 +65,21 @@ pub async fn upgrade(
     };
     match actix_ws::handle_with_protocols(&req, body, &[PHOENIX_SUBPROTOCOL]) {
         Ok((response, session, stream)) => {
+            let (out_tx, out_rx) = outbox(serializer, gateway.settings.socket.outbound_queue);
+            let close_signal = out_rx.close_signal();
+            // The connection drains the outbox itself (see `ws_writer`).
+            let response = response
+                .map_body(|_, control| OutboundBody::new(control, out_rx.rx))
+                .map_into_boxed_body();
             let span = tracing::info_span!("socket", id = connected.id.as_deref().unwrap_or("-"));
-            actix_web::rt::spawn(
-                run(gateway, serializer, connected, session, stream, admission).instrument(span),
-            );
+            let conn = Conn {
+                session,
+                stream,
+                out_tx,
+                close_signal,
+                _admission: admission,
+            };
+            actix_web::rt::spawn(run(gateway, serializer, connected, conn).instrument(span));
             response
         }
         Err(e) => {
@@ -78,27 +90,6 @@ pub async fn upgrade(
     }
 }
 
-async fn write(session: &mut Session, frame: Frame) -> Result<(), actix_ws::Closed> {
-    ::metrics::counter!(crate::metrics::BYTES_OUT).increment(frame.len() as u64);
-    match frame {
-        Frame::Text(text) => session.text(text).await,
-        Frame::Binary(bin) => session.binary(bin).await,
-    }
-}
-
-/// Writes `first` and then whatever else is already queued, without going back to select.
-async fn write_queued(
-    session: &mut Session,
-    first: Frame,
-    rx: &mut mpsc::Receiver<Frame>,
-) -> Result<(), actix_ws::Closed> {
-    write(session, first).await?;
-    while let Ok(frame) = rx.try_recv() {
-        write(session, frame).await?;
-    }
-    Ok(())
-}
-
 async fn recv_id(rx: &mut Option<mpsc::Receiver<Arc<Broadcast>>>) -> Option<Arc<Broadcast>> {
     match rx {
         Some(rx) => rx.recv().await,
@@ -106,21 +97,30 @@ async fn recv_id(rx: &mut Option<mpsc::Receiver<Arc<Broadcast>>>) -> Option<Arc<
     }
 }
 
-async fn run(
-    gateway: Arc<Gateway>,
-    serializer: Serializer,
-    connected: Connected,
-    mut session: Session,
+/// What the connection task owns besides the socket state.
+struct Conn {
+    /// Control frames (pong, close); data frames go through the outbox.
+    session: Session,
     stream: actix_ws::MessageStream,
-    // Holds the socket's place in the admission limits until the connection ends.
+    out_tx: Outbox,
+    close_signal: CloseSignal,
+    /// Holds the socket's place in the admission limits until the connection ends.
     _admission: crate::limits::Admission,
-) {
+}
+
+async fn run(gateway: Arc<Gateway>, serializer: Serializer, connected: Connected, conn: Conn) {
+    let Conn {
+        mut session,
+        stream,
+        out_tx,
+        close_signal,
+        _admission,
+    } = conn;
     let limits = gateway.settings.socket.clone();
     let mut stream = stream
         .max_frame_size(limits.max_frame_bytes)
         .aggregate_continuations()
         .max_continuation_size(limits.max_frame_bytes);
-    let (out_tx, mut out) = outbox(serializer, limits.outbound_queue);
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let info = SocketInfo {
         id: connected.id,
@@ -129,7 +129,6 @@ async fn run(
     };
     let mut socket = Socket::new(info, gateway.clone(), out_tx, events_tx);
     let mut id_rx = socket.subscribe_id().await;
-    let close_signal = out.close_signal();
     let timeout = Duration::from_millis(limits.heartbeat_timeout_ms);
     let idle = tokio::time::sleep(timeout);
     tokio::pin!(idle);
@@ -154,19 +153,6 @@ async fn run(
         tokio::select! {
             reason = &mut close_requested => break Some(reason),
             _ = &mut drained => break Some(CloseReason::Shutdown),
-            Some(frame) = out.rx.recv() => {
-                // A client that does not read blocks the write: stay responsive to close
-                // requests (slow consumer, disconnect, shutdown) while it is pending.
-                tokio::select! {
-                    written = write_queued(&mut session, frame, &mut out.rx) => {
-                        if written.is_err() {
-                            break None;
-                        }
-                    }
-                    reason = &mut close_requested => break Some(reason),
-                    _ = &mut drained => break Some(CloseReason::Shutdown),
-                }
-            }
             Some(event) = events.recv() => socket.on_event(*event),
             Some(b) = recv_id(&mut id_rx) => {
                 if b.event == "disconnect" {
