@@ -143,8 +143,8 @@ impl Context {
 
     /// Pushes `presence_state` (the full list) to this client.
     pub async fn push_presence_state(&self) {
-        let state = self.presence_list().await;
-        self.push(events::PRESENCE_STATE, &Payload::Json(state));
+        let state = self.presence.list_encoded(&self.topic).await;
+        self.push(events::PRESENCE_STATE, &Payload::Encoded(state));
     }
 
     pub(crate) async fn pubsub_subscribe(

@@ -9,6 +9,8 @@ mod memory;
 pub mod redis;
 pub mod state;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use serde_json::Value;
 
@@ -68,6 +70,12 @@ pub trait Presence: Send + Sync + 'static {
 
     /// The `presence_state` payload of a topic: `{"key": {"metas": [...]}}`.
     async fn list(&self, topic: &str) -> Value;
+
+    /// The same payload as JSON text, encoded once: a join storm sends one snapshot to many
+    /// joiners, and each of them then only copies it into its frame.
+    async fn list_encoded(&self, topic: &str) -> Arc<str> {
+        Arc::from(self.list(topic).await.to_string())
+    }
 
     /// Removes this node's presences (with their leaves) before the node stops.
     async fn shutdown(&self) {}

@@ -27,7 +27,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::state::{group, new_phx_ref, updated_meta, Diff, Meta};
+use super::state::{encode_grouped, group, new_phx_ref, updated_meta, Diff, Meta};
 use super::{Presence, PresenceError};
 use crate::cluster::{keys, Redis};
 use crate::protocol::{events, Payload};
@@ -64,7 +64,7 @@ pub struct PresenceStats {
 /// Readers of one topic's snapshot.
 #[derive(Default)]
 struct Reads {
-    waiting: Vec<tokio::sync::oneshot::Sender<Value>>,
+    waiting: Vec<tokio::sync::oneshot::Sender<Arc<str>>>,
     in_flight: bool,
 }
 
@@ -104,6 +104,15 @@ fn field(node: &str, phx_ref: &str) -> String {
 
 fn value(key: &str, meta: &Meta) -> String {
     json!({"key": key, "meta": meta}).to_string()
+}
+
+/// A stored presence value, borrowed: the meta stays JSON text.
+#[derive(serde::Deserialize)]
+struct StoredRef<'a> {
+    #[serde(borrow)]
+    key: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    meta: &'a serde_json::value::RawValue,
 }
 
 fn parse_value(v: &str) -> Option<(String, Meta)> {
@@ -343,11 +352,11 @@ impl RedisPresence {
             watched.iter().cloned().collect()
         };
         for topic in topics {
-            let state = self.list(&topic).await;
+            let state = self.list_encoded(&topic).await;
             let msg = Broadcast {
                 topic: topic.clone(),
                 event: events::PRESENCE_STATE.into(),
-                payload: Payload::Json(state),
+                payload: Payload::Encoded(state),
             };
             self.pubsub.local_broadcast(Arc::new(msg), None);
         }
@@ -448,8 +457,10 @@ impl RedisPresence {
         }
     }
 
-    /// One snapshot of a topic's presences from Redis (this node's own if Redis fails).
-    async fn read(&self, topic: &str) -> Value {
+    /// One snapshot of a topic's presences from Redis (this node's own if Redis fails), as
+    /// `presence_state` JSON text. Built straight from the stored text: a join storm reads
+    /// large snapshots often, and building values for them dominated its cost.
+    async fn read(&self, topic: &str) -> Arc<str> {
         let pkey = self.redis.keys.presence(topic);
         match self
             .redis
@@ -457,17 +468,23 @@ impl RedisPresence {
             .await
         {
             Ok(all) => {
-                let entries: Vec<(String, Meta)> =
-                    all.values().filter_map(|v| parse_value(v)).collect();
-                group(entries.iter().map(|(k, m)| (k.as_str(), m)))
+                let stored: Vec<StoredRef<'_>> = all
+                    .values()
+                    .filter_map(|v| serde_json::from_str::<StoredRef<'_>>(v).ok())
+                    .filter(|s| s.meta.get().starts_with('{'))
+                    .collect();
+                Arc::from(encode_grouped(
+                    stored.iter().map(|s| (s.key.as_ref(), s.meta.get())),
+                ))
             }
             Err(e) => {
                 tracing::warn!(error = %e, "presence list from redis failed: answering with this node's presences");
                 let local = self.local();
-                match local.get(topic) {
+                let state = match local.get(topic) {
                     Some(entries) => group(entries.iter().map(|e| (e.key.as_str(), &e.meta))),
                     None => json!({}),
-                }
+                };
+                Arc::from(state.to_string())
             }
         }
     }
@@ -615,6 +632,11 @@ impl Presence for RedisPresence {
     }
 
     async fn list(&self, topic: &str) -> Value {
+        let encoded = self.list_encoded(topic).await;
+        serde_json::from_str(&encoded).unwrap_or_else(|_| json!({}))
+    }
+
+    async fn list_encoded(&self, topic: &str) -> Arc<str> {
         self.watched
             .lock()
             .unwrap_or_else(|e| e.into_inner())

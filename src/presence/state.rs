@@ -45,6 +45,38 @@ pub fn group<'a>(entries: impl IntoIterator<Item = (&'a str, &'a Meta)>) -> Valu
     Value::Object(map)
 }
 
+/// Writes the same shape as [`group`] as JSON text from `(key, meta JSON text)` pairs, without
+/// building values: metas are copied verbatim, so they must be compact JSON objects with
+/// sorted keys (as stored by the Redis tracker), for the output to equal `group`'s.
+pub fn encode_grouped<'a>(entries: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+    let mut by_key: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    let mut len = 2;
+    for (key, meta) in entries {
+        len += key.len() + meta.len() + 16;
+        by_key.entry(key).or_default().push(meta);
+    }
+    let mut out = Vec::with_capacity(len);
+    out.push(b'{');
+    for (i, (key, metas)) in by_key.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        // Writing a &str into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut out, key);
+        out.extend_from_slice(b":{\"metas\":[");
+        for (j, meta) in metas.into_iter().enumerate() {
+            if j > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(meta.as_bytes());
+        }
+        out.extend_from_slice(b"]}");
+    }
+    out.push(b'}');
+    // Keys come from serde_json and metas from &str: the bytes are UTF-8.
+    String::from_utf8(out).unwrap_or_default()
+}
+
 /// A change of a topic's presences: what joined and what left.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Diff {
@@ -116,6 +148,24 @@ mod tests {
             json!({"alice": {"metas": [{"online_at": "1", "phx_ref": "A"}, {"online_at": "2", "phx_ref": "B"}]},
                    "bob": {"metas": [{"phx_ref": "C"}]}})
         );
+    }
+
+    #[test]
+    fn encoded_grouping_matches_the_value_grouping() {
+        let metas = [
+            meta(json!({"online_at": "1", "phx_ref": "A"})),
+            meta(json!({"phx_ref": "C", "name": "q\"uote\n"})),
+            meta(json!({"online_at": "2", "phx_ref": "B"})),
+        ];
+        let keys = ["alice", "b\u{e9}b \"x\"", "alice"];
+        let texts: Vec<String> = metas
+            .iter()
+            .map(|m| Value::Object(m.clone()).to_string())
+            .collect();
+        let encoded = encode_grouped(keys.iter().copied().zip(texts.iter().map(String::as_str)));
+        let grouped = group(keys.iter().copied().zip(metas.iter()));
+        assert_eq!(encoded, grouped.to_string());
+        assert_eq!(encode_grouped([]), "{}");
     }
 
     #[test]

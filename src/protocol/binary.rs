@@ -99,7 +99,7 @@ pub fn encode_binary(msg: &Outbound<'_>) -> Result<Bytes, EncodeError> {
 fn binary_body(p: &Payload) -> &[u8] {
     match p {
         Payload::Binary(b) => b,
-        Payload::Json(_) => &[],
+        Payload::Json(_) | Payload::Encoded(_) => &[],
     }
 }
 

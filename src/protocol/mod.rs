@@ -8,6 +8,8 @@ mod binary;
 mod v1;
 mod v2;
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use bytestring::ByteString;
 use serde_json::Value;
@@ -44,6 +46,9 @@ pub enum Payload {
     Json(Value),
     /// Raw bytes of a binary frame.
     Binary(Bytes),
+    /// JSON text encoded once and shared, e.g. a `presence_state` sent to many joiners: the
+    /// serializers copy it into frames without parsing or re-encoding it. Must be valid JSON.
+    Encoded(Arc<str>),
 }
 
 impl Payload {
@@ -56,7 +61,7 @@ impl Payload {
     pub fn as_json(&self) -> Option<&Value> {
         match self {
             Payload::Json(v) => Some(v),
-            Payload::Binary(_) => None,
+            Payload::Binary(_) | Payload::Encoded(_) => None,
         }
     }
 }
@@ -266,6 +271,7 @@ fn check_ref(v: &Value) -> Result<(), DecodeError> {
 fn write_json_payload(out: &mut Vec<u8>, p: &Payload) {
     match p {
         Payload::Json(v) => write_json(out, v),
+        Payload::Encoded(json) => out.extend_from_slice(json.as_bytes()),
         Payload::Binary(_) => out.extend_from_slice(b"null"),
     }
 }

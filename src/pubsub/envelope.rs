@@ -24,10 +24,18 @@ struct Out<'a> {
     topic: &'a str,
     event: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    payload: Option<&'a Value>,
+    payload: Option<JsonOut<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     binary: Option<String>,
     ts: u64,
+}
+
+/// A JSON payload as a value or as text encoded earlier (copied verbatim).
+#[derive(Serialize)]
+#[serde(untagged)]
+enum JsonOut<'a> {
+    Value(&'a Value),
+    Encoded(Box<serde_json::value::RawValue>),
 }
 
 #[derive(Deserialize)]
@@ -74,7 +82,15 @@ pub enum EnvelopeError {
 /// Encodes a broadcast for Redis.
 pub fn encode(node: &str, from: Option<u64>, ts: u64, msg: &Broadcast) -> Vec<u8> {
     let (payload, binary) = match &msg.payload {
-        Payload::Json(v) => (Some(v), None),
+        Payload::Json(v) => (Some(JsonOut::Value(v)), None),
+        // Checked once more here: the envelope must stay valid JSON for every node.
+        Payload::Encoded(json) => (
+            Some(
+                serde_json::value::RawValue::from_string(json.to_string())
+                    .map_or(JsonOut::Value(&Value::Null), JsonOut::Encoded),
+            ),
+            None,
+        ),
         Payload::Binary(b) => (
             None,
             Some(base64::engine::general_purpose::STANDARD.encode(b)),
