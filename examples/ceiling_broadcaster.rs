@@ -20,6 +20,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 type Topics = Arc<Mutex<HashMap<String, Vec<mpsc::UnboundedSender<Message>>>>>;
@@ -45,7 +46,9 @@ fn main() -> std::io::Result<()> {
 }
 
 async fn connection(stream: TcpStream, topics: Topics) {
-    let Ok(ws) = tokio_tungstenite::accept_async(stream).await else {
+    // tungstenite zeroes `read_buffer_size` bytes before each read (128 KiB by default).
+    let config = WebSocketConfig::default().read_buffer_size(4096);
+    let Ok(ws) = tokio_tungstenite::accept_async_with_config(stream, Some(config)).await else {
         return;
     };
     let (mut sink, mut source) = ws.split();

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpSocket;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
 #[derive(Parser)]
@@ -350,7 +351,10 @@ async fn open(addr: SocketAddr, src: IpAddr, query: &str) -> Result<Ws, String> 
         .map_err(|e| format!("connect {addr}: {e}"))?;
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
     let url = format!("ws://{addr}/socket/websocket?vsn=2.0.0{query}");
-    let (ws, _) = tokio_tungstenite::client_async(url, stream)
+    // tungstenite zeroes up to `read_buffer_size` bytes of its buffer before every read
+    // (128 KiB by default): with thousands of sockets that memset was half the tool's CPU.
+    let config = WebSocketConfig::default().read_buffer_size(4096);
+    let (ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config))
         .await
         .map_err(|e| format!("handshake: {e}"))?;
     Ok(ws)
