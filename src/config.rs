@@ -102,6 +102,9 @@ pub struct SocketSettings {
     pub max_topic_bytes: usize,
     /// Frames queued for one socket before it is closed as a slow consumer.
     pub outbound_queue: usize,
+    /// Bytes queued for one socket before it is closed as a slow consumer (a single frame
+    /// into an empty queue is always accepted).
+    pub outbound_queue_bytes: usize,
     /// Client events queued for one channel before new ones get an error reply.
     pub channel_inbox: usize,
     /// Allowed browser origins: `true` (same host as the request, the default), `false`, or
@@ -110,6 +113,16 @@ pub struct SocketSettings {
     /// Socket id template, e.g. `users_socket:{user_id}`: `{name}` is replaced by that
     /// connect param. Sockets without the param get no id. Empty: no ids.
     pub id: String,
+}
+
+impl SocketSettings {
+    /// The bounds of each socket's outbound queue.
+    pub fn bounds(&self) -> crate::socket::Bounds {
+        crate::socket::Bounds {
+            frames: self.outbound_queue,
+            bytes: self.outbound_queue_bytes,
+        }
+    }
 }
 
 impl Default for SocketSettings {
@@ -121,6 +134,7 @@ impl Default for SocketSettings {
             max_channels: 100,
             max_topic_bytes: 255,
             outbound_queue: 1024,
+            outbound_queue_bytes: 1024 * 1024,
             channel_inbox: 128,
             check_origin: crate::socket::origin::CheckOrigin::default(),
             id: "users_socket:{user_id}".into(),
@@ -651,10 +665,11 @@ impl Settings {
         if s.heartbeat_timeout_ms == 0
             || s.max_frame_bytes == 0
             || s.outbound_queue == 0
+            || s.outbound_queue_bytes == 0
             || s.channel_inbox == 0
         {
             return Err(ConfigError::Invalid(
-                "socket.heartbeat_timeout_ms, max_frame_bytes, outbound_queue and channel_inbox must be > 0".into(),
+                "socket.heartbeat_timeout_ms, max_frame_bytes, outbound_queue, outbound_queue_bytes and channel_inbox must be > 0".into(),
             ));
         }
         let r = &self.redis;

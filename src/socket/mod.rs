@@ -24,7 +24,9 @@ use crate::protocol::{events, Message, Outbound, Payload, Ref, Serializer, HEART
 use crate::pubsub::{next_subscriber_id, Broadcast, Intercept, Subscriber, SubscriberId};
 
 pub use connect::{ConnectInfo, Connected, Connector, ParamsConnector, Refused};
-pub use outbox::{outbox, CloseReason, CloseSignal, Outbox, OutboxReceiver};
+pub use outbox::{
+    outbox, outbox_bounded, Bounds, CloseReason, CloseSignal, Empty, Frames, Outbox, OutboxReceiver,
+};
 pub use token::TokenConnector;
 
 /// What channels and the rest of the gateway know about a socket.

@@ -4,9 +4,11 @@
 //! `try_send`. The socket's transport drains the queue. A queue that is full means the client
 //! does not read fast enough: the socket is closed (slow consumer) instead of growing memory.
 
-use std::sync::{Arc, OnceLock};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::task::{Context, Poll};
 
-use tokio::sync::mpsc;
+use futures_util::task::AtomicWaker;
 use tokio_util::sync::CancellationToken;
 
 use crate::protocol::{Frame, Outbound, Serializer};
@@ -71,10 +73,42 @@ struct Closer {
     reason: OnceLock<CloseReason>,
 }
 
+/// How much one socket may have queued.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// Most frames queued.
+    pub frames: usize,
+    /// Most bytes queued. A frame is always accepted into an empty queue, so one large frame
+    /// (a big `presence_state`) cannot close a socket that keeps up.
+    pub bytes: usize,
+}
+
+struct Queue {
+    frames: VecDeque<Frame>,
+    bytes: usize,
+    /// The receiving side is gone: nothing will be read again.
+    receiver_gone: bool,
+}
+
+/// The queue shared by both sides. A plain mutex-guarded deque: pushes never contend with
+/// more than the one reader, and an empty queue holds no allocation (most sockets are idle).
+struct Shared {
+    queue: Mutex<Queue>,
+    reader: AtomicWaker,
+    bounds: Bounds,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        // A panic while holding this lock cannot leave the deque inconsistent.
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// The sending side of a socket's outbound queue. Cheap to clone.
 #[derive(Clone)]
 pub struct Outbox {
-    tx: mpsc::Sender<Frame>,
+    shared: Arc<Shared>,
     serializer: Serializer,
     closer: Arc<Closer>,
 }
@@ -82,25 +116,122 @@ pub struct Outbox {
 /// The receiving side, owned by the socket's transport.
 pub struct OutboxReceiver {
     /// Frames in the order they were queued.
-    pub rx: mpsc::Receiver<Frame>,
+    pub rx: Frames,
     closer: Arc<Closer>,
 }
 
-/// Creates an outbound queue holding at most `capacity` frames.
+/// The reading end of the queue.
+pub struct Frames {
+    shared: Arc<Shared>,
+}
+
+/// Creates an outbound queue holding at most `capacity` frames (and 1 MiB).
 pub fn outbox(serializer: Serializer, capacity: usize) -> (Outbox, OutboxReceiver) {
-    let (tx, rx) = mpsc::channel(capacity.max(1));
+    outbox_bounded(
+        serializer,
+        Bounds {
+            frames: capacity,
+            bytes: 1024 * 1024,
+        },
+    )
+}
+
+/// Creates an outbound queue with the given bounds.
+pub fn outbox_bounded(serializer: Serializer, bounds: Bounds) -> (Outbox, OutboxReceiver) {
+    let shared = Arc::new(Shared {
+        queue: Mutex::new(Queue {
+            frames: VecDeque::new(),
+            bytes: 0,
+            receiver_gone: false,
+        }),
+        reader: AtomicWaker::new(),
+        bounds: Bounds {
+            frames: bounds.frames.max(1),
+            bytes: bounds.bytes.max(1),
+        },
+    });
     let closer = Arc::new(Closer {
         token: CancellationToken::new(),
         reason: OnceLock::new(),
     });
     (
         Outbox {
-            tx,
+            shared: shared.clone(),
             serializer,
             closer: closer.clone(),
         },
-        OutboxReceiver { rx, closer },
+        OutboxReceiver {
+            rx: Frames { shared },
+            closer,
+        },
     )
+}
+
+/// Why [`Frames::try_recv`] returned nothing.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Empty;
+
+impl Frames {
+    /// The next frame, if one is queued.
+    pub fn try_recv(&mut self) -> Result<Frame, Empty> {
+        let mut q = self.shared.lock();
+        let frame = q.frames.pop_front().ok_or(Empty)?;
+        q.bytes -= frame.len();
+        Ok(frame)
+    }
+
+    /// Waits for the next frame. Never ends by itself: a socket's queue lives as long as the
+    /// socket (callers select on the socket's close signal).
+    pub async fn recv(&mut self) -> Option<Frame> {
+        std::future::poll_fn(|cx| {
+            let mut first = None;
+            match self.poll_drain(cx, 1, |f| first = Some(f)) {
+                Poll::Ready(()) => Poll::Ready(first),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await
+    }
+
+    /// Hands queued frames to `take`, oldest first, until `max_bytes` of frames were taken or
+    /// the queue is empty: one lock for a whole backlog. Pending (and the task is woken on the
+    /// next push) when nothing is queued.
+    pub fn poll_drain(
+        &mut self,
+        cx: &mut Context<'_>,
+        max_bytes: usize,
+        mut take: impl FnMut(Frame),
+    ) -> Poll<()> {
+        let mut q = self.shared.lock();
+        if q.frames.is_empty() {
+            // Registered under the lock: a push after this sees the queue empty and wakes us.
+            self.shared.reader.register(cx.waker());
+            return Poll::Pending;
+        }
+        let mut taken = 0;
+        while taken < max_bytes {
+            let Some(frame) = q.frames.pop_front() else {
+                break;
+            };
+            q.bytes -= frame.len();
+            taken += frame.len().max(1);
+            take(frame);
+        }
+        // Give back the memory of a drained backlog.
+        if q.frames.is_empty() && q.frames.capacity() > 64 {
+            q.frames = VecDeque::new();
+        }
+        Poll::Ready(())
+    }
+}
+
+impl Drop for Frames {
+    fn drop(&mut self) {
+        let mut q = self.shared.lock();
+        q.receiver_gone = true;
+        q.frames.clear();
+        q.bytes = 0;
+    }
 }
 
 impl Outbox {
@@ -110,20 +241,35 @@ impl Outbox {
     }
 
     /// Queues a frame without waiting. Returns false if the frame was not queued; when the
-    /// queue is full the socket is closed as a slow consumer.
+    /// queue is over its bounds the socket is closed as a slow consumer.
     pub fn push(&self, frame: Frame) -> bool {
-        match self.tx.try_send(frame) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+        let was_empty = {
+            let mut q = self.shared.lock();
+            if q.receiver_gone {
+                return false;
+            }
+            let bounds = self.shared.bounds;
+            let over = q.frames.len() >= bounds.frames
+                || (!q.frames.is_empty() && q.bytes + frame.len() > bounds.bytes);
+            if over {
+                drop(q);
                 if self.closer.reason.get().is_none() {
                     tracing::warn!("outbound queue full: closing slow consumer");
                     ::metrics::counter!(crate::metrics::SLOW_CONSUMERS).increment(1);
                 }
                 self.close(CloseReason::SlowConsumer);
-                false
+                return false;
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            q.bytes += frame.len();
+            q.frames.push_back(frame);
+            q.frames.len() == 1
+        };
+        // Only the push that makes the queue non-empty wakes the reader: a reader with a
+        // backlog is already running or will drain everything at its next poll.
+        if was_empty {
+            self.shared.reader.wake();
         }
+        true
     }
 
     /// Encodes a message with this socket's serializer and queues it.
@@ -151,7 +297,7 @@ impl Outbox {
 
     /// Whether the socket is closed or closing.
     pub fn is_closed(&self) -> bool {
-        self.closer.token.is_cancelled() || self.tx.is_closed()
+        self.closer.token.is_cancelled() || self.shared.lock().receiver_gone
     }
 }
 
@@ -202,5 +348,45 @@ mod tests {
             CloseReason::SlowConsumer,
             "first reason wins"
         );
+    }
+
+    #[tokio::test]
+    async fn byte_bound_counts_the_backlog_but_admits_one_large_frame() {
+        let bounds = Bounds {
+            frames: 100,
+            bytes: 10,
+        };
+        let (tx, mut rx) = outbox_bounded(Serializer::V2, bounds);
+        assert!(
+            tx.push(Frame::Text("x".repeat(50).into())),
+            "empty queue admits"
+        );
+        assert_eq!(rx.rx.recv().await, Some(Frame::Text("x".repeat(50).into())));
+        assert!(tx.push(Frame::Text("123456".into())));
+        assert!(tx.push(Frame::Text("1234".into())), "exactly at the bound");
+        assert!(!tx.push(Frame::Text("1".into())), "over the bound");
+        assert_eq!(rx.close_requested().await, CloseReason::SlowConsumer);
+    }
+
+    #[tokio::test]
+    async fn drain_takes_the_backlog_in_order_and_wakes_on_push() {
+        let (tx, mut rx) = outbox(Serializer::V2, 8);
+        for t in ["a", "b", "c"] {
+            assert!(tx.push(Frame::Text(t.into())));
+        }
+        let mut got = Vec::new();
+        std::future::poll_fn(|cx| rx.rx.poll_drain(cx, usize::MAX, |f| got.push(f))).await;
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[2], Frame::Text("c".into()));
+        let tx2 = tx.clone();
+        let pusher = tokio::spawn(async move {
+            tokio::task::yield_now().await;
+            tx2.push(Frame::Text("d".into()))
+        });
+        assert_eq!(rx.rx.recv().await, Some(Frame::Text("d".into())));
+        assert!(pusher.await.expect("pusher"));
+        drop(rx);
+        assert!(!tx.push(Frame::Text("e".into())), "receiver gone");
+        assert!(tx.is_closed());
     }
 }

@@ -25,7 +25,7 @@ use super::connect::{accept, Accepted};
 use super::parse_params;
 use crate::gateway::Gateway;
 use crate::protocol::Frame;
-use crate::socket::{outbox, CloseReason, Socket, SocketInfo};
+use crate::socket::{outbox_bounded, CloseReason, Socket, SocketInfo};
 
 /// Most lines of one POST that are processed (the rest are ignored, as in Phoenix).
 const MAX_LINES: usize = 100;
@@ -315,7 +315,7 @@ async fn run(
 ) {
     let limits = gateway.settings.socket.clone();
     let serializer = info.serializer;
-    let (out_tx, mut out) = outbox(serializer, limits.outbound_queue);
+    let (out_tx, mut out) = outbox_bounded(serializer, limits.bounds());
     let close_signal = out.close_signal();
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let mut socket = Socket::new(info, gateway.clone(), out_tx, events_tx);

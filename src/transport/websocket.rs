@@ -19,7 +19,9 @@ use crate::gateway::Gateway;
 use crate::limits::Refusal;
 use crate::protocol::Serializer;
 use crate::pubsub::Broadcast;
-use crate::socket::{outbox, CloseReason, CloseSignal, Connected, Outbox, Socket, SocketInfo};
+use crate::socket::{
+    outbox_bounded, CloseReason, CloseSignal, Connected, Outbox, Socket, SocketInfo,
+};
 
 /// The subprotocol phoenix.js offers alongside its auth token.
 const PHOENIX_SUBPROTOCOL: &str = "phoenix";
@@ -65,7 +67,7 @@ pub async fn upgrade(
     };
     match actix_ws::handle_with_protocols(&req, body, &[PHOENIX_SUBPROTOCOL]) {
         Ok((response, session, stream)) => {
-            let (out_tx, out_rx) = outbox(serializer, gateway.settings.socket.outbound_queue);
+            let (out_tx, out_rx) = outbox_bounded(serializer, gateway.settings.socket.bounds());
             let close_signal = out_rx.close_signal();
             // The connection drains the outbox itself (see `ws_writer`).
             let response = response

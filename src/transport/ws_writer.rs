@@ -12,12 +12,11 @@ use std::mem;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use crate::protocol::Frame;
+use crate::socket::Frames;
 use actix_http::ws::{OpCode, Parser};
 use actix_web::body::{BodySize, BoxBody, MessageBody};
 use bytes::{Bytes, BytesMut};
-use tokio::sync::mpsc;
-
-use crate::protocol::Frame;
 
 /// Stop adding frames to one write past this size, so a long backlog is written in steps.
 const MAX_CHUNK: usize = 64 * 1024;
@@ -26,14 +25,14 @@ const MAX_CHUNK: usize = 64 * 1024;
 /// frames.
 pub struct OutboundBody {
     control: BoxBody,
-    frames: mpsc::Receiver<Frame>,
+    frames: Frames,
     buf: BytesMut,
     closing: bool,
 }
 
 impl OutboundBody {
     /// Wraps actix-ws's response body (`control`) and the socket's outbound queue.
-    pub fn new(control: BoxBody, frames: mpsc::Receiver<Frame>) -> Self {
+    pub fn new(control: BoxBody, frames: Frames) -> Self {
         OutboundBody {
             control,
             frames,
@@ -63,13 +62,11 @@ impl MessageBody for OutboundBody {
     ) -> Poll<Option<Result<Bytes, Self::Error>>> {
         let this = self.get_mut();
         if !this.closing {
-            while this.buf.len() < MAX_CHUNK {
-                match this.frames.poll_recv(cx) {
-                    Poll::Ready(Some(frame)) => encode(&mut this.buf, &frame),
-                    // All senders gone: the socket is ending; its close frame follows.
-                    Poll::Ready(None) | Poll::Pending => break,
-                }
-            }
+            let buf = &mut this.buf;
+            // Pending just means nothing is queued; the control body may still have frames.
+            let _ = this
+                .frames
+                .poll_drain(cx, MAX_CHUNK, |frame| encode(buf, &frame));
         }
         // After the queued frames, so that a close frame follows everything queued before it.
         loop {
@@ -108,13 +105,11 @@ mod tests {
 
     #[tokio::test]
     async fn queued_frames_are_written_together_then_control_then_end() {
-        let (tx, rx) = mpsc::channel(8);
+        let (tx, rx) = crate::socket::outbox(crate::protocol::Serializer::V2, 8);
         let control = BoxBody::new(Bytes::from_static(b"\x88\x02\x03\xf3"));
-        let mut body = OutboundBody::new(control, rx);
-        tx.send(Frame::Text("ab".into())).await.unwrap();
-        tx.send(Frame::Binary(Bytes::from_static(&[1, 2, 3])))
-            .await
-            .unwrap();
+        let mut body = OutboundBody::new(control, rx.rx);
+        assert!(tx.push(Frame::Text("ab".into())));
+        assert!(tx.push(Frame::Binary(Bytes::from_static(&[1, 2, 3]))));
         let chunk = next(&mut body).await.expect("one chunk");
         assert_eq!(
             &chunk[..],
