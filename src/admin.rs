@@ -36,7 +36,8 @@ pub fn start(gateway: Arc<Gateway>, listener: TcpListener) -> std::io::Result<Se
     .run())
 }
 
-async fn metrics() -> HttpResponse {
+async fn metrics(gateway: web::Data<Arc<Gateway>>) -> HttpResponse {
+    ::metrics::gauge!(crate::metrics::CHANNEL_TASKS).set(gateway.channel_tasks.len() as f64);
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(crate::metrics::render())

@@ -12,6 +12,9 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 pub const SOCKETS: &str = "phx_gateway_sockets";
 /// Joined channels.
 pub const CHANNELS: &str = "phx_gateway_channels";
+/// Channel actor tasks still running (set when metrics are rendered): equals the channels
+/// gauge unless a task outlives its channel.
+pub const CHANNEL_TASKS: &str = "phx_gateway_channel_tasks";
 /// Connection attempts, by `result` (ok, refused, error).
 pub const CONNECTS: &str = "phx_gateway_connects_total";
 /// Joins, by `result` (ok, refused, error).
@@ -80,6 +83,7 @@ pub fn init() -> Option<&'static PrometheusHandle> {
 fn describe() {
     describe_gauge!(SOCKETS, "Connected sockets, by transport.");
     describe_gauge!(CHANNELS, "Joined channels.");
+    describe_gauge!(CHANNEL_TASKS, "Channel actor tasks still running.");
     describe_counter!(CONNECTS, "Connection attempts, by result.");
     describe_counter!(JOINS, "Channel joins, by result.");
     describe_counter!(MESSAGES_IN, "Client messages, by kind.");

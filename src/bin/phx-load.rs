@@ -111,6 +111,15 @@ struct FanoutArgs {
     /// than the subscribers' to measure cross-node delivery.
     #[arg(long)]
     publish_to: Option<SocketAddr>,
+    /// Extra subscribers that join and then never read (with a 4 KiB receive buffer), to
+    /// check that stalled clients do not slow the others down. Not counted in deliveries.
+    #[arg(long, default_value_t = 0)]
+    stalled: usize,
+    /// Before the run, this many KiB are broadcast to the stalled subscribers alone (on
+    /// `<topic>:stalled`), to fill the kernel's socket buffers so that the server's queue for
+    /// them is already backing up when the run starts.
+    #[arg(long, default_value_t = 4096)]
+    stalled_prefill_kib: usize,
 }
 
 #[derive(clap::Args)]
@@ -361,14 +370,20 @@ async fn open(addr: SocketAddr, src: IpAddr, query: &str) -> Result<Ws, String> 
 }
 
 async fn join(ws: &mut Ws, topic: &str) -> Result<(), String> {
+    join_as(ws, topic, "1").await
+}
+
+/// Joins `topic` with join_ref and ref `r`.
+async fn join_as(ws: &mut Ws, topic: &str, r: &str) -> Result<(), String> {
     ws.send(Message::text(format!(
-        r#"["1","1","{topic}","phx_join",{{}}]"#
+        r#"["{r}","{r}","{topic}","phx_join",{{}}]"#
     )))
     .await
     .map_err(|e| e.to_string())?;
+    let want = format!(r#"["{r}","{r}""#);
     loop {
         match ws.next().await {
-            Some(Ok(Message::Text(t))) if t.starts_with(r#"["1","1""#) => {
+            Some(Ok(Message::Text(t))) if t.starts_with(&want) => {
                 return if t.contains(r#""status":"ok""#) {
                     Ok(())
                 } else {
@@ -412,10 +427,8 @@ async fn subscriber(mut ws: Ws, expected: u64, done: Arc<tokio::sync::Notify>) -
             continue;
         }
         let now = now_ns();
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(&t) else {
-            continue;
-        };
-        let (Some(seq), Some(at)) = (v[4]["seq"].as_u64(), v[4]["at"].as_u64()) else {
+        let (Some(seq), Some(at)) = (number_after(&t, "\"seq\":"), number_after(&t, "\"at\":"))
+        else {
             continue;
         };
         seen.received += 1;
@@ -432,6 +445,52 @@ async fn subscriber(mut ws: Ws, expected: u64, done: Arc<tokio::sync::Notify>) -
         seen.latencies_us.push(now.saturating_sub(at) / 1000);
     }
     seen
+}
+
+/// The unsigned integer right after `key` in `text` (the load tool's own payload fields, so a
+/// full JSON parse per delivery is not needed).
+fn number_after(text: &str, key: &str) -> Option<u64> {
+    let rest = &text[text.find(key)? + key.len()..];
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+/// Opens a subscriber that joins and then never reads: its receive buffer is shrunk so that
+/// the server's writes back up quickly, like a client behind a stalled network.
+async fn open_stalled(addr: SocketAddr, topic: &str) -> Result<Ws, String> {
+    let sock = TcpSocket::new_v4().map_err(|e| e.to_string())?;
+    sock.set_recv_buffer_size(4096).map_err(|e| e.to_string())?;
+    let stream = sock
+        .connect(addr)
+        .await
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    let url = format!("ws://{addr}/socket/websocket?vsn=2.0.0");
+    let config = WebSocketConfig::default().read_buffer_size(4096);
+    let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config))
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    join(&mut ws, topic).await?;
+    join_as(&mut ws, &format!("{topic}:stalled"), "2").await?;
+    Ok(ws)
+}
+
+/// Reads a stalled subscriber until the server's close frame (or `wait` passes): the close
+/// code, if the server closed it, and how many of the run's messages (on `topic`) it had been
+/// sent before.
+async fn drain_stalled(ws: &mut Ws, topic: &str, wait: Duration) -> (Option<u16>, u64) {
+    let deadline = tokio::time::Instant::now() + wait;
+    let marker = format!(r#""{topic}","new_msg""#);
+    let mut seen = 0;
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => return (frame.map(|f| u16::from(f.code)), seen),
+            Ok(Some(Ok(Message::Text(t)))) => seen += u64::from(t.contains(&marker)),
+            Ok(Some(Ok(_))) => continue,
+            _ => return (None, seen),
+        }
+    }
 }
 
 /// One fan-out run at `rate`; returns (lost deliveries, p99 ms), None if it could not run.
@@ -453,6 +512,13 @@ async fn fanout_once(args: &FanoutArgs, rate: u64) -> Option<(u64, f64)> {
         }
         subs.push(tokio::spawn(subscriber(ws, total, done.clone())));
     }
+    let mut stalled = Vec::new();
+    for i in 0..args.stalled {
+        match open_stalled(args.addrs[i % args.addrs.len()], &args.topic).await {
+            Ok(ws) => stalled.push(ws),
+            Err(e) => return eprint_none(format!("stalled subscriber {i}: {e}")),
+        }
+    }
     let mut publisher = match open(
         args.publish_to.unwrap_or(args.addrs[0]),
         "127.0.0.1".parse().expect("ip"),
@@ -465,6 +531,23 @@ async fn fanout_once(args: &FanoutArgs, rate: u64) -> Option<(u64, f64)> {
     };
     if let Err(e) = join(&mut publisher, &args.topic).await {
         return eprint_none(format!("publisher: {e}"));
+    }
+    if !stalled.is_empty() {
+        let stall_topic = format!("{}:stalled", args.topic);
+        if let Err(e) = join_as(&mut publisher, &stall_topic, "2").await {
+            return eprint_none(format!("publisher: {e}"));
+        }
+        let chunk = "y".repeat(64 * 1024);
+        for i in 0..args.stalled_prefill_kib / 64 {
+            let frame = format!(r#"["2","f{i}","{stall_topic}","new_msg",{{"fill":"{chunk}"}}]"#);
+            if publisher.send(Message::text(frame)).await.is_err() {
+                return eprint_none("publisher closed during the prefill".into());
+            }
+            // Read our own copies as we go so the publisher never backs up.
+            while let Ok(Some(_)) =
+                tokio::time::timeout(Duration::from_millis(1), publisher.next()).await
+            {}
+        }
     }
     // The publisher's own copies and replies are drained so its socket never backs up.
     let (mut tx, mut rx) = publisher.split();
@@ -479,7 +562,7 @@ async fn fanout_once(args: &FanoutArgs, rate: u64) -> Option<(u64, f64)> {
         let at = start + seq * gap;
         tokio::time::sleep_until(t0 + Duration::from_nanos(seq * gap)).await;
         let frame = format!(
-            r#"["1","p{seq}","{}","new_msg",{{"seq":{seq},"at":{at},"pad":"{pad}"}}]"#,
+            r#"["1","p{seq}","{}","new_msg",{{"at":{at},"seq":{seq},"z":"{pad}"}}]"#,
             args.topic
         );
         if tx.send(Message::text(frame)).await.is_err() {
@@ -530,7 +613,25 @@ async fn fanout_once(args: &FanoutArgs, rate: u64) -> Option<(u64, f64)> {
         pct(0.999),
         all.last().copied().unwrap_or(0) as f64 / 1000.0
     );
+    if !stalled.is_empty() {
+        let mut summary = Vec::new();
+        for ws in &mut stalled {
+            let (code, seen) = drain_stalled(ws, &args.topic, Duration::from_secs(5)).await;
+            summary.push(match code {
+                Some(c) => format!("closed with {c} after {seen} of {total} messages"),
+                None => format!("not closed, sent {seen} of {total} messages"),
+            });
+        }
+        println!("stalled subscribers: {}", summary.join("; "));
+    }
     println!("load tool CPU: {:.1} s", cpu_seconds_self() - cpu_before);
+    // One line for scripts and tests.
+    println!(
+        "result: rate={rate} expected={expected} received={received} lost={} dups={dups} reordered={reordered} p50_ms={:.3} p99_ms={:.3}",
+        expected.saturating_sub(received - dups),
+        pct(0.5),
+        pct(0.99)
+    );
     Some((expected.saturating_sub(received - dups), pct(0.99)))
 }
 

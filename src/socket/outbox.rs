@@ -252,9 +252,14 @@ impl Outbox {
             let over = q.frames.len() >= bounds.frames
                 || (!q.frames.is_empty() && q.bytes + frame.len() > bounds.bytes);
             if over {
+                let (frames, bytes) = (q.frames.len(), q.bytes);
                 drop(q);
                 if self.closer.reason.get().is_none() {
-                    tracing::warn!("outbound queue full: closing slow consumer");
+                    tracing::warn!(
+                        queued_frames = frames,
+                        queued_bytes = bytes,
+                        "outbound queue full: closing slow consumer"
+                    );
                     ::metrics::counter!(crate::metrics::SLOW_CONSUMERS).increment(1);
                 }
                 self.close(CloseReason::SlowConsumer);

@@ -6,7 +6,9 @@
 //! body reads the socket's outbox itself: a broadcast wakes only the connection, and a socket
 //! with a backlog has all its queued frames encoded into one write. actix-ws's own body is
 //! kept inside for the control frames the socket task sends through the `Session` (pongs and
-//! the close frame), so the close frame is always the last thing written.
+//! the close frame). The close frame follows the queued frames taken in the same write and
+//! ends the body: frames still queued behind it are dropped, so a slow consumer's backlog is
+//! not written before it is told to go (delivery is at-most-once, as in Phoenix).
 
 use std::mem;
 use std::pin::Pin;
