@@ -96,11 +96,7 @@ fn user_id_text(v: &Value) -> Option<Value> {
 #[async_trait]
 impl Connector for TokenConnector {
     async fn connect(&self, info: &ConnectInfo) -> Result<Connected, Refused> {
-        let mut assigns = info.params.clone();
-        let from_param = assigns.remove(&self.param);
-        assigns.remove("vsn");
-        // Only the token may say who the user is.
-        assigns.remove("user_id");
+        let from_param = info.params.get(&self.param).cloned();
         let token = info
             .auth_token
             .clone()
@@ -109,7 +105,7 @@ impl Connector for TokenConnector {
         let Some(token) = token else {
             return Err(Refused("missing token".into()));
         };
-        let refused = |e: TokenError| Refused(format!("token {e}"));
+        let refused = |e: TokenError| Refused(e.to_string());
         let (user_id, claims): (Option<Value>, Map<String, Value>) = match &self.verifier {
             Verifier::Phoenix {
                 token: verifier,
@@ -139,14 +135,23 @@ impl Connector for TokenConnector {
                 (claims.get(user_id_claim).and_then(user_id_text), claims)
             }
         };
-        assigns.extend(claims);
-        match user_id {
-            Some(id) => {
-                assigns.insert("user_id".into(), id);
-            }
-            None => {
-                assigns.remove("user_id");
-            }
+        // Assigns come from the verified claims only: a connect param must never stand in
+        // for a claim the token does not carry (e.g. `topics` for a claim route). The
+        // client's own params stay readable, but only under `params`, marked as untrusted
+        // by where they are.
+        let mut assigns = claims;
+        assigns.remove("user_id");
+        if let Some(id) = user_id {
+            assigns.insert("user_id".into(), id);
+        }
+        let mut params = info.params.clone();
+        params.remove(&self.param);
+        params.remove("vsn");
+        if !params.is_empty() {
+            // A `params` claim of the token wins over the client's.
+            assigns
+                .entry("params")
+                .or_insert_with(|| Value::Object(params));
         }
         let mut connected = self
             .ids
