@@ -245,6 +245,61 @@ async fn three_hundred_clients_joining_and_leaving_concurrently_converge_everywh
     );
 }
 
+/// Background traffic while a fault happens: `phx-load fanout` with 100 subscribers spread
+/// over `ws_ports`, publishing 100 messages a second on `room:load` for `secs` seconds.
+fn background_load(ws_ports: &[u16], secs: u64) -> std::process::Child {
+    let addrs: Vec<String> = ws_ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    std::process::Command::new(env!("CARGO_BIN_EXE_phx-load"))
+        .args([
+            "fanout",
+            "--addrs",
+            &addrs.join(","),
+            "-n",
+            "100",
+            "--topic",
+            "room:load",
+        ])
+        .args([
+            "--rate",
+            "100",
+            "--duration",
+            &secs.to_string(),
+            "--threads",
+            "1",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start phx-load")
+}
+
+/// Waits for the background load to finish; asserts the at-most-once guarantees (no
+/// duplicate, no reordering) and that traffic flowed; returns its `result:` line.
+fn finish_load(load: std::process::Child) -> String {
+    let out = load.wait_with_output().expect("phx-load ran");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let result = text
+        .lines()
+        .find_map(|l| l.strip_prefix("result: "))
+        .unwrap_or_else(|| panic!("no result from phx-load: {text}"))
+        .to_owned();
+    let field = |name: &str| -> u64 {
+        result
+            .split(' ')
+            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {result}"))
+    };
+    assert_eq!(field("dups"), 0, "duplicates under the fault: {result}");
+    assert_eq!(
+        field("reordered"),
+        0,
+        "reordering under the fault: {result}"
+    );
+    assert!(field("received") > 0, "no traffic flowed: {result}");
+    result
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_node_s_users_leave_everywhere_and_its_keys_go() {
     let redis = RedisServer::start();
@@ -272,6 +327,9 @@ async fn a_killed_node_s_users_leave_everywhere_and_its_keys_go() {
     )
     .await;
 
+    // Under load: 100 subscribers over both nodes, 100 messages a second, through the kill.
+    let load = background_load(&[doomed.port, survivor.port], 4);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let killed_at = std::time::Instant::now();
     doomed.kill9();
     // Down period (1.2 s) plus one heartbeat (0.3 s), with slack for the test machine.
@@ -298,6 +356,12 @@ async fn a_killed_node_s_users_leave_everywhere_and_its_keys_go() {
         redis.cmd::<Vec<String>>(&["KEYS", "*doomed*"]).is_empty()
     })
     .await;
+    // The dead node's subscribers lost what came after the kill (at-most-once); nobody got
+    // a message twice or out of order.
+    let result = tokio::task::spawn_blocking(move || finish_load(load))
+        .await
+        .expect("load");
+    eprintln!("load through the node kill: {result}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -322,6 +386,9 @@ async fn redis_restarted_empty_resumes_broadcasts_and_restores_presence() {
         )
         .await;
 
+    // Under load: 100 subscribers over both nodes, 100 messages a second, through the outage.
+    let load = background_load(&[n1.port, n2.port], 14);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     redis.kill();
     // Local traffic goes on while Redis is down.
     a.send_text(r#"["1","2","room:lobby","ping",{"local":true}]"#)
@@ -381,6 +448,11 @@ async fn redis_restarted_empty_resumes_broadcasts_and_restores_presence() {
         )
         .await;
     assert!(n1.is_running() && n2.is_running());
+    // Cross-node messages of the outage are lost (at-most-once); none twice, none reordered.
+    let result = tokio::task::spawn_blocking(move || finish_load(load))
+        .await
+        .expect("load");
+    eprintln!("load through the Redis outage: {result}");
 }
 
 /// Waits for `event` on a V2 client, feeding presence frames to `view` on the way.
@@ -448,6 +520,33 @@ fn migrate_fresh_already_migrated_and_newer_layouts() {
         out.contains("phx-gateway migrate"),
         "the error names the fix: {out}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_starting_together_on_a_fresh_redis_all_migrate() {
+    let redis = RedisServer::start();
+    let mut settings = phx_gateway::config::Settings::defaults();
+    settings.redis.url = Some(redis.url());
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        clients.push(
+            phx_gateway::cluster::Redis::connect(&settings.redis)
+                .await
+                .expect("connects"),
+        );
+    }
+    // All eight read version 0 before any of them writes: seven lose the race.
+    let results =
+        futures_util::future::join_all(clients.iter().map(phx_gateway::cluster::migrate::migrate))
+            .await;
+    for r in &results {
+        assert_eq!(
+            r.as_ref().map(|(_, after)| *after).ok(),
+            Some(1),
+            "{results:?}"
+        );
+    }
+    assert_eq!(redis.cmd::<String>(&["HGET", "phx:schema", "version"]), "1");
 }
 
 /// Two in-process nodes on `redis` (with `tweak`), one client each on `room:sec`: a

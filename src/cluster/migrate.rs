@@ -45,7 +45,10 @@ pub async fn migrate(redis: &Redis) -> Result<(u32, u32), ClusterError> {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let mut version = before;
-    for step in STEPS.iter().filter(|s| s.version > before) {
+    for step in STEPS {
+        if step.version <= version {
+            continue;
+        }
         let script = redis::Script::new(step.script);
         let mut inv = script.prepare_invoke();
         inv.key(redis.keys.schema())
@@ -53,8 +56,29 @@ pub async fn migrate(redis: &Redis) -> Result<(u32, u32), ClusterError> {
             .arg(step.version)
             .arg(step.name)
             .arg(now);
-        version = redis.script(&inv).await?;
-        tracing::info!(step = step.name, version, "applied redis layout migration");
+        match redis.script::<u32>(&inv).await {
+            Ok(v) => {
+                version = v;
+                tracing::info!(step = step.name, version, "applied redis layout migration");
+            }
+            Err(e) => {
+                // Nodes that start together race to migrate: each step checks the version it
+                // expects atomically, so the losers see the winner's version and go on.
+                let found = current_version(redis).await?;
+                if found < step.version {
+                    return Err(e);
+                }
+                if found > LAYOUT_VERSION {
+                    return Err(newer(found));
+                }
+                tracing::info!(
+                    step = step.name,
+                    version = found,
+                    "another node applied this migration"
+                );
+                version = found;
+            }
+        }
     }
     Ok((before, version))
 }

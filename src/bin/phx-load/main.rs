@@ -12,6 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
+
+mod soak;
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpSocket;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -40,6 +42,9 @@ enum Scenario {
     /// N subscribers on one topic (spread over several nodes), one publisher at a fixed rate;
     /// report deliveries/s, loss, duplicates, reordering and latency from the scheduled send time.
     Fanout(FanoutArgs),
+    /// Many sockets with presence, steady churn and broadcasts for a long time, sampling the
+    /// servers' memory, sockets, tasks and presences and Redis's memory (docs/soak.md).
+    Soak(soak::SoakArgs),
 }
 
 #[derive(clap::Args)]
@@ -877,5 +882,6 @@ fn main() {
         Scenario::Fanout(args) => runtime.block_on(fanout(args)),
         Scenario::Rpc(args) => runtime.block_on(rpc(args)),
         Scenario::Presence(args) => runtime.block_on(presence(args)),
+        Scenario::Soak(args) => runtime.block_on(soak::soak(args)),
     }
 }
