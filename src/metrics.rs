@@ -59,6 +59,8 @@ pub const WEBHOOK_ERRORS: &str = "phx_gateway_webhook_errors_total";
 pub const LIMITED: &str = "phx_gateway_limited_total";
 /// Socket closes, by `reason`.
 pub const SOCKET_CLOSES: &str = "phx_gateway_socket_closes_total";
+/// Client messages for a topic the socket has not joined (answered `unmatched topic`).
+pub const UNMATCHED: &str = "phx_gateway_unmatched_total";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -126,6 +128,10 @@ fn describe() {
         WEBHOOK_SECONDS,
         Unit::Seconds,
         "Webhook call latency, by kind."
+    );
+    describe_counter!(
+        UNMATCHED,
+        "Client messages for a topic the socket has not joined."
     );
     describe_counter!(WEBHOOK_ERRORS, "Webhook failures, by kind.");
 }

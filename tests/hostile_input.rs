@@ -119,13 +119,43 @@ fn cases() -> Vec<(&'static str, Input, Expect)> {
     ]
 }
 
+/// The metric series each expected outcome increments.
+fn counted_by(expect: &Expect) -> String {
+    match expect {
+        Expect::Close(code) => {
+            let reason = match code {
+                1009 => "frame_too_large",
+                1011 => "malformed_frame",
+                other => panic!("no reason label for close code {other}"),
+            };
+            format!("phx_gateway_socket_closes_total{{reason=\"{reason}\"}}")
+        }
+        Expect::ErrorReply("unmatched topic") => "phx_gateway_unmatched_total".into(),
+        Expect::ErrorReply(_) => "phx_gateway_joins_total{result=\"refused\"}".into(),
+    }
+}
+
+/// The current value of `series` in this process's metrics (0 if absent).
+fn metric(series: &str) -> f64 {
+    phx_gateway::metrics::render()
+        .lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_class_of_bad_input_gets_its_answer_and_others_are_unaffected() {
+    phx_gateway::metrics::init();
     let srv = TestServer::start(|s| s.socket.max_frame_bytes = 64 * 1024);
     // A bystander on a joined topic must keep being served throughout.
     let mut bystander = srv.v2("").await;
     bystander.join("1", "room:by").await;
     for (name, input, expect) in cases() {
+        // Counters are process-wide and other tests run alongside: compare with before.
+        let series = counted_by(&expect);
+        let before = metric(&series);
         let mut c = srv.v2("").await;
         match input {
             Input::Text(t) => c.send_text(&t).await,
@@ -149,6 +179,12 @@ async fn every_class_of_bad_input_gets_its_answer_and_others_are_unaffected() {
                 );
             }
         }
+        support::redis_server::wait_until(
+            &format!("{name} counted in {series}"),
+            std::time::Duration::from_secs(2),
+            || metric(&series) > before,
+        )
+        .await;
         bystander
             .send(json!(["1", name, "room:by", "ping", {"after": name}]))
             .await;

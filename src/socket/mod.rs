@@ -131,6 +131,7 @@ impl Socket {
     }
 
     fn unmatched(&self, msg_ref: &Ref, topic: &str) {
+        ::metrics::counter!(crate::metrics::UNMATCHED).increment(1);
         self.reply(
             &Value::Null,
             msg_ref,
