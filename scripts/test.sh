@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test: Rust unit and integration tests, the phoenix.js end-to-end tests under
-# Node, and the headless Chromium test of the demo page. Installs what a fresh Debian
-# machine lacks (Chromium, Node/npm, redis-server, openssl) first.
+# Node, the headless Chromium test of the demo page, the chart checks and a bounded fuzzing
+# run. Installs what a fresh Debian machine lacks (Chromium, Node/npm, redis-server,
+# openssl; cargo-fuzz) first; fuzzing needs the nightly toolchain.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,3 +41,8 @@ PHX_GATEWAY_BIN="$PWD/target/debug/phx-gateway" npm test
 
 log "Helm chart and Docker image checks"
 scripts/test-chart.sh
+
+# cargo-fuzz targets (nightly toolchain), 20 s each from the committed corpus; without the
+# address sanitizer, which safe Rust does not need and which doubles the build time.
+log "fuzzing: ${FUZZ_SECONDS:-20} s per target"
+FUZZ_SECONDS=${FUZZ_SECONDS:-20} FUZZ_SANITIZER=${FUZZ_SANITIZER:-none} scripts/fuzz.sh
