@@ -256,6 +256,21 @@ pub struct LimitSettings {
     pub connects_per_ip_per_second: u32,
     /// Burst of new connections from one IP.
     pub connects_per_ip_burst: u32,
+    /// New connections per second to this node (token bucket; beyond: HTTP 503, the
+    /// balancer tries another node).
+    pub connects_per_second: u32,
+    /// Burst of new connections to this node.
+    pub connects_burst: u32,
+    /// Channel joins per second on this node (token bucket; beyond: error reply
+    /// `rate limited`).
+    pub joins_per_second: u32,
+    /// Burst of joins on this node.
+    pub joins_burst: u32,
+    /// Channel joins per second from one IP (token bucket; beyond: error reply
+    /// `rate limited`).
+    pub joins_per_ip_per_second: u32,
+    /// Burst of joins from one IP.
+    pub joins_per_ip_burst: u32,
     /// Client messages per second on one socket (token bucket; heartbeats are exempt;
     /// beyond: error reply `rate limited`).
     pub messages_per_second: u32,
@@ -270,6 +285,12 @@ impl Default for LimitSettings {
             max_sockets_per_user: 0,
             connects_per_ip_per_second: 0,
             connects_per_ip_burst: 100,
+            connects_per_second: 0,
+            connects_burst: 1_000,
+            joins_per_second: 0,
+            joins_burst: 5_000,
+            joins_per_ip_per_second: 0,
+            joins_per_ip_burst: 500,
             messages_per_second: 1_000,
             messages_burst: 2_000,
         }

@@ -1,5 +1,5 @@
-//! Admission limits: sockets per node and per user, connection rate per IP, and the
-//! inbound message rate of one socket. Exceeding one refuses the connection (HTTP 503/429)
+//! Admission limits: sockets per node and per user, connection and join rates per node and
+//! per IP, and the inbound message rate of one socket. Exceeding one refuses the connection (HTTP 503/429)
 //! or the message (an error reply), is counted, and never affects other sockets.
 
 use std::collections::HashMap;
@@ -26,6 +26,27 @@ pub enum Refusal {
     UserFull,
     /// This IP opens connections faster than `limits.connects_per_ip_per_second` (HTTP 429).
     RateLimited,
+    /// The node takes connections faster than `limits.connects_per_second` (HTTP 503).
+    NodeBusy,
+}
+
+/// Why a join is refused (error reply `rate limited`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinRefusal {
+    /// Over `limits.joins_per_second` on this node.
+    Node,
+    /// Over `limits.joins_per_ip_per_second` from this IP.
+    Ip,
+}
+
+impl JoinRefusal {
+    /// The metric / log label.
+    pub fn label(self) -> &'static str {
+        match self {
+            JoinRefusal::Node => "joins",
+            JoinRefusal::Ip => "joins_per_ip",
+        }
+    }
 }
 
 impl Refusal {
@@ -35,6 +56,7 @@ impl Refusal {
             Refusal::NodeFull => "node_full",
             Refusal::UserFull => "user_full",
             Refusal::RateLimited => "rate_limited",
+            Refusal::NodeBusy => "node_busy",
         }
     }
 }
@@ -45,6 +67,9 @@ pub struct Limits {
     sockets: AtomicUsize,
     per_user: Mutex<HashMap<String, usize>>,
     per_ip: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    connects: Option<MessageLimiter>,
+    joins: Option<MessageLimiter>,
+    joins_per_ip: Option<DefaultKeyedRateLimiter<IpAddr>>,
 }
 
 /// Holds a socket's place; dropping it releases the place.
@@ -90,15 +115,39 @@ impl Limits {
             sockets: AtomicUsize::new(0),
             per_user: Mutex::default(),
             per_ip,
+            connects: quota(settings.connects_per_second, settings.connects_burst)
+                .map(RateLimiter::direct),
+            joins: quota(settings.joins_per_second, settings.joins_burst).map(RateLimiter::direct),
+            joins_per_ip: quota(
+                settings.joins_per_ip_per_second,
+                settings.joins_per_ip_burst,
+            )
+            .map(RateLimiter::keyed),
         })
     }
 
-    /// Checks the connection rate of `ip` (before the connect policy runs).
+    /// Checks the connection rate of the node and of `ip` (before the connect policy runs).
     pub fn check_rate(&self, ip: Option<IpAddr>) -> Result<(), Refusal> {
-        match (&self.per_ip, ip) {
-            (Some(limiter), Some(ip)) if limiter.check_key(&ip).is_err() => {
-                Err(Refusal::RateLimited)
+        if let (Some(limiter), Some(ip)) = (&self.per_ip, ip) {
+            if limiter.check_key(&ip).is_err() {
+                return Err(Refusal::RateLimited);
             }
+        }
+        match &self.connects {
+            Some(limiter) if limiter.check().is_err() => Err(Refusal::NodeBusy),
+            _ => Ok(()),
+        }
+    }
+
+    /// Checks the join rate of the node and of `ip`.
+    pub fn check_join(&self, ip: Option<IpAddr>) -> Result<(), JoinRefusal> {
+        if let (Some(limiter), Some(ip)) = (&self.joins_per_ip, ip) {
+            if limiter.check_key(&ip).is_err() {
+                return Err(JoinRefusal::Ip);
+            }
+        }
+        match &self.joins {
+            Some(limiter) if limiter.check().is_err() => Err(JoinRefusal::Node),
             _ => Ok(()),
         }
     }
@@ -148,6 +197,9 @@ impl Limits {
         if let Some(l) = &self.per_ip {
             l.retain_recent();
         }
+        if let Some(l) = &self.joins_per_ip {
+            l.retain_recent();
+        }
     }
 }
 
@@ -161,6 +213,12 @@ mod tests {
             max_sockets_per_user: 2,
             connects_per_ip_per_second: 2,
             connects_per_ip_burst: 2,
+            connects_per_second: 0,
+            connects_burst: 1,
+            joins_per_second: 0,
+            joins_burst: 1,
+            joins_per_ip_per_second: 0,
+            joins_per_ip_burst: 1,
             messages_per_second: 5,
             messages_burst: 5,
         }

@@ -567,3 +567,72 @@ async fn admission_limits_refuse_cleanly_and_count() {
         }
     }
 }
+
+#[tokio::test]
+async fn connect_and_join_rates_are_limited_per_node_and_per_ip() {
+    phx_gateway::metrics::init();
+    let limited = |limit: &str| {
+        let series = format!("phx_gateway_limited_total{{limit=\"{limit}\"}}");
+        phx_gateway::metrics::render()
+            .lines()
+            .find(|l| l.starts_with(&series))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // Joins: at most 3 at once from one IP (all test clients are 127.0.0.1), refilled slowly.
+    let srv = TestServer::start(|s| {
+        s.limits.joins_per_ip_per_second = 1;
+        s.limits.joins_per_ip_burst = 3;
+    });
+    let before = limited("joins_per_ip");
+    let mut c = srv.v2("").await;
+    let mut refused = 0;
+    for i in 0..6 {
+        let r = format!("{i}");
+        c.send(json!([r, r, format!("room:rate{i}"), "phx_join", {}]))
+            .await;
+        let reply = c.recv_until("join reply", |v| v[1] == r.as_str()).await;
+        if reply[4]["response"]["reason"] == "rate limited" {
+            refused += 1;
+        } else {
+            assert_eq!(reply[4]["status"], "ok", "{reply}");
+        }
+    }
+    assert!(
+        (2..=3).contains(&refused),
+        "3 joins pass, the rest are refused ({refused})"
+    );
+    assert!(limited("joins_per_ip") >= before + refused as f64);
+    // The socket is still served.
+    c.send_text(r#"[null,"hb","phoenix","heartbeat",{}]"#).await;
+    assert_eq!(
+        c.recv_until("heartbeat", |v| v[1] == "hb").await[4]["status"],
+        "ok"
+    );
+
+    // Joins per node: the same, whatever the IP.
+    let srv = TestServer::start(|s| {
+        s.limits.joins_per_second = 1;
+        s.limits.joins_burst = 2;
+    });
+    let mut a = srv.v2("").await;
+    let mut b = srv.v2("").await;
+    a.join("1", "room:n1").await;
+    b.join("1", "room:n2").await;
+    b.send(json!(["2", "2", "room:n3", "phx_join", {}])).await;
+    let reply = b.recv_until("join reply", |v| v[1] == "2").await;
+    assert_eq!(reply[4]["response"]["reason"], "rate limited", "{reply}");
+
+    // Connects per node: a burst of 2, then HTTP 503 (try another node).
+    let srv = TestServer::start(|s| {
+        s.limits.connects_per_second = 1;
+        s.limits.connects_burst = 2;
+    });
+    let _a = srv.v2("").await;
+    let _b = srv.v2("").await;
+    match tokio_tungstenite::connect_async(srv.ws_url("vsn=2.0.0")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 503),
+        other => panic!("expected 503, got {:?}", other.map(|_| ())),
+    }
+}

@@ -38,6 +38,8 @@ pub struct SocketInfo {
     pub assigns: Map<String, Value>,
     /// The negotiated serializer.
     pub serializer: Serializer,
+    /// The client's address, when known (per-IP join limits).
+    pub peer_ip: Option<std::net::IpAddr>,
 }
 
 /// A notification from a channel actor to its socket.
@@ -243,6 +245,19 @@ impl Socket {
                 &msg.topic,
                 "error",
                 json!({"reason": "topic too long"}),
+            );
+            return;
+        }
+        if let Err(limit) = self.gateway.limits.check_join(self.info.peer_ip) {
+            tracing::debug!(topic = %msg.topic, limit = limit.label(), "join over the rate limit");
+            ::metrics::counter!(crate::metrics::LIMITED, "limit" => limit.label()).increment(1);
+            ::metrics::counter!(crate::metrics::JOINS, "result" => "refused").increment(1);
+            self.reply(
+                &msg.join_ref,
+                &msg.msg_ref,
+                &msg.topic,
+                "error",
+                json!({"reason": "rate limited"}),
             );
             return;
         }

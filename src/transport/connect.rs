@@ -21,6 +21,8 @@ pub struct Accepted {
     pub connected: Connected,
     /// The socket's place in the limits.
     pub admission: Admission,
+    /// The client's address (for per-IP join limits), when known.
+    pub peer_ip: Option<std::net::IpAddr>,
 }
 
 /// Why a connection was refused. Transports map it to their own answer.
@@ -114,5 +116,6 @@ pub async fn accept(
         serializer,
         connected,
         admission,
+        peer_ip: req.peer_addr().map(|a| a.ip()),
     })
 }

@@ -284,6 +284,7 @@ async fn open(req: &HttpRequest, gateway: &Arc<Gateway>) -> HttpResponse {
         serializer,
         connected,
         admission,
+        peer_ip,
     }) = accept(req, gateway, params, auth_token).await
     else {
         return status(403);
@@ -295,6 +296,7 @@ async fn open(req: &HttpRequest, gateway: &Arc<Gateway>) -> HttpResponse {
         id: connected.id,
         assigns: connected.assigns,
         serializer,
+        peer_ip,
     };
     let span = tracing::info_span!("longpoll", id = info.id.as_deref().unwrap_or("-"));
     tokio::spawn(tracing::Instrument::instrument(

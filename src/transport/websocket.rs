@@ -56,10 +56,11 @@ pub async fn upgrade(
         serializer,
         connected,
         admission,
+        peer_ip,
     } = match accept(&req, &gateway, params, auth_token).await {
         Ok(a) => a,
         // 503 tells the balancer to try another node; 429 asks the client to slow down.
-        Err(Refused::Draining | Refused::Limited(Refusal::NodeFull)) => {
+        Err(Refused::Draining | Refused::Limited(Refusal::NodeFull | Refusal::NodeBusy)) => {
             return HttpResponse::ServiceUnavailable().finish()
         }
         Err(Refused::Limited(_)) => return HttpResponse::TooManyRequests().finish(),
@@ -75,6 +76,7 @@ pub async fn upgrade(
                 .map_into_boxed_body();
             let span = tracing::info_span!("socket", id = connected.id.as_deref().unwrap_or("-"));
             let conn = Conn {
+                peer_ip,
                 session,
                 stream,
                 out_tx,
@@ -101,6 +103,8 @@ async fn recv_id(rx: &mut Option<mpsc::Receiver<Arc<Broadcast>>>) -> Option<Arc<
 
 /// What the connection task owns besides the socket state.
 struct Conn {
+    /// The client's address, when known.
+    peer_ip: Option<std::net::IpAddr>,
     /// Control frames (pong, close); data frames go through the outbox.
     session: Session,
     stream: actix_ws::MessageStream,
@@ -112,6 +116,7 @@ struct Conn {
 
 async fn run(gateway: Arc<Gateway>, serializer: Serializer, connected: Connected, conn: Conn) {
     let Conn {
+        peer_ip,
         mut session,
         stream,
         out_tx,
@@ -128,6 +133,7 @@ async fn run(gateway: Arc<Gateway>, serializer: Serializer, connected: Connected
         id: connected.id,
         assigns: connected.assigns,
         serializer,
+        peer_ip,
     };
     let mut socket = Socket::new(info, gateway.clone(), out_tx, events_tx);
     let mut id_rx = socket.subscribe_id().await;
@@ -151,6 +157,8 @@ async fn run(gateway: Arc<Gateway>, serializer: Serializer, connected: Connected
 
     // The client's close frame, echoed back as RFC 6455 suggests.
     let mut echo: Option<actix_ws::CloseReason> = None;
+    // A close frame without a code is still the client closing.
+    let mut client_closed = false;
     let reason: Option<CloseReason> = loop {
         tokio::select! {
             reason = &mut close_requested => break Some(reason),
@@ -185,6 +193,7 @@ async fn run(gateway: Arc<Gateway>, serializer: Serializer, connected: Connected
                     Some(Ok(AggregatedMessage::Pong(_))) => continue,
                     Some(Ok(AggregatedMessage::Close(theirs))) => {
                         echo = theirs;
+                        client_closed = true;
                         break None;
                     }
                     Some(Err(ProtocolError::Overflow)) => {
@@ -223,7 +232,7 @@ async fn run(gateway: Arc<Gateway>, serializer: Serializer, connected: Connected
     ::metrics::gauge!(crate::metrics::SOCKETS, "transport" => "websocket").decrement(1.0);
     let why = match reason {
         Some(r) => r.label(),
-        None if echo.is_some() => "client",
+        None if client_closed => "client",
         None => "connection_lost",
     };
     ::metrics::counter!(crate::metrics::SOCKET_CLOSES, "reason" => why).increment(1);
