@@ -80,7 +80,28 @@ pub fn init() -> Option<&'static PrometheusHandle> {
             Some(handle)
         })
         .as_ref()
+        .inspect(|handle| start_upkeep(handle))
 }
+
+/// Histogram samples are kept raw until upkeep folds them into their buckets. Rendering
+/// does that, but a node nobody scrapes would keep every sample: fold them every few
+/// seconds whatever happens.
+fn start_upkeep(handle: &'static PrometheusHandle) {
+    static STARTED: OnceLock<()> = OnceLock::new();
+    STARTED.get_or_init(|| {
+        let spawned = std::thread::Builder::new()
+            .name("metrics-upkeep".into())
+            .spawn(move || loop {
+                std::thread::sleep(UPKEEP_EVERY);
+                handle.run_upkeep();
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start the metrics upkeep thread");
+        }
+    });
+}
+
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn describe() {
     describe_gauge!(SOCKETS, "Connected sockets, by transport.");

@@ -47,6 +47,12 @@ pub struct SoakArgs {
     /// Seconds to run.
     #[arg(long, default_value_t = 600)]
     duration: u64,
+    /// Seconds of warm-up before the baseline sample (0: none).
+    #[arg(long, default_value_t = 0)]
+    warmup: u64,
+    /// Share of the sockets reopened per minute during the warm-up.
+    #[arg(long, default_value_t = 1.0)]
+    warmup_churn_per_minute: f64,
     /// Seconds between samples.
     #[arg(long, default_value_t = 60)]
     sample_every: u64,
@@ -194,6 +200,39 @@ async fn slot(
     }
 }
 
+/// Closes and reopens random sockets at `per_minute` of them a minute for `secs` seconds,
+/// sampling every `sample_every` seconds if asked.
+async fn churn(
+    args: &Arc<SoakArgs>,
+    churns: &[Arc<Notify>],
+    per_minute: f64,
+    secs: u64,
+    sample_every: Option<u64>,
+    start: Instant,
+    counts: &Arc<Counts>,
+) {
+    let per_second = args.sockets as f64 * per_minute / 60.0;
+    let mut owed = 0.0;
+    let mut next_sample = sample_every.map(Duration::from_secs);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    while start.elapsed() < Duration::from_secs(secs) {
+        tick.tick().await;
+        owed += per_second;
+        while owed >= 1.0 {
+            owed -= 1.0;
+            churns[rand::random_range(0..churns.len())].notify_one();
+        }
+        if let Some(next) = next_sample.as_mut() {
+            if start.elapsed() >= *next {
+                *next += Duration::from_secs(sample_every.unwrap_or(60));
+                let (a, c) = (args.clone(), counts.clone());
+                let _ = tokio::task::spawn_blocking(move || sample(&a, start, &c)).await;
+            }
+        }
+    }
+}
+
 /// Runs the soak.
 pub async fn soak(args: SoakArgs) {
     let args = Arc::new(args);
@@ -239,8 +278,6 @@ pub async fn soak(args: SoakArgs) {
         "all sockets open after {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    let run_start = Instant::now();
-    sample(&args, run_start, &counts);
 
     // Publishers: one socket per 50 topics (sockets may join at most 100 channels), all
     // joins confirmed; then `new_msg` round-robin over the topics at the given rate.
@@ -320,24 +357,44 @@ pub async fn soak(args: SoakArgs) {
         })
     };
 
-    // Churn: every second, close and reopen sockets at random.
-    let per_second = args.sockets as f64 * args.churn_per_minute / 60.0;
-    let mut owed = 0.0;
-    let mut next_sample = Duration::from_secs(args.sample_every);
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.tick().await;
-    while run_start.elapsed() < Duration::from_secs(args.duration) {
-        tick.tick().await;
-        owed += per_second;
-        while owed >= 1.0 {
-            owed -= 1.0;
-            churns[rand::random_range(0..churns.len())].notify_one();
-        }
-        if run_start.elapsed() >= next_sample {
-            next_sample += Duration::from_secs(args.sample_every);
-            let (a, c) = (args.clone(), counts.clone());
-            let _ = tokio::task::spawn_blocking(move || sample(&a, run_start, &c)).await;
-        }
+    // Warm-up: the allocator's heap grows while it settles on a working set for sockets that
+    // come and go among long-lived ones; fast churn gets it there before the baseline.
+    if args.warmup > 0 {
+        println!(
+            "warm-up: {} s at {:.0}%/min churn",
+            args.warmup,
+            args.warmup_churn_per_minute * 100.0
+        );
+        let warm_start = Instant::now();
+        churn(
+            &args,
+            &churns,
+            args.warmup_churn_per_minute,
+            args.warmup,
+            None,
+            warm_start,
+            &counts,
+        )
+        .await;
+        sample(&args, warm_start, &counts);
+        println!("steady run:");
+    }
+    let run_start = Instant::now();
+    let (a, c) = (args.clone(), counts.clone());
+    let _ = tokio::task::spawn_blocking(move || sample(&a, run_start, &c)).await;
+    churn(
+        &args,
+        &churns,
+        args.churn_per_minute,
+        args.duration,
+        Some(args.sample_every),
+        run_start,
+        &counts,
+    )
+    .await;
+    if args.duration % args.sample_every.max(1) != 0 {
+        let (a, c) = (args.clone(), counts.clone());
+        let _ = tokio::task::spawn_blocking(move || sample(&a, run_start, &c)).await;
     }
     stop.cancel();
     let _ = publisher.await;
