@@ -223,7 +223,8 @@ async fn one_socket(
     if let Some(users) = args.users {
         url.push_str(&format!("&user_id=u{}", i % users.max(1)));
     }
-    let (mut ws, _) = tokio_tungstenite::client_async(url, stream)
+    let config = WebSocketConfig::default().read_buffer_size(4096);
+    let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config))
         .await
         .map_err(|e| format!("handshake: {e}"))?;
     let topic = format!("{}{}", args.topic_prefix, i % args.topics.max(1));
