@@ -111,6 +111,7 @@ async fn one_stalled_reader_does_not_slow_down_a_thousand_fast_ones() {
         // One retry: a noisy neighbour must not fail the build, a systematic slowdown will.
         stalled = run(1).await.expect("with a stalled reader, again");
     }
+    eprintln!("without a stalled reader: {base:?}; with one: {stalled:?}");
     assert_eq!(
         stalled.lost, 0,
         "fast subscribers lost messages: {stalled:?}"

@@ -554,6 +554,24 @@ async fn fanout_once(args: &FanoutArgs, rate: u64) -> Option<(u64, f64)> {
                 tokio::time::timeout(Duration::from_millis(1), publisher.next()).await
             {}
         }
+        // The run starts only once the server has handled the whole prefill: our own copy of
+        // a last marker message proves it, so the prefill's cost cannot leak into the run.
+        let marker = format!(r#"["2","done","{stall_topic}","new_msg",{{"prefill_done":true}}]"#);
+        if publisher.send(Message::text(marker)).await.is_err() {
+            return eprint_none("publisher closed during the prefill".into());
+        }
+        let waited = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(Ok(msg)) = publisher.next().await {
+                if matches!(&msg, Message::Text(t) if t.contains("prefill_done")) {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        if !matches!(waited, Ok(true)) {
+            return eprint_none("the prefill was not handled within 30 s".into());
+        }
     }
     // The publisher's own copies and replies are drained so its socket never backs up.
     let (mut tx, mut rx) = publisher.split();
