@@ -20,7 +20,7 @@ use actix_web::{web, App, HttpResponse, HttpServer};
 use phx_gateway::config::{JoinPolicy, RouteSettings, Settings};
 use serde_json::{json, Value};
 use support::presence_view::{counts, View};
-use support::redis_server::{wait_until, NodeProcess, RedisServer};
+use support::redis_server::{metric, wait_until, NodeProcess, RedisServer};
 use support::{Client, Received, TestServer};
 
 /// A `fan:*` route as in config/bench.toml: `new_msg` broadcast to all, no presence.
@@ -273,6 +273,17 @@ async fn a_hanging_webhook_backend_costs_its_callers_a_timeout_and_nothing_else(
         .await;
     let reply = player.recv_until("event reply", |v| v[1] == "after").await;
     assert_eq!(reply[4]["response"], json!({"handled": "move"}));
+    // Nothing is left behind by the refused joins or once the player goes.
+    player.close().await;
+    wait_until(
+        "no subscriber left on game topics",
+        Duration::from_secs(3),
+        || {
+            (0..12).all(|i| srv.gateway.pubsub.local_subscribers(&format!("game:h{i}")) == 0)
+                && srv.gateway.pubsub.local_subscribers("game:ok") == 0
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -326,14 +337,13 @@ async fn a_client_behind_a_stalled_network_is_dropped_and_its_presence_leaves() 
     // When its network comes back, the client finds what was queued, then the close.
     let (code, reason) = stalled.expect_close().await;
     assert_eq!((code, reason.as_str()), (1002, "heartbeat timeout"));
-}
-
-fn metric(page: &str, series: &str) -> f64 {
-    page.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+    // Nothing of it is left: only the watcher is subscribed to the topic.
+    wait_until(
+        "the stalled socket's subscription gone",
+        Duration::from_secs(3),
+        || srv.gateway.pubsub.local_subscribers("room:stall") == 1,
+    )
+    .await;
 }
 
 /// Reads frames until `pred` matches one or `wait` passes.

@@ -5,7 +5,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::presence_view::{Counts, View};
-use support::redis_server::{wait_until, NodeProcess, RedisServer};
+use support::redis_server::{metric, wait_until, NodeProcess, RedisServer};
 use support::Client;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -194,14 +194,6 @@ async fn readiness_follows_redis_after_a_grace_period() {
 }
 
 /// The value of a metric line (`name{labels} value`) in a /metrics page; 0 when absent.
-fn metric(page: &str, series: &str) -> f64 {
-    page.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_leaks_after_clients_come_and_go() {
     let redis = RedisServer::start();

@@ -179,6 +179,15 @@ pub struct NodeProcess {
     child: Child,
 }
 
+/// The value of `series` (name and labels, exactly) in a Prometheus text page; 0 if absent.
+pub fn metric(page: &str, series: &str) -> f64 {
+    page.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// A blocking HTTP/1.0 GET on loopback: (status, body).
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
