@@ -135,6 +135,60 @@ fn counted_by(expect: &Expect) -> String {
     }
 }
 
+/// The log line each expected outcome writes: its level and one of its messages.
+fn logged_as(expect: &Expect) -> (&'static str, &'static [&'static str]) {
+    match expect {
+        Expect::Close(1009) => ("INFO", &["frame too large"]),
+        Expect::Close(_) => ("INFO", &["malformed frame", "websocket protocol error"]),
+        Expect::ErrorReply("topic too long") => ("INFO", &["join refused: topic too long"]),
+        Expect::ErrorReply(_) => (
+            "DEBUG",
+            &["event for a topic not joined", "join of an unmatched topic"],
+        ),
+    }
+}
+
+/// The gateway's log lines, captured for the whole test process (no colours).
+#[derive(Clone, Default)]
+struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    fn install() -> Self {
+        let logs = Logs::default();
+        let writer = logs.clone();
+        tracing_subscriber::fmt()
+            .with_env_filter("phx_gateway=debug")
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .try_init()
+            .expect("the log capture is the process's only subscriber");
+        logs
+    }
+
+    /// Lines written since byte `from`.
+    fn since(&self, from: usize) -> String {
+        let all = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        String::from_utf8_lossy(&all[from.min(all.len())..]).into_owned()
+    }
+
+    fn len(&self) -> usize {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
 /// The current value of `series` in this process's metrics (0 if absent).
 fn metric(series: &str) -> f64 {
     phx_gateway::metrics::render()
@@ -148,6 +202,7 @@ fn metric(series: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_class_of_bad_input_gets_its_answer_and_others_are_unaffected() {
     phx_gateway::metrics::init();
+    let logs = Logs::install();
     let srv = TestServer::start(|s| s.socket.max_frame_bytes = 64 * 1024);
     // A bystander on a joined topic must keep being served throughout.
     let mut bystander = srv.v2("").await;
@@ -156,6 +211,8 @@ async fn every_class_of_bad_input_gets_its_answer_and_others_are_unaffected() {
         // Counters are process-wide and other tests run alongside: compare with before.
         let series = counted_by(&expect);
         let before = metric(&series);
+        let (level, messages) = logged_as(&expect);
+        let logged_from = logs.len();
         let mut c = srv.v2("").await;
         match input {
             Input::Text(t) => c.send_text(&t).await,
@@ -183,6 +240,16 @@ async fn every_class_of_bad_input_gets_its_answer_and_others_are_unaffected() {
             &format!("{name} counted in {series}"),
             std::time::Duration::from_secs(2),
             || metric(&series) > before,
+        )
+        .await;
+        support::redis_server::wait_until(
+            &format!("{name} logged at {level}"),
+            std::time::Duration::from_secs(2),
+            || {
+                logs.since(logged_from).lines().any(|l| {
+                    l.contains(&format!(" {level} ")) && messages.iter().any(|m| l.contains(m))
+                })
+            },
         )
         .await;
         bystander
