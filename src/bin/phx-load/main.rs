@@ -147,6 +147,9 @@ struct ConnectArgs {
     /// Send `user_id=u<i % users>` so presence tracks sockets (with `room:` topics).
     #[arg(long)]
     users: Option<usize>,
+    /// Prefix of the user ids (`<prefix><i % users>`), e.g. to give each run new users.
+    #[arg(long, default_value = "u")]
+    user_prefix: String,
     /// Connects started per second.
     #[arg(long, default_value_t = 2000)]
     rate: u64,
@@ -221,7 +224,7 @@ async fn one_socket(
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
     let mut url = format!("ws://{}{}", args.addr, args.path);
     if let Some(users) = args.users {
-        url.push_str(&format!("&user_id=u{}", i % users.max(1)));
+        url.push_str(&format!("&user_id={}{}", args.user_prefix, i % users.max(1)));
     }
     let config = WebSocketConfig::default().read_buffer_size(4096);
     let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config))
