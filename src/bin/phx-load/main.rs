@@ -224,7 +224,11 @@ async fn one_socket(
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
     let mut url = format!("ws://{}{}", args.addr, args.path);
     if let Some(users) = args.users {
-        url.push_str(&format!("&user_id={}{}", args.user_prefix, i % users.max(1)));
+        url.push_str(&format!(
+            "&user_id={}{}",
+            args.user_prefix,
+            i % users.max(1)
+        ));
     }
     let config = WebSocketConfig::default().read_buffer_size(4096);
     let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config))
