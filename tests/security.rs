@@ -19,7 +19,6 @@ use phx_gateway::socket::origin::CheckOrigin;
 use serde_json::{json, Value};
 use support::redis_server::{free_port, RedisServer};
 use support::{http, Client, TestServer, WAIT};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 fn now_s() -> u64 {
@@ -28,36 +27,14 @@ fn now_s() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// A raw HTTP/1.0 request with extra header lines; returns (status, body).
+/// A raw HTTP/1.0 request with extra header lines and no body; returns (status, body).
 async fn raw_http(
     addr: SocketAddr,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
 ) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let mut req = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).await.expect("write");
-    let mut raw = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut raw))
-        .await
-        .expect("response in time")
-        .expect("read");
-    let raw = String::from_utf8_lossy(&raw).into_owned();
-    let status = raw
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = raw
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    support::http_raw(addr, method, path, headers, "").await
 }
 
 /// The HTTP status of a WebSocket upgrade (101 when it succeeded).

@@ -132,6 +132,18 @@ impl Socket {
         });
     }
 
+    /// Refuses a join with an error reply `{reason}`, counted as a refused join.
+    fn refuse_join(&self, msg: &Message, reason: &str) {
+        ::metrics::counter!(crate::metrics::JOINS, "result" => "refused").increment(1);
+        self.reply(
+            &msg.join_ref,
+            &msg.msg_ref,
+            &msg.topic,
+            "error",
+            json!({ "reason": reason }),
+        );
+    }
+
     fn unmatched(&self, msg_ref: &Ref, topic: &str) {
         ::metrics::counter!(crate::metrics::UNMATCHED).increment(1);
         self.reply(
@@ -238,28 +250,12 @@ impl Socket {
         };
         if msg.topic.len() > limits.max_topic_bytes {
             tracing::info!(len = msg.topic.len(), "join refused: topic too long");
-            ::metrics::counter!(crate::metrics::JOINS, "result" => "refused").increment(1);
-            self.reply(
-                &msg.join_ref,
-                &msg.msg_ref,
-                &msg.topic,
-                "error",
-                json!({"reason": "topic too long"}),
-            );
-            return;
+            return self.refuse_join(&msg, "topic too long");
         }
         if let Err(limit) = self.gateway.limits.check_join(self.info.peer_ip) {
             tracing::debug!(topic = %msg.topic, limit = limit.label(), "join over the rate limit");
             ::metrics::counter!(crate::metrics::LIMITED, "limit" => limit.label()).increment(1);
-            ::metrics::counter!(crate::metrics::JOINS, "result" => "refused").increment(1);
-            self.reply(
-                &msg.join_ref,
-                &msg.msg_ref,
-                &msg.topic,
-                "error",
-                json!({"reason": "rate limited"}),
-            );
-            return;
+            return self.refuse_join(&msg, "rate limited");
         }
         let internal = msg
             .topic
@@ -296,15 +292,7 @@ impl Socket {
                 limit = limits.max_channels,
                 "join refused: too many channels"
             );
-            ::metrics::counter!(crate::metrics::JOINS, "result" => "refused").increment(1);
-            self.reply(
-                &msg.join_ref,
-                &msg.msg_ref,
-                &msg.topic,
-                "error",
-                json!({"reason": "too many channels joined"}),
-            );
-            return;
+            return self.refuse_join(&msg, "too many channels joined");
         }
         let gw = &self.gateway;
         let ctx = Context::new(

@@ -113,23 +113,25 @@ impl Drop for TestServer {
     }
 }
 
-/// An HTTP/1.0 request on loopback: (status, JSON body or Null).
-pub async fn http(
+/// An HTTP/1.0 request on loopback with extra header lines and a body: (status, body text).
+pub async fn http_raw(
     addr: SocketAddr,
     method: &str,
     path: &str,
-    bearer: Option<&str>,
-    body: Option<&Value>,
-) -> (u16, Value) {
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = TcpStream::connect(addr).await.expect("connect");
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let mut req = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n", body.len());
-    if let Some(key) = bearer {
-        req.push_str(&format!("Authorization: Bearer {key}\r\n"));
+    let mut req = format!(
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
-    req.push_str(&body);
+    req.push_str(body);
     s.write_all(req.as_bytes()).await.expect("write");
     let mut raw = Vec::new();
     tokio::time::timeout(WAIT, s.read_to_end(&mut raw))
@@ -144,9 +146,27 @@ pub async fn http(
         .unwrap_or(0);
     let text = raw
         .split_once("\r\n\r\n")
-        .map(|(_, b)| b)
+        .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
-    (status, serde_json::from_str(text).unwrap_or(Value::Null))
+    (status, text)
+}
+
+/// An HTTP/1.0 request on loopback: (status, JSON body or Null).
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<&Value>,
+) -> (u16, Value) {
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let auth = bearer.map(|key| format!("Bearer {key}"));
+    let mut headers = vec![("Content-Type", "application/json")];
+    if let Some(auth) = &auth {
+        headers.push(("Authorization", auth));
+    }
+    let (status, text) = http_raw(addr, method, path, &headers, &body).await;
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
 /// The raw response head of a request (status line and headers).

@@ -288,6 +288,22 @@ impl NodeProcess {
         http_get(self.admin_port, path)
     }
 
+    /// Waits (bounded) until the node holds no socket, channel, channel task or presence.
+    pub async fn wait_idle(&self, timeout: Duration) {
+        wait_until(
+            "sockets, channels, channel tasks and presences back to zero",
+            timeout,
+            || {
+                let page = self.admin("/metrics").map(|r| r.1).unwrap_or_default();
+                metric(&page, "phx_gateway_sockets{transport=\"websocket\"}") == 0.0
+                    && metric(&page, "phx_gateway_channels") == 0.0
+                    && metric(&page, "phx_gateway_channel_tasks") == 0.0
+                    && metric(&page, "phx_gateway_presence_entries") == 0.0
+            },
+        )
+        .await;
+    }
+
     /// SIGKILL, as a crash.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
