@@ -29,18 +29,17 @@ fn fanout(c: &mut Criterion) {
                     id: next_subscriber_id(),
                     outbox: tx,
                     intercept: None,
+                    gate: None,
                 },
                 None,
             );
             receivers.push(rx);
         }
-        let msg = Arc::new(Broadcast {
-            topic: "room:fan".into(),
-            event: "new_msg".into(),
-            payload: Payload::Json(
-                json!({"body": "hello there", "seq": 1, "at": 1_700_000_000_000u64}),
-            ),
-        });
+        let msg = Arc::new(Broadcast::new(
+            "room:fan",
+            "new_msg",
+            Payload::Json(json!({"body": "hello there", "seq": 1, "at": 1_700_000_000_000u64})),
+        ));
         group.throughput(Throughput::Elements(n as u64));
         group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
             b.iter(|| {

@@ -94,7 +94,8 @@ pub struct SocketSettings {
     pub path: String,
     /// A socket that sends nothing for this long is closed (Phoenix: 60 s).
     pub heartbeat_timeout_ms: u64,
-    /// Largest accepted client frame in bytes.
+    /// Largest accepted client message in bytes: one frame, or a message sent in fragments
+    /// (default 8 MiB; Phoenix sets no limit). Beyond it the socket is closed with 1009.
     pub max_frame_bytes: usize,
     /// Most channels one socket may join (Phoenix: 100).
     pub max_channels: usize,
@@ -130,7 +131,7 @@ impl Default for SocketSettings {
         Self {
             path: "/socket".into(),
             heartbeat_timeout_ms: 60_000,
-            max_frame_bytes: 1024 * 1024,
+            max_frame_bytes: 8 * 1024 * 1024,
             max_channels: 100,
             max_topic_bytes: 255,
             outbound_queue: 1024,
@@ -540,6 +541,17 @@ pub enum JoinPolicy {
     Webhook,
 }
 
+/// The order of a joiner's `presence_state` and its own track.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PresenceOrder {
+    /// Push `presence_state`, then track: the joiner's own join arrives as a diff.
+    #[default]
+    StateThenTrack,
+    /// Track, then push `presence_state` holding the joiner's own presence.
+    TrackThenState,
+}
+
 /// A config-driven channel route.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -561,6 +573,11 @@ pub struct RouteSettings {
     /// Client event whose payload (an object) replaces the presence meta fields.
     #[serde(default)]
     pub presence_update_event: Option<String>,
+    /// When the joiner's own presence is tracked: after its `presence_state` (the Phoenix
+    /// presence guide: its own join comes as a diff) or before (later guides and many apps:
+    /// its own presence is already in its `presence_state`).
+    #[serde(default)]
+    pub presence_order: PresenceOrder,
     /// Client events broadcast to every subscriber, the sender included; replied `ok`.
     #[serde(default)]
     pub broadcast: Vec<String>,
@@ -603,6 +620,7 @@ pub fn default_routes() -> Vec<RouteSettings> {
         presence_key: Some("user_id".into()),
         presence_meta: vec!["online_at".into()],
         presence_update_event: Some("update_meta".into()),
+        presence_order: PresenceOrder::StateThenTrack,
         broadcast: vec!["new_msg".into()],
         broadcast_from: vec!["typing".into()],
         echo: vec!["ping".into()],

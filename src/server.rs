@@ -40,10 +40,13 @@ pub fn start(gateway: Arc<Gateway>, listener: TcpListener) -> std::io::Result<Ru
     let demo = gateway.settings.demo.enabled;
     let longpoll = gateway.settings.longpoll.enabled;
     let lp_path = format!("{}/longpoll", gateway.settings.socket.path);
+    // Long-poll POSTs carry client messages: the same size limit as WebSocket messages.
+    let body_limit = web::PayloadConfig::new(gateway.settings.socket.max_frame_bytes);
     let server = HttpServer::new(move || {
         let mut app = App::new()
             .configure(crate::api::configure)
             .app_data(data.clone())
+            .app_data(body_limit.clone())
             .route(&ws_path, web::get().to(websocket::upgrade));
         if longpoll {
             app = app

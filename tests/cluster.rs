@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::presence_view::{counts, Counts, View};
+use support::presence_view::{counts, join_storm, Counts, View};
 use support::redis_server::{wait_until, NodeProcess, RedisServer};
 use support::{Client, TestServer};
 
@@ -706,6 +706,14 @@ async fn hostile_topic_names_never_reach_redis_raw() {
             "the topic survives the round trip through Redis"
         );
         let escaped = phx_gateway::cluster::keys::escape(topic);
+        let presence_key = format!("phx:p:{{{escaped}}}");
+        // Presence is written with the topic's next diff, a batch window later.
+        wait_until("the presence hash", support::WAIT, || {
+            redis
+                .cmd::<Vec<String>>(&["KEYS", "*"])
+                .contains(&presence_key)
+        })
+        .await;
         let channels: Vec<String> = redis.cmd(&["PUBSUB", "CHANNELS"]);
         let keys: Vec<String> = redis.cmd(&["KEYS", "*"]);
         let topic_names = channels
@@ -804,4 +812,31 @@ async fn a_paused_redis_does_not_stop_local_traffic_and_everything_resumes() {
         Duration::from_secs(10),
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joiners_on_two_nodes_get_exactly_the_changes_after_their_snapshots() {
+    let redis = RedisServer::start();
+    let n1 = TestServer::start_node(&redis.url(), |s| s.presence.diff_batch_ms = 200).await;
+    let n2 = TestServer::start_node(&redis.url(), |s| s.presence.diff_batch_ms = 200).await;
+    let urls = [n1.ws_url("vsn=2.0.0"), n2.ws_url("vsn=2.0.0")];
+    let mut members = join_storm(&urls, "room:storm2", 6, Duration::ZERO).await;
+    let mut marker = n2.v2("user_id=zz").await;
+    marker.join("1", "room:storm2").await;
+    let mut want: Counts = (0..6).map(|u| (format!("u{u}"), 2)).collect();
+    want.insert("zz".into(), 1);
+    for (c, view) in &mut members {
+        view.converge(c, &want, Duration::from_secs(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joiners_spread_over_many_diffs_on_two_nodes_never_get_a_change_twice() {
+    let redis = RedisServer::start();
+    let n1 = TestServer::start_node(&redis.url(), |s| s.presence.diff_batch_ms = 20).await;
+    let n2 = TestServer::start_node(&redis.url(), |s| s.presence.diff_batch_ms = 20).await;
+    let urls = [n1.ws_url("vsn=2.0.0"), n2.ws_url("vsn=2.0.0")];
+    // Each snapshot is read while other nodes' diffs are on their way: the ones it already
+    // holds must not reach the joiner after it.
+    join_storm(&urls, "room:storm3", 30, Duration::from_millis(4)).await;
 }

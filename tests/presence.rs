@@ -2,8 +2,10 @@
 
 mod support;
 
+use std::time::Duration;
+
 use serde_json::json;
-use support::presence_view::View;
+use support::presence_view::{join_storm, View};
 use support::{Client, TestServer};
 
 async fn join_lobby(c: &mut Client) {
@@ -94,4 +96,44 @@ async fn a_crash_or_disconnect_removes_the_presence() {
     carol.send_text("garbage").await;
     carol.expect_close().await;
     view.wait_for(&mut watcher, &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_joiner_gets_exactly_the_changes_after_its_snapshot() {
+    let srv = TestServer::start(|s| s.presence.diff_batch_ms = 200);
+    let url = srv.ws_url("vsn=2.0.0");
+    let mut members = join_storm(std::slice::from_ref(&url), "room:storm", 6, Duration::ZERO).await;
+    // A later join: every view takes it as the one change after what it holds.
+    let mut marker = Client::connect(&format!("{url}&user_id=zz")).await;
+    marker.join("1", "room:storm").await;
+    let mut want: Vec<(String, usize)> = (0..6).map(|u| (format!("u{u}"), 2)).collect();
+    want.push(("zz".into(), 1));
+    let want: Vec<(&str, usize)> = want.iter().map(|(k, n)| (k.as_str(), *n)).collect();
+    for (c, view) in &mut members {
+        view.wait_for(c, &want).await;
+    }
+}
+
+#[tokio::test]
+async fn track_then_state_puts_the_joiners_own_presence_in_its_state() {
+    let srv = TestServer::start(|s| {
+        for r in &mut s.routes {
+            r.presence_order = phx_gateway::config::PresenceOrder::TrackThenState;
+        }
+    });
+    let mut a = srv.v2("user_id=ann").await;
+    a.join("1", "room:lobby").await;
+    let state = a
+        .recv_until("presence_state", |v| v[3] == "presence_state")
+        .await;
+    let own = state[4]["ann"]["metas"][0]["phx_ref"].clone();
+    assert!(own.is_string(), "her own presence is in her state: {state}");
+    let mut view = View::strict();
+    view.apply(&state);
+    let mut b = srv.v2("user_id=ben").await;
+    b.join("1", "room:lobby").await;
+    // ann's view takes ben's join; a diff repeating her own join would fail the strict view.
+    view.wait_for(&mut a, &[("ann", 1), ("ben", 1)]).await;
+    let mut bview = View::strict();
+    bview.wait_for(&mut b, &[("ann", 1), ("ben", 1)]).await;
 }

@@ -217,11 +217,11 @@ async fn a_slow_consumer_is_closed_and_others_keep_receiving() {
     let body = "x".repeat(64 * 1024);
     let mut fast_got = 0usize;
     for i in 0..2000 {
-        let msg = Broadcast {
-            topic: "room:flood".into(),
-            event: "big".into(),
-            payload: Payload::Json(json!({"i": i, "body": body})),
-        };
+        let msg = Broadcast::new(
+            "room:flood",
+            "big",
+            Payload::Json(json!({"i": i, "body": body})),
+        );
         srv.gateway.pubsub.broadcast(Arc::new(msg), None);
         // The fast client reads everything as it comes.
         while let Some(r) = fast

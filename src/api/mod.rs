@@ -108,11 +108,7 @@ fn validate(m: Message, gateway: &Gateway) -> Result<Broadcast, String> {
         Some(v @ Value::Object(_)) => v,
         Some(_) => return Err("payload must be a JSON object".into()),
     };
-    Ok(Broadcast {
-        topic: m.topic,
-        event: m.event,
-        payload: Payload::Json(payload),
-    })
+    Ok(Broadcast::new(m.topic, m.event, Payload::Json(payload)))
 }
 
 async fn broadcast(
@@ -211,11 +207,7 @@ async fn disconnect(
             "invalid socket_id",
         );
     }
-    let msg = Broadcast {
-        topic: parsed.socket_id,
-        event: "disconnect".into(),
-        payload: Payload::empty(),
-    };
+    let msg = Broadcast::new(parsed.socket_id, "disconnect", Payload::empty());
     gateway.pubsub.broadcast(Arc::new(msg), None);
     HttpResponse::Accepted().json(json!({"ok": true}))
 }

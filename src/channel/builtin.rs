@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 
 use super::webhook::{self, Webhooks};
 use super::{Channel, Context, Reply, Router, TopicPattern};
-use crate::config::{JoinPolicy, RouteSettings};
+use crate::config::{JoinPolicy, PresenceOrder, RouteSettings};
 use crate::presence::Meta;
 use crate::protocol::Payload;
 
@@ -192,16 +192,27 @@ impl Channel for BuiltinChannel {
         let Some(key_name) = &self.route.presence_key else {
             return;
         };
-        // The snapshot goes first, then our own join arrives as a diff, as in Phoenix apps.
-        ctx.push_presence_state().await;
-        let Some(key) = ctx.assigns.get(key_name).and_then(key_text) else {
-            tracing::debug!(key = %key_name, "socket has no presence key: watching only");
-            return;
-        };
-        let meta = self.initial_meta();
-        match ctx.track(&key, meta.clone()).await {
-            Ok(_) => (self.key, self.meta) = (Some(key), meta),
-            Err(e) => tracing::warn!(error = %e, "presence track failed"),
+        let track_first = self.route.presence_order == PresenceOrder::TrackThenState;
+        if !track_first {
+            // The snapshot goes first, then our own join arrives as a diff (the Phoenix
+            // presence guide's order).
+            ctx.push_presence_state().await;
+        }
+        match ctx.assigns.get(key_name).and_then(key_text) {
+            Some(key) => {
+                let meta = self.initial_meta();
+                match ctx.track(&key, meta.clone()).await {
+                    Ok(_) => (self.key, self.meta) = (Some(key), meta),
+                    Err(e) => tracing::warn!(error = %e, "presence track failed"),
+                }
+            }
+            None => tracing::debug!(key = %key_name, "socket has no presence key: watching only"),
+        }
+        if track_first {
+            // Our own join is published before the snapshot is read, so the snapshot holds
+            // it and no diff repeats it.
+            ctx.presence_flushed().await;
+            ctx.push_presence_state().await;
         }
     }
 

@@ -6,7 +6,7 @@ use serde_json::{Map, Value};
 
 use crate::presence::{Meta, Presence, PresenceError};
 use crate::protocol::{events, Frame, Outbound, Payload, Ref};
-use crate::pubsub::{Broadcast, PubSub, PubSubError, Subscriber, SubscriberId};
+use crate::pubsub::{Broadcast, Gate, PubSub, PubSubError, Subscriber, SubscriberId};
 use crate::socket::{Outbox, SocketInfo};
 
 /// The state and capabilities of one channel incarnation, owned by its actor.
@@ -20,6 +20,7 @@ pub struct Context {
     pubsub: Arc<dyn PubSub>,
     presence: Arc<dyn Presence>,
     id: SubscriberId,
+    gate: Arc<Gate>,
 }
 
 impl Context {
@@ -42,6 +43,7 @@ impl Context {
             pubsub,
             presence,
             id,
+            gate: Arc::new(Gate::new()),
         }
     }
 
@@ -114,11 +116,7 @@ impl Context {
     }
 
     fn message(&self, event: &str, payload: Payload) -> Arc<Broadcast> {
-        Arc::new(Broadcast {
-            topic: self.topic.clone(),
-            event: event.to_owned(),
-            payload,
-        })
+        Arc::new(Broadcast::new(self.topic.clone(), event, payload))
     }
 
     /// Tracks a presence for this channel under `key`; it leaves when the channel ends.
@@ -141,10 +139,44 @@ impl Context {
         self.presence.list(&self.topic).await
     }
 
-    /// Pushes `presence_state` (the full list) to this client.
+    /// Pushes `presence_state` (the full list) to this client. From then on the client
+    /// gets exactly the presence changes after this snapshot. Pushed from
+    /// [`super::Channel::after_join`], it is the first thing after the join reply:
+    /// broadcasts are held until then.
     pub async fn push_presence_state(&self) {
-        let state = self.presence.list_encoded(&self.topic).await;
-        self.push(events::PRESENCE_STATE, &Payload::Encoded(state));
+        let snapshot = self.presence.snapshot(&self.topic).await;
+        let null = Value::Null;
+        let push = Outbound::Event {
+            join_ref: &self.join_ref,
+            msg_ref: &null,
+            topic: &self.topic,
+            event: events::PRESENCE_STATE,
+            payload: &Payload::Encoded(snapshot.state),
+        };
+        ::metrics::counter!(crate::metrics::MESSAGES_OUT, "kind" => "push").increment(1);
+        match self.outbox.serializer().encode(&push) {
+            Ok(frame) => self.gate.open(&self.outbox, Some(frame), snapshot.seq),
+            Err(e) => tracing::warn!(error = %e, "cannot encode presence_state for this socket"),
+        }
+    }
+
+    /// Waits until this node's presence changes on the topic so far are published: a
+    /// snapshot taken after holds them (e.g. the channel's own presence, for apps that
+    /// track before pushing `presence_state`).
+    pub async fn presence_flushed(&self) {
+        self.presence.flushed(&self.topic).await;
+    }
+
+    /// Releases the broadcasts held since the join (nothing to push first).
+    pub(crate) fn open_gate(&self) {
+        if !self.gate.is_open() {
+            self.gate.open(&self.outbox, None, None);
+        }
+    }
+
+    /// This channel's gate (see [`crate::pubsub::Gate`]).
+    pub(crate) fn gate(&self) -> &Arc<Gate> {
+        &self.gate
     }
 
     pub(crate) async fn pubsub_subscribe(

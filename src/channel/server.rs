@@ -146,6 +146,7 @@ impl Actor {
             id: self.ctx.id(),
             outbox: self.ctx.outbox().clone(),
             intercept,
+            gate: Some(self.ctx.gate().clone()),
         };
         // The reply is queued atomically with the subscription: it precedes every broadcast.
         if let Err(e) = self.ctx.pubsub_subscribe(sub, reply.ok()).await {
@@ -169,6 +170,8 @@ impl Actor {
             Ok(()) => None,
             Err(_) => Some(End::Crashed),
         };
+        // Broadcasts were held so that a presence_state pushed by after_join came first.
+        self.ctx.open_gate();
         while end.is_none() {
             // Biased: client events already queued are handled before a stop, in order.
             end = tokio::select! {

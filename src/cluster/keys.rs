@@ -68,6 +68,11 @@ impl Keys {
         format!("{}:p:{{{}}}", self.prefix, escape(topic))
     }
 
+    /// The presence sequence of a topic (same slot as its hash): `phx:ps:{<topic>}`.
+    pub fn presence_seq(&self, topic: &str) -> String {
+        format!("{}:ps:{{{}}}", self.prefix, escape(topic))
+    }
+
     /// The set of live node ids: `phx:nodes`.
     pub fn nodes(&self) -> String {
         format!("{}:nodes", self.prefix)

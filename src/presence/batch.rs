@@ -1,93 +1,118 @@
-//! Coalescing of a topic's presence changes into one `presence_diff` per short window.
+//! Publishing a topic's presence changes: one `presence_diff` per short window.
 //!
-//! Without it, N users joining one topic cost N diffs to each of up to N subscribers: O(N²)
-//! frames. With it, a join storm costs one diff per window per subscriber. phoenix.js applies
-//! a diff's joins before its leaves, so a join and a leave of the same presence within one
-//! window still end with the presence gone, and an update (leave of the old ref, join of the
-//! new one) stays correct.
+//! Without batching, N users joining one topic cost N diffs to each of up to N subscribers:
+//! O(N²) frames. A topic's first change starts its flush task, which every `window` takes
+//! what is pending in the [`Table`], commits it (the tracker numbers it and, in a cluster,
+//! writes it to Redis) and broadcasts it as one diff carrying its number; it ends when a
+//! window passes without changes. One task per topic keeps the topic's diffs in order.
+//! phoenix.js applies a diff's joins before its leaves, and pending changes are net, so an
+//! update (leave of the old ref, join of the new one) stays correct.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use super::Diff;
-use crate::protocol::{events, Payload};
-use crate::pubsub::{Broadcast, PubSub};
+use async_trait::async_trait;
 
-/// Collects diffs per topic and broadcasts them merged after `window`.
-pub struct DiffBatcher {
-    pubsub: Arc<dyn PubSub>,
-    window: Duration,
-    pending: Mutex<HashMap<String, Diff>>,
+use super::state::Diff;
+use super::table::{StartFlush, Table, Taken};
+use crate::protocol::{events, Payload};
+use crate::pubsub::{Broadcast, PubSub, Seq};
+
+/// Makes a topic's taken changes visible to snapshots, and numbers them.
+#[async_trait]
+pub(crate) trait Commit: Send + Sync + 'static {
+    /// Commits `diff` (numbered `local_seq` by this node's table); returns the number the
+    /// diff is published with, or None if it could not be committed.
+    async fn commit(&self, topic: &str, diff: &Diff, local_seq: u64) -> Option<u64>;
 }
 
-impl DiffBatcher {
-    /// A batcher broadcasting through `pubsub`; a zero window broadcasts every diff at once.
-    pub fn new(pubsub: Arc<dyn PubSub>, window: Duration) -> Arc<Self> {
+/// Commits nothing: the table is the truth (one node), and its numbers are the sequence.
+pub(crate) struct InMemory;
+
+#[async_trait]
+impl Commit for InMemory {
+    async fn commit(&self, _: &str, _: &Diff, local_seq: u64) -> Option<u64> {
+        Some(local_seq)
+    }
+}
+
+/// A tracker's table and the flush tasks of its topics.
+pub(crate) struct Batcher {
+    table: Mutex<Table>,
+    pubsub: Arc<dyn PubSub>,
+    commit: Arc<dyn Commit>,
+    window: Duration,
+}
+
+impl Batcher {
+    /// A batcher broadcasting through `pubsub` after `commit`; a zero window publishes each
+    /// change as soon as its flush task runs.
+    pub fn new(pubsub: Arc<dyn PubSub>, commit: Arc<dyn Commit>, window: Duration) -> Arc<Self> {
         Arc::new(Self {
+            table: Mutex::new(Table::new()),
             pubsub,
+            commit,
             window,
-            pending: Mutex::new(HashMap::new()),
         })
     }
 
-    /// Queues a diff for `topic`. The first diff of a window schedules the flush.
-    pub fn push(self: &Arc<Self>, topic: &str, diff: Diff) {
-        if diff.is_empty() {
-            return;
+    /// The table (changes made through it must be passed to [`Batcher::changed`]).
+    pub fn table(&self) -> MutexGuard<'_, Table> {
+        // Every table operation leaves it consistent before it can panic.
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts the topic's flush task if the change asked for it.
+    pub fn changed(self: &Arc<Self>, topic: &str, start: StartFlush) {
+        if start.0 {
+            tokio::spawn(self.clone().run(topic.to_owned()));
         }
-        if self.window.is_zero() || tokio::runtime::Handle::try_current().is_err() {
-            return self.send(topic, &diff);
-        }
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        match pending.get_mut(topic) {
-            Some(queued) => {
-                queued.joins.extend(diff.joins);
-                queued.leaves.extend(diff.leaves);
+    }
+
+    async fn run(self: Arc<Self>, topic: String) {
+        loop {
+            if !self.window.is_zero() {
+                tokio::time::sleep(self.window).await;
             }
-            None => {
-                pending.insert(topic.to_owned(), diff);
-                let (me, topic) = (self.clone(), topic.to_owned());
-                tokio::spawn(async move {
-                    tokio::time::sleep(me.window).await;
-                    me.flush(&topic);
-                });
-            }
+            let Some(taken) = self.table().take(&topic) else {
+                return;
+            };
+            self.publish(&topic, taken).await;
         }
     }
 
-    /// Broadcasts what is queued for `topic` now.
-    pub fn flush(&self, topic: &str) {
-        let diff = self
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(topic);
-        if let Some(diff) = diff {
-            self.send(topic, &diff);
-        }
-    }
-
-    /// Broadcasts everything queued (before shutting down).
-    pub fn flush_all(&self) {
-        let all: Vec<(String, Diff)> = self
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain()
-            .collect();
-        for (topic, diff) in all {
-            self.send(&topic, &diff);
-        }
-    }
-
-    fn send(&self, topic: &str, diff: &Diff) {
-        let msg = Broadcast {
-            topic: topic.to_owned(),
-            event: events::PRESENCE_DIFF.to_owned(),
-            payload: Payload::Json(diff.to_payload()),
-        };
+    async fn publish(&self, topic: &str, taken: Taken) {
+        let seq = self.commit.commit(topic, &taken.diff, taken.seq).await;
+        self.table().committed(topic, &taken.diff);
+        let mut msg = Broadcast::new(
+            topic,
+            events::PRESENCE_DIFF,
+            Payload::Json(taken.diff.to_payload()),
+        );
+        msg.seq = seq.map(Seq::Change);
         self.pubsub.broadcast(Arc::new(msg), None);
+        for waiter in taken.waiters {
+            let _ = waiter.send(());
+        }
+    }
+
+    /// Waits until the changes pending on `topic` now are published.
+    pub async fn flushed(&self, topic: &str) {
+        let rx = self.table().wait_flushed(topic);
+        if let Some(rx) = rx {
+            let _ = rx.await;
+        }
+    }
+
+    /// Publishes every topic's pending changes now (the node stops).
+    pub async fn flush_all(&self) {
+        let topics = self.table().topic_names();
+        for topic in topics {
+            let taken = self.table().take(&topic);
+            if let Some(taken) = taken {
+                self.publish(&topic, taken).await;
+            }
+        }
     }
 }
 
@@ -100,47 +125,39 @@ mod tests {
     use serde_json::{json, Value};
 
     #[tokio::test]
-    async fn a_storm_of_changes_becomes_one_diff() {
+    async fn a_storm_of_changes_becomes_one_numbered_diff() {
         let pubsub = Arc::new(LocalPubSub::new());
         let (ob, mut rx) = outbox(Serializer::V2, 16);
-        pubsub
-            .subscribe(
-                "t",
-                Subscriber {
-                    id: 1,
-                    outbox: ob,
-                    intercept: None,
-                },
-                None,
-            )
-            .await
-            .unwrap();
-        let batcher = DiffBatcher::new(pubsub, Duration::from_millis(20));
-        let meta = |r: &str| json!({"phx_ref": r}).as_object().cloned().unwrap();
+        let sub = Subscriber {
+            id: 1,
+            outbox: ob,
+            intercept: None,
+            gate: None,
+        };
+        pubsub.subscribe("t", sub, None).await.unwrap();
+        let batcher = Batcher::new(pubsub, Arc::new(InMemory), Duration::from_millis(20));
+        let meta = |v: Value| v.as_object().cloned().unwrap();
         for i in 0..50 {
-            batcher.push(
-                "t",
-                Diff {
-                    joins: vec![(format!("u{i}"), meta(&format!("r{i}")))],
-                    leaves: vec![],
-                },
-            );
+            let (_, start) = batcher
+                .table()
+                .track("t", &format!("u{i}"), i, meta(json!({})))
+                .unwrap();
+            batcher.changed("t", start);
         }
-        batcher.push(
-            "t",
-            Diff {
-                joins: vec![],
-                leaves: vec![("u0".into(), meta("r0"))],
-            },
-        );
+        let start = batcher.table().untrack("t", "u0", 0).unwrap();
+        batcher.changed("t", start);
         assert!(rx.rx.try_recv().is_err(), "nothing before the window ends");
-        tokio::time::sleep(Duration::from_millis(60)).await;
+        batcher.flushed("t").await;
         let Frame::Text(t) = rx.rx.try_recv().expect("one diff") else {
             panic!()
         };
         let v: Value = serde_json::from_str(&t).unwrap();
-        assert_eq!(v[4]["joins"].as_object().map(|o| o.len()), Some(50));
-        assert_eq!(v[4]["leaves"]["u0"]["metas"][0]["phx_ref"], "r0");
+        assert_eq!(v[4]["joins"].as_object().map(|o| o.len()), Some(49));
+        assert_eq!(
+            v[4]["leaves"],
+            json!({}),
+            "u0 came and went within the window"
+        );
         assert!(rx.rx.try_recv().is_err(), "exactly one frame");
     }
 }

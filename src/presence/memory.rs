@@ -1,47 +1,25 @@
 //! In-memory presence for one node.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use async_trait::async_trait;
-use serde_json::Value;
 
-use super::batch::DiffBatcher;
-use super::state::{group, new_phx_ref, updated_meta, Diff, Meta};
-use super::{Presence, PresenceError};
+use super::batch::{Batcher, InMemory};
+use super::state::Meta;
+use super::{Presence, PresenceError, Snapshot};
 use crate::pubsub::{PubSub, SubscriberId};
-
-struct Entry {
-    key: String,
-    owner: SubscriberId,
-    meta: Meta,
-}
 
 /// Presences of one node, held in memory. Diffs are broadcast to local subscribers.
 pub struct MemoryPresence {
-    diffs: Arc<DiffBatcher>,
-    topics: Mutex<HashMap<String, Vec<Entry>>>,
-    node_tag: u16,
+    batcher: Arc<Batcher>,
 }
 
 impl MemoryPresence {
     /// A tracker that publishes its diffs through `pubsub`, coalesced per `batch` window.
     pub fn new(pubsub: Arc<dyn PubSub>, batch: std::time::Duration) -> Self {
         Self {
-            diffs: DiffBatcher::new(pubsub, batch),
-            topics: Mutex::new(HashMap::new()),
-            node_tag: rand::random(),
+            batcher: Batcher::new(pubsub, Arc::new(InMemory), batch),
         }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Vec<Entry>>> {
-        self.topics.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Queues a diff. Called with the lock held so that diffs leave in the order of the
-    /// changes.
-    fn emit(&self, topic: &str, diff: &Diff) {
-        self.diffs.push(topic, diff.clone());
     }
 }
 
@@ -52,27 +30,10 @@ impl Presence for MemoryPresence {
         topic: &str,
         key: &str,
         owner: SubscriberId,
-        mut meta: Meta,
+        meta: Meta,
     ) -> Result<String, PresenceError> {
-        let mut topics = self.lock();
-        let entries = topics.entry(topic.to_owned()).or_default();
-        if entries.iter().any(|e| e.owner == owner && e.key == key) {
-            return Err(PresenceError::AlreadyTracked);
-        }
-        let phx_ref = new_phx_ref(self.node_tag);
-        meta.remove("phx_ref_prev");
-        meta.insert("phx_ref".into(), Value::String(phx_ref.clone()));
-        let diff = Diff {
-            joins: vec![(key.to_owned(), meta.clone())],
-            leaves: vec![],
-        };
-        entries.push(Entry {
-            key: key.to_owned(),
-            owner,
-            meta,
-        });
-        ::metrics::gauge!(crate::metrics::PRESENCE_ENTRIES).increment(1.0);
-        self.emit(topic, &diff);
+        let (phx_ref, start) = self.batcher.table().track(topic, key, owner, meta)?;
+        self.batcher.changed(topic, start);
         Ok(phx_ref)
     }
 
@@ -83,19 +44,8 @@ impl Presence for MemoryPresence {
         owner: SubscriberId,
         meta: Meta,
     ) -> Result<String, PresenceError> {
-        let mut topics = self.lock();
-        let entry = topics
-            .get_mut(topic)
-            .and_then(|es| es.iter_mut().find(|e| e.owner == owner && e.key == key))
-            .ok_or(PresenceError::NoPresence)?;
-        let phx_ref = new_phx_ref(self.node_tag);
-        let new = updated_meta(&entry.meta, meta, phx_ref.clone());
-        let old = std::mem::replace(&mut entry.meta, new.clone());
-        let diff = Diff {
-            joins: vec![(key.to_owned(), new)],
-            leaves: vec![(key.to_owned(), old)],
-        };
-        self.emit(topic, &diff);
+        let (phx_ref, start) = self.batcher.table().update(topic, key, owner, meta)?;
+        self.batcher.changed(topic, start);
         Ok(phx_ref)
     }
 
@@ -105,60 +55,30 @@ impl Presence for MemoryPresence {
         key: &str,
         owner: SubscriberId,
     ) -> Result<(), PresenceError> {
-        let mut topics = self.lock();
-        let entries = topics.get_mut(topic).ok_or(PresenceError::NoPresence)?;
-        let pos = entries
-            .iter()
-            .position(|e| e.owner == owner && e.key == key)
-            .ok_or(PresenceError::NoPresence)?;
-        let gone = entries.remove(pos);
-        ::metrics::gauge!(crate::metrics::PRESENCE_ENTRIES).decrement(1.0);
-        if entries.is_empty() {
-            topics.remove(topic);
-        }
-        self.emit(
-            topic,
-            &Diff {
-                joins: vec![],
-                leaves: vec![(gone.key, gone.meta)],
-            },
-        );
+        let start = self.batcher.table().untrack(topic, key, owner)?;
+        self.batcher.changed(topic, start);
         Ok(())
     }
 
     async fn untrack_owner(&self, topic: &str, owner: SubscriberId) {
-        let mut topics = self.lock();
-        let Some(entries) = topics.get_mut(topic) else {
-            return;
-        };
-        let mut leaves = Vec::new();
-        entries.retain_mut(|e| {
-            if e.owner == owner {
-                leaves.push((std::mem::take(&mut e.key), std::mem::take(&mut e.meta)));
-                false
-            } else {
-                true
-            }
-        });
-        if entries.is_empty() {
-            topics.remove(topic);
-        }
-        ::metrics::gauge!(crate::metrics::PRESENCE_ENTRIES).decrement(leaves.len() as f64);
-        self.emit(
-            topic,
-            &Diff {
-                joins: vec![],
-                leaves,
-            },
-        );
+        let start = self.batcher.table().untrack_owner(topic, owner);
+        self.batcher.changed(topic, start);
     }
 
-    async fn list(&self, topic: &str) -> Value {
-        let topics = self.lock();
-        match topics.get(topic) {
-            Some(entries) => group(entries.iter().map(|e| (e.key.as_str(), &e.meta))),
-            None => Value::Object(Default::default()),
+    async fn snapshot(&self, topic: &str) -> Snapshot {
+        let (seq, state) = self.batcher.table().snapshot(topic);
+        Snapshot {
+            seq: Some(seq),
+            state: Arc::from(state.to_string()),
         }
+    }
+
+    async fn flushed(&self, topic: &str) {
+        self.batcher.flushed(topic).await;
+    }
+
+    async fn shutdown(&self) {
+        self.batcher.flush_all().await;
     }
 }
 
@@ -168,7 +88,7 @@ mod tests {
     use crate::protocol::{Frame, Serializer};
     use crate::pubsub::{LocalPubSub, Subscriber};
     use crate::socket::outbox;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     fn meta(v: Value) -> Meta {
         v.as_object().cloned().expect("object")
@@ -191,6 +111,7 @@ mod tests {
                     id: 99,
                     outbox: ob,
                     intercept: None,
+                    gate: None,
                 },
                 None,
             )
@@ -201,6 +122,7 @@ mod tests {
             .track("room:1", "alice", 1, meta(json!({"online_at": "1"})))
             .await
             .unwrap();
+        presence.flushed("room:1").await;
         let r2 = presence
             .track("room:1", "alice", 2, meta(json!({"online_at": "2"})))
             .await
@@ -209,6 +131,7 @@ mod tests {
             presence.track("room:1", "alice", 1, Meta::new()).await,
             Err(PresenceError::AlreadyTracked)
         );
+        presence.flushed("room:1").await;
         let d1 = text(rx.rx.try_recv().unwrap());
         assert_eq!(
             d1,
@@ -228,6 +151,7 @@ mod tests {
             )
             .await
             .unwrap();
+        presence.flushed("room:1").await;
         let d = text(rx.rx.try_recv().unwrap());
         assert_eq!(
             d[4]["joins"]["alice"]["metas"][0]["phx_ref_prev"],
@@ -241,12 +165,14 @@ mod tests {
         );
 
         presence.untrack_owner("room:1", 1).await;
+        presence.flushed("room:1").await;
         let d = text(rx.rx.try_recv().unwrap());
         assert_eq!(
             d[4],
             json!({"joins": {}, "leaves": {"alice": {"metas": [{"online_at": "1", "phx_ref": r1}]}}})
         );
         presence.untrack("room:1", "alice", 2).await.unwrap();
+        presence.flushed("room:1").await;
         rx.rx.try_recv().unwrap();
         assert_eq!(presence.list("room:1").await, json!({}));
         assert!(rx.rx.try_recv().is_err());

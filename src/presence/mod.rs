@@ -4,10 +4,11 @@
 //! [`Presence`] is the seam; [`MemoryPresence`] keeps one node's presences in memory (the
 //! embedded default). A Redis tracker implements the same trait for a cluster.
 
-pub mod batch;
+mod batch;
 mod memory;
 pub mod redis;
 pub mod state;
+mod table;
 
 use std::sync::Arc;
 
@@ -19,6 +20,17 @@ use crate::pubsub::SubscriberId;
 pub use self::redis::{PresenceStats, RedisPresence};
 pub use memory::MemoryPresence;
 pub use state::{Diff, Meta};
+
+/// A topic's presences at one point of its presence sequence.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// The number of the last change it holds; None when unknown (the backend failed and
+    /// the snapshot holds only this node's presences).
+    pub seq: Option<u64>,
+    /// The `presence_state` payload as JSON text, encoded once: a join storm sends one
+    /// snapshot to many joiners, and each of them only copies it into its frame.
+    pub state: Arc<str>,
+}
 
 /// Why a presence operation failed.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -68,14 +80,19 @@ pub trait Presence: Send + Sync + 'static {
     /// Stops tracking everything `owner` tracks on `topic` (the channel ended).
     async fn untrack_owner(&self, topic: &str, owner: SubscriberId);
 
-    /// The `presence_state` payload of a topic: `{"key": {"metas": [...]}}`.
-    async fn list(&self, topic: &str) -> Value;
+    /// The topic's `presence_state` and its place in the topic's presence sequence. A
+    /// subscriber given this snapshot must then get exactly the diffs numbered after it.
+    async fn snapshot(&self, topic: &str) -> Snapshot;
 
-    /// The same payload as JSON text, encoded once: a join storm sends one snapshot to many
-    /// joiners, and each of them then only copies it into its frame.
-    async fn list_encoded(&self, topic: &str) -> Arc<str> {
-        Arc::from(self.list(topic).await.to_string())
+    /// The `presence_state` payload of a topic: `{"key": {"metas": [...]}}`.
+    async fn list(&self, topic: &str) -> Value {
+        let snapshot = self.snapshot(topic).await;
+        serde_json::from_str(&snapshot.state).unwrap_or_else(|_| Value::Object(Default::default()))
     }
+
+    /// Waits until this node's changes on `topic` made so far are published (so that a
+    /// snapshot taken after holds them).
+    async fn flushed(&self, topic: &str);
 
     /// Removes this node's presences (with their leaves) before the node stops.
     async fn shutdown(&self) {}

@@ -1,10 +1,12 @@
 //! Presence stored in Redis, shared by every node (documented in docs/redis.md).
 //!
 //! Each topic's presences live in one hash, `<prefix>:p:{topic}`, with one field per
-//! presence: `<node>|<phx_ref>` -> `{"key":..,"meta":{..}}`. A node writes there first and
-//! then broadcasts the `presence_diff` through the cluster pub/sub, so a client that read a
-//! snapshot never misses a change it does not already contain (phoenix.js ignores a join it
-//! already has and a leave it never saw).
+//! presence: `<node>|<phx_ref>` -> `{"key":..,"meta":{..}}`, and the topic's presence
+//! sequence in `<prefix>:ps:{topic}` (same slot). A node's changes are batched per topic
+//! (`batch.rs`); each batch is written by one script that also numbers it, then broadcast
+//! as a `presence_diff` carrying that number. A snapshot is read together with the number
+//! of the last batch it holds, so a joiner gets exactly the diffs numbered after it (see
+//! `pubsub::Gate`), whichever node they come from.
 //!
 //! Liveness: every `heartbeat_ms` a node refreshes `<prefix>:n:{node}:hb` (expiring after
 //! `down_ms`), re-asserts all of its presences (so a Redis restarted empty is refilled within
@@ -18,7 +20,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -27,12 +29,49 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::state::{encode_grouped, group, new_phx_ref, updated_meta, Diff, Meta};
-use super::{Presence, PresenceError};
-use crate::cluster::{keys, Redis};
+use super::batch::{Batcher, Commit};
+use super::state::{Diff, Meta};
+use super::{Presence, PresenceError, Snapshot};
+use crate::cluster::{keys, ClusterError, Redis};
 use crate::protocol::{events, Payload};
-use crate::pubsub::{Broadcast, PubSub, SubscriberId};
+use crate::pubsub::{Broadcast, PubSub, Seq, SubscriberId};
 
+/// Applies one batch of a node's changes to a topic's hash and numbers it. The number only
+/// grows, even when the key expired or Redis restarted empty: it is at least the server's
+/// clock in microseconds. KEYS: hash, sequence. ARGV: ttl_ms, number of fields to set,
+/// then field/value pairs, then fields to delete.
+const COMMIT_SCRIPT: &str = r"
+local ttl = ARGV[1]
+local n = tonumber(ARGV[2])
+local i = 3
+if n > 0 then
+  local set = {}
+  for j = 1, n do
+    set[#set + 1] = ARGV[i]
+    set[#set + 1] = ARGV[i + 1]
+    i = i + 2
+  end
+  redis.call('HSET', KEYS[1], unpack(set))
+end
+if i <= #ARGV then
+  redis.call('HDEL', KEYS[1], unpack(ARGV, i))
+end
+redis.call('PEXPIRE', KEYS[1], ttl)
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local seq = math.max(tonumber(redis.call('GET', KEYS[2]) or '0') + 1, now)
+redis.call('SET', KEYS[2], string.format('%.0f', seq), 'PX', ttl)
+return string.format('%.0f', seq)
+";
+
+/// A topic's snapshot and the number of the last batch it holds. KEYS: hash, sequence.
+const SNAPSHOT_SCRIPT: &str = r"
+return {redis.call('GET', KEYS[2]) or '0', redis.call('HGETALL', KEYS[1])}
+";
+
+/// Removes a dead node's presences from a topic's hash and numbers that change. KEYS: hash,
+/// sequence. ARGV: the dead node's field prefix, ttl_ms. Returns the number, then the
+/// removed values.
 const REAP_SCRIPT: &str = r"
 local prefix = ARGV[1]
 local all = redis.call('HGETALL', KEYS[1])
@@ -43,6 +82,11 @@ for i = 1, #all, 2 do
     table.insert(gone, all[i + 1])
   end
 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local seq = math.max(tonumber(redis.call('GET', KEYS[2]) or '0') + 1, now)
+redis.call('SET', KEYS[2], string.format('%.0f', seq), 'PX', ARGV[2])
+table.insert(gone, 1, string.format('%.0f', seq))
 return gone
 ";
 
@@ -64,37 +108,20 @@ pub struct PresenceStats {
 /// Readers of one topic's snapshot.
 #[derive(Default)]
 struct Reads {
-    waiting: Vec<tokio::sync::oneshot::Sender<Arc<str>>>,
+    waiting: Vec<tokio::sync::oneshot::Sender<Snapshot>>,
     in_flight: bool,
-}
-
-struct Entry {
-    key: String,
-    owner: SubscriberId,
-    meta: Meta,
-}
-
-impl Entry {
-    fn phx_ref(&self) -> &str {
-        self.meta
-            .get("phx_ref")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-    }
 }
 
 /// Presence shared through Redis.
 pub struct RedisPresence {
     redis: Redis,
     pubsub: Arc<dyn PubSub>,
-    diffs: Arc<super::batch::DiffBatcher>,
-    /// Snapshot readers waiting per topic (see `list`).
+    batcher: Arc<Batcher>,
+    /// Snapshot readers waiting per topic (see `snapshot`).
     reads: Mutex<HashMap<String, Reads>>,
     /// A weak handle on ourselves, for the read tasks.
     me: std::sync::Weak<RedisPresence>,
-    local: Mutex<HashMap<String, Vec<Entry>>>,
     watched: Mutex<HashSet<String>>,
-    node_tag: u16,
     stats: Arc<PresenceStats>,
 }
 
@@ -104,6 +131,12 @@ fn field(node: &str, phx_ref: &str) -> String {
 
 fn value(key: &str, meta: &Meta) -> String {
     json!({"key": key, "meta": meta}).to_string()
+}
+
+fn phx_ref(meta: &Meta) -> &str {
+    meta.get("phx_ref")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
 }
 
 /// A stored presence value, borrowed: the meta stays JSON text.
@@ -124,6 +157,66 @@ fn parse_value(v: &str) -> Option<(String, Meta)> {
     Some((key, meta))
 }
 
+/// Writes a node's batches of changes to Redis (see `COMMIT_SCRIPT`).
+struct RedisCommit {
+    redis: Redis,
+    stats: Arc<PresenceStats>,
+}
+
+impl RedisCommit {
+    fn ttl_ms(&self) -> u64 {
+        self.redis.settings.down_ms * 3
+    }
+
+    async fn write(&self, topic: &str, diff: &Diff) -> Result<u64, ClusterError> {
+        let k = &self.redis.keys;
+        let node = &*self.redis.node;
+        let script = redis::Script::new(COMMIT_SCRIPT);
+        let mut inv = script.prepare_invoke();
+        inv.key(k.presence(topic))
+            .key(k.presence_seq(topic))
+            .arg(self.ttl_ms())
+            .arg(diff.joins.len());
+        for (key, meta) in &diff.joins {
+            inv.arg(field(node, phx_ref(meta))).arg(value(key, meta));
+        }
+        for (_, meta) in &diff.leaves {
+            inv.arg(field(node, phx_ref(meta)));
+        }
+        let seq: String = self.redis.script(&inv).await?;
+        if !diff.joins.is_empty() {
+            // The reaper finds a dead node's topics here.
+            let topics_key = k.node_topics(node);
+            let mut pipe = redis::pipe();
+            pipe.cmd("SADD")
+                .arg(&topics_key)
+                .arg(keys::escape(topic))
+                .ignore();
+            pipe.cmd("PEXPIRE")
+                .arg(&topics_key)
+                .arg(self.ttl_ms())
+                .ignore();
+            self.redis.pipe::<()>(&pipe).await?;
+        }
+        seq.parse()
+            .map_err(|_| ClusterError::Layout(format!("presence sequence is not a number: {seq}")))
+    }
+}
+
+#[async_trait]
+impl Commit for RedisCommit {
+    async fn commit(&self, topic: &str, diff: &Diff, _local_seq: u64) -> Option<u64> {
+        match self.write(topic, diff).await {
+            Ok(seq) => Some(seq),
+            Err(e) => {
+                self.stats.write_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, topic, "presence write failed; re-asserted at the next heartbeat");
+                None
+            }
+        }
+    }
+}
+
 impl RedisPresence {
     /// A tracker writing to `redis` and broadcasting diffs through `pubsub`; its heartbeat
     /// task runs until `shutdown`.
@@ -136,16 +229,19 @@ impl RedisPresence {
         batch: std::time::Duration,
         shutdown: CancellationToken,
     ) -> (Arc<Self>, JoinHandle<()>) {
+        let stats = Arc::new(PresenceStats::default());
+        let commit = Arc::new(RedisCommit {
+            redis: redis.clone(),
+            stats: stats.clone(),
+        });
         let me = Arc::new_cyclic(|me| Self {
             reads: Mutex::new(HashMap::new()),
             me: me.clone(),
+            batcher: Batcher::new(pubsub.clone(), commit, batch),
             redis,
-            diffs: super::batch::DiffBatcher::new(pubsub.clone(), batch),
             pubsub,
-            local: Mutex::new(HashMap::new()),
             watched: Mutex::new(HashSet::new()),
-            node_tag: rand::random(),
-            stats: Arc::new(PresenceStats::default()),
+            stats,
         });
         let task = tokio::spawn(me.clone().heartbeat_loop(pubsub_reconnects, shutdown));
         (me, task)
@@ -156,50 +252,8 @@ impl RedisPresence {
         &self.stats
     }
 
-    fn local(&self) -> MutexGuard<'_, HashMap<String, Vec<Entry>>> {
-        self.local.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     fn ttl_ms(&self) -> u64 {
         self.redis.settings.down_ms * 3
-    }
-
-    fn broadcast_diff(&self, topic: &str, diff: &Diff) {
-        self.diffs.push(topic, diff.clone());
-    }
-
-    async fn write(&self, what: &str, pipe: &redis::Pipeline) {
-        if let Err(e) = self.redis.pipe::<()>(pipe).await {
-            self.stats.write_failures.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(error = %e, what, "presence write failed; re-asserted at the next heartbeat");
-        }
-    }
-
-    async fn remove(&self, topic: &str, gone: Vec<Entry>, topic_empty: bool) {
-        if gone.is_empty() {
-            return;
-        }
-        ::metrics::gauge!(crate::metrics::PRESENCE_ENTRIES).decrement(gone.len() as f64);
-        let pkey = self.redis.keys.presence(topic);
-        let mut pipe = redis::pipe();
-        for e in &gone {
-            pipe.cmd("HDEL")
-                .arg(&pkey)
-                .arg(field(&self.redis.node, e.phx_ref()))
-                .ignore();
-        }
-        if topic_empty {
-            pipe.cmd("SREM")
-                .arg(self.redis.keys.node_topics(&self.redis.node))
-                .arg(keys::escape(topic))
-                .ignore();
-        }
-        self.write("untrack", &pipe).await;
-        let diff = Diff {
-            joins: vec![],
-            leaves: gone.into_iter().map(|e| (e.key, e.meta)).collect(),
-        };
-        self.broadcast_diff(topic, &diff);
     }
 
     async fn heartbeat_loop(
@@ -279,9 +333,9 @@ impl RedisPresence {
         }
     }
 
-    /// Writes the heartbeat, re-asserts this node's presences and refreshes TTLs. Returns
-    /// whether the previous heartbeat key was still there.
-    async fn beat(&self) -> Result<bool, crate::cluster::ClusterError> {
+    /// Writes the heartbeat, re-asserts this node's committed presences and refreshes TTLs.
+    /// Returns whether the previous heartbeat key was still there.
+    async fn beat(&self) -> Result<bool, ClusterError> {
         let k = &self.redis.keys;
         let node = &*self.redis.node;
         let ttl = self.ttl_ms();
@@ -295,23 +349,35 @@ impl RedisPresence {
         pipe.cmd("SADD").arg(k.nodes()).arg(node).ignore();
         pipe.cmd("PEXPIRE").arg(k.nodes()).arg(ttl).ignore();
         {
-            let local = self.local();
-            if !local.is_empty() {
-                let topics_key = k.node_topics(node);
-                let mut sadd = redis::cmd("SADD");
-                sadd.arg(&topics_key);
-                for (topic, entries) in local.iter() {
-                    let pkey = k.presence(topic);
-                    let mut hset = redis::cmd("HSET");
-                    hset.arg(&pkey);
-                    for e in entries {
-                        hset.arg(field(node, e.phx_ref()))
-                            .arg(value(&e.key, &e.meta));
-                    }
-                    pipe.add_command(hset).ignore();
-                    pipe.cmd("PEXPIRE").arg(&pkey).arg(ttl).ignore();
-                    sadd.arg(keys::escape(topic));
+            let table = self.batcher.table();
+            let topics_key = k.node_topics(node);
+            let mut sadd = redis::cmd("SADD");
+            sadd.arg(&topics_key);
+            let mut any = false;
+            for (topic, t) in table.topics() {
+                // Uncommitted joins are written by their batch, which numbers them: written
+                // here first, a snapshot would hold them before their diff.
+                let committed: Vec<_> = t.entries.iter().filter(|e| e.committed).collect();
+                if committed.is_empty() {
+                    continue;
                 }
+                let pkey = k.presence(topic);
+                let mut hset = redis::cmd("HSET");
+                hset.arg(&pkey);
+                for e in committed {
+                    hset.arg(field(node, e.phx_ref()))
+                        .arg(value(&e.key, &e.meta));
+                }
+                pipe.add_command(hset).ignore();
+                pipe.cmd("PEXPIRE").arg(&pkey).arg(ttl).ignore();
+                pipe.cmd("PEXPIRE")
+                    .arg(k.presence_seq(topic))
+                    .arg(ttl)
+                    .ignore();
+                sadd.arg(keys::escape(topic));
+                any = true;
+            }
+            if any {
                 pipe.add_command(sadd).ignore();
                 pipe.cmd("PEXPIRE").arg(&topics_key).arg(ttl).ignore();
             }
@@ -320,13 +386,16 @@ impl RedisPresence {
         Ok(previous.is_some())
     }
 
-    /// Broadcasts this node's presences as joins (after Redis lost them, or they were reaped).
+    /// Broadcasts this node's presences as joins (after Redis lost them, or they were
+    /// reaped). Not numbered: the resync that follows sets every view right.
     async fn announce_own(&self) {
         let diffs: Vec<(String, Diff)> = self
-            .local()
-            .iter()
-            .map(|(topic, entries)| {
-                let joins = entries
+            .batcher
+            .table()
+            .topics()
+            .map(|(topic, t)| {
+                let joins = t
+                    .entries
                     .iter()
                     .map(|e| (e.key.clone(), e.meta.clone()))
                     .collect();
@@ -340,7 +409,12 @@ impl RedisPresence {
             })
             .collect();
         for (topic, diff) in diffs {
-            self.broadcast_diff(&topic, &diff);
+            let msg = Broadcast::new(
+                topic,
+                events::PRESENCE_DIFF,
+                Payload::Json(diff.to_payload()),
+            );
+            self.pubsub.broadcast(Arc::new(msg), None);
         }
     }
 
@@ -352,18 +426,19 @@ impl RedisPresence {
             watched.iter().cloned().collect()
         };
         for topic in topics {
-            let state = self.list_encoded(&topic).await;
-            let msg = Broadcast {
-                topic: topic.clone(),
-                event: events::PRESENCE_STATE.into(),
-                payload: Payload::Encoded(state),
-            };
+            let snapshot = self.snapshot(&topic).await;
+            let mut msg = Broadcast::new(
+                topic,
+                events::PRESENCE_STATE,
+                Payload::Encoded(snapshot.state),
+            );
+            msg.seq = snapshot.seq.map(Seq::State);
             self.pubsub.local_broadcast(Arc::new(msg), None);
         }
     }
 
     /// Removes the presences of nodes whose heartbeat expired, broadcasting their leaves.
-    async fn reap(&self) -> Result<(), crate::cluster::ClusterError> {
+    async fn reap(&self) -> Result<(), ClusterError> {
         let k = &self.redis.keys;
         let nodes: Vec<String> = self
             .redis
@@ -407,18 +482,31 @@ impl RedisPresence {
                     continue;
                 };
                 let mut inv = script.prepare_invoke();
-                inv.key(k.presence(&topic)).arg(format!("{node}|"));
-                let gone: Vec<String> = self.redis.script(&inv).await?;
+                inv.key(k.presence(&topic))
+                    .key(k.presence_seq(&topic))
+                    .arg(format!("{node}|"))
+                    .arg(self.ttl_ms());
+                let reply: Vec<String> = self.redis.script(&inv).await?;
+                let Some((seq, gone)) = reply.split_first() else {
+                    continue;
+                };
                 let leaves: Vec<(String, Meta)> =
                     gone.iter().filter_map(|v| parse_value(v)).collect();
+                if leaves.is_empty() {
+                    continue;
+                }
                 removed += leaves.len() as u64;
-                self.broadcast_diff(
-                    &topic,
-                    &Diff {
-                        joins: vec![],
-                        leaves,
-                    },
+                let diff = Diff {
+                    joins: vec![],
+                    leaves,
+                };
+                let mut msg = Broadcast::new(
+                    topic,
+                    events::PRESENCE_DIFF,
+                    Payload::Json(diff.to_payload()),
                 );
+                msg.seq = seq.parse().ok().map(Seq::Change);
+                self.pubsub.broadcast(Arc::new(msg), None);
             }
             let mut cleanup = redis::pipe();
             cleanup.cmd("DEL").arg(k.node_topics(node)).ignore();
@@ -433,9 +521,7 @@ impl RedisPresence {
         }
         Ok(())
     }
-}
 
-impl RedisPresence {
     /// Serves the queued readers of `topic` with fresh snapshots until none is waiting.
     async fn read_loop(&self, topic: &str) {
         loop {
@@ -450,41 +536,47 @@ impl RedisPresence {
                 }
                 std::mem::take(&mut entry.waiting)
             };
-            let state = self.read(topic).await;
+            let snapshot = self.read(topic).await;
             for tx in waiting {
-                let _ = tx.send(state.clone());
+                let _ = tx.send(snapshot.clone());
             }
         }
     }
 
-    /// One snapshot of a topic's presences from Redis (this node's own if Redis fails), as
-    /// `presence_state` JSON text. Built straight from the stored text: a join storm reads
-    /// large snapshots often, and building values for them dominated its cost.
-    async fn read(&self, topic: &str) -> Arc<str> {
-        let pkey = self.redis.keys.presence(topic);
-        match self
-            .redis
-            .query::<BTreeMap<String, String>>(redis::cmd("HGETALL").arg(&pkey))
-            .await
-        {
-            Ok(all) => {
-                let stored: Vec<StoredRef<'_>> = all
-                    .values()
-                    .filter_map(|v| serde_json::from_str::<StoredRef<'_>>(v).ok())
-                    .filter(|s| s.meta.get().starts_with('{'))
-                    .collect();
-                Arc::from(encode_grouped(
-                    stored.iter().map(|s| (s.key.as_ref(), s.meta.get())),
-                ))
+    /// One snapshot of a topic's presences from Redis with its number (this node's own
+    /// presences, unnumbered, if Redis fails), as `presence_state` JSON text. Built straight
+    /// from the stored text: a join storm reads large snapshots often, and building values
+    /// for them dominated its cost.
+    async fn read(&self, topic: &str) -> Snapshot {
+        let k = &self.redis.keys;
+        let script = redis::Script::new(SNAPSHOT_SCRIPT);
+        let mut inv = script.prepare_invoke();
+        inv.key(k.presence(topic)).key(k.presence_seq(topic));
+        match self.redis.script::<(String, Vec<String>)>(&inv).await {
+            Ok((seq, flat)) => {
+                // By field name, as the hash was read before: a stable order of metas.
+                let mut stored: BTreeMap<&str, StoredRef<'_>> = BTreeMap::new();
+                for pair in flat.chunks_exact(2) {
+                    if let Ok(s) = serde_json::from_str::<StoredRef<'_>>(&pair[1]) {
+                        if s.meta.get().starts_with('{') {
+                            stored.insert(&pair[0], s);
+                        }
+                    }
+                }
+                Snapshot {
+                    seq: seq.parse().ok(),
+                    state: Arc::from(super::state::encode_grouped(
+                        stored.values().map(|s| (s.key.as_ref(), s.meta.get())),
+                    )),
+                }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "presence list from redis failed: answering with this node's presences");
-                let local = self.local();
-                let state = match local.get(topic) {
-                    Some(entries) => group(entries.iter().map(|e| (e.key.as_str(), &e.meta))),
-                    None => json!({}),
-                };
-                Arc::from(state.to_string())
+                let (_, state) = self.batcher.table().snapshot(topic);
+                Snapshot {
+                    seq: None,
+                    state: Arc::from(state.to_string()),
+                }
             }
         }
     }
@@ -497,50 +589,10 @@ impl Presence for RedisPresence {
         topic: &str,
         key: &str,
         owner: SubscriberId,
-        mut meta: Meta,
+        meta: Meta,
     ) -> Result<String, PresenceError> {
-        let phx_ref = new_phx_ref(self.node_tag);
-        meta.remove("phx_ref_prev");
-        meta.insert("phx_ref".into(), Value::String(phx_ref.clone()));
-        {
-            let mut local = self.local();
-            let entries = local.entry(topic.to_owned()).or_default();
-            if entries.iter().any(|e| e.owner == owner && e.key == key) {
-                return Err(PresenceError::AlreadyTracked);
-            }
-            entries.push(Entry {
-                key: key.to_owned(),
-                owner,
-                meta: meta.clone(),
-            });
-            ::metrics::gauge!(crate::metrics::PRESENCE_ENTRIES).increment(1.0);
-        }
-        let k = &self.redis.keys;
-        let pkey = k.presence(topic);
-        let topics_key = k.node_topics(&self.redis.node);
-        let mut pipe = redis::pipe();
-        pipe.cmd("HSET")
-            .arg(&pkey)
-            .arg(field(&self.redis.node, &phx_ref))
-            .arg(value(key, &meta))
-            .ignore();
-        pipe.cmd("PEXPIRE").arg(&pkey).arg(self.ttl_ms()).ignore();
-        pipe.cmd("SADD")
-            .arg(&topics_key)
-            .arg(keys::escape(topic))
-            .ignore();
-        pipe.cmd("PEXPIRE")
-            .arg(&topics_key)
-            .arg(self.ttl_ms())
-            .ignore();
-        self.write("track", &pipe).await;
-        self.broadcast_diff(
-            topic,
-            &Diff {
-                joins: vec![(key.to_owned(), meta)],
-                leaves: vec![],
-            },
-        );
+        let (phx_ref, start) = self.batcher.table().track(topic, key, owner, meta)?;
+        self.batcher.changed(topic, start);
         Ok(phx_ref)
     }
 
@@ -551,40 +603,8 @@ impl Presence for RedisPresence {
         owner: SubscriberId,
         meta: Meta,
     ) -> Result<String, PresenceError> {
-        let phx_ref = new_phx_ref(self.node_tag);
-        let (old, new) = {
-            let mut local = self.local();
-            let entry = local
-                .get_mut(topic)
-                .and_then(|es| es.iter_mut().find(|e| e.owner == owner && e.key == key))
-                .ok_or(PresenceError::NoPresence)?;
-            let new = updated_meta(&entry.meta, meta, phx_ref.clone());
-            (std::mem::replace(&mut entry.meta, new.clone()), new)
-        };
-        let pkey = self.redis.keys.presence(topic);
-        let old_ref = old
-            .get("phx_ref")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        pipe.cmd("HSET")
-            .arg(&pkey)
-            .arg(field(&self.redis.node, &phx_ref))
-            .arg(value(key, &new))
-            .ignore();
-        pipe.cmd("HDEL")
-            .arg(&pkey)
-            .arg(field(&self.redis.node, old_ref))
-            .ignore();
-        self.write("update", &pipe).await;
-        self.broadcast_diff(
-            topic,
-            &Diff {
-                joins: vec![(key.to_owned(), new)],
-                leaves: vec![(key.to_owned(), old)],
-            },
-        );
+        let (phx_ref, start) = self.batcher.table().update(topic, key, owner, meta)?;
+        self.batcher.changed(topic, start);
         Ok(phx_ref)
     }
 
@@ -594,54 +614,22 @@ impl Presence for RedisPresence {
         key: &str,
         owner: SubscriberId,
     ) -> Result<(), PresenceError> {
-        let (gone, empty) = {
-            let mut local = self.local();
-            let entries = local.get_mut(topic).ok_or(PresenceError::NoPresence)?;
-            let pos = entries
-                .iter()
-                .position(|e| e.owner == owner && e.key == key)
-                .ok_or(PresenceError::NoPresence)?;
-            let gone = entries.remove(pos);
-            let empty = entries.is_empty();
-            if empty {
-                local.remove(topic);
-            }
-            (gone, empty)
-        };
-        self.remove(topic, vec![gone], empty).await;
+        let start = self.batcher.table().untrack(topic, key, owner)?;
+        self.batcher.changed(topic, start);
         Ok(())
     }
 
     async fn untrack_owner(&self, topic: &str, owner: SubscriberId) {
-        let (gone, empty) = {
-            let mut local = self.local();
-            let Some(entries) = local.get_mut(topic) else {
-                return;
-            };
-            let (gone, kept): (Vec<Entry>, Vec<Entry>) = std::mem::take(entries)
-                .into_iter()
-                .partition(|e| e.owner == owner);
-            *entries = kept;
-            let empty = entries.is_empty();
-            if empty {
-                local.remove(topic);
-            }
-            (gone, empty)
-        };
-        self.remove(topic, gone, empty).await;
+        let start = self.batcher.table().untrack_owner(topic, owner);
+        self.batcher.changed(topic, start);
     }
 
-    async fn list(&self, topic: &str) -> Value {
-        let encoded = self.list_encoded(topic).await;
-        serde_json::from_str(&encoded).unwrap_or_else(|_| json!({}))
-    }
-
-    async fn list_encoded(&self, topic: &str) -> Arc<str> {
+    async fn snapshot(&self, topic: &str) -> Snapshot {
         self.watched
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(topic.to_owned());
-        // Concurrent reads of one topic share one HGETALL, but only one that starts after
+        // Concurrent reads of one topic share one read, but only one that starts after
         // they asked (a snapshot must not predate the caller's subscription): a join storm
         // costs a few reads instead of one per joiner.
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -658,16 +646,19 @@ impl Presence for RedisPresence {
             }
         }
         match rx.await {
-            Ok(state) => state,
+            Ok(snapshot) => snapshot,
             Err(_) => self.read(topic).await,
         }
     }
 
+    async fn flushed(&self, topic: &str) {
+        self.batcher.flushed(topic).await;
+    }
+
     async fn shutdown(&self) {
-        let topics: Vec<(String, Vec<Entry>)> = self.local().drain().collect();
-        for (topic, entries) in topics {
-            self.remove(&topic, entries, true).await;
-        }
+        let changed = self.batcher.table().untrack_all();
+        drop(changed); // flushed below, all at once
+        self.batcher.flush_all().await;
         let k = &self.redis.keys;
         let mut pipe = redis::pipe();
         pipe.cmd("DEL").arg(k.heartbeat(&self.redis.node)).ignore();
@@ -678,7 +669,9 @@ impl Presence for RedisPresence {
             .arg(k.nodes())
             .arg(&*self.redis.node)
             .ignore();
-        self.write("shutdown", &pipe).await;
-        self.diffs.flush_all();
+        if let Err(e) = self.redis.pipe::<()>(&pipe).await {
+            self.stats.write_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %e, "presence shutdown write failed");
+        }
     }
 }

@@ -161,9 +161,9 @@ pub enum DecodeError {
     /// A binary frame is truncated or of an unknown kind.
     #[error("malformed binary frame: {0}")]
     Binary(&'static str),
-    /// Binary frames are not part of the V1 protocol.
-    #[error("binary frames are not supported by vsn 1.0.0")]
-    BinaryUnsupported,
+    /// A vsn 1.0.0 binary frame whose bytes are not UTF-8 text.
+    #[error("a vsn 1.0.0 binary frame must hold JSON text")]
+    NotText,
 }
 
 /// Why a server message could not be encoded.
@@ -234,10 +234,13 @@ impl Serializer {
         }
     }
 
-    /// Decodes a binary frame.
+    /// Decodes a binary frame. V1 has no binary format: like Phoenix's V1 serializer, it
+    /// reads the bytes as JSON text (some clients send every frame as binary).
     pub fn decode_binary(self, data: &[u8]) -> Result<Message, DecodeError> {
         match self {
-            Serializer::V1 => Err(DecodeError::BinaryUnsupported),
+            Serializer::V1 => {
+                v1::decode(std::str::from_utf8(data).map_err(|_| DecodeError::NotText)?)
+            }
             Serializer::V2 => binary::decode_binary(data),
         }
     }

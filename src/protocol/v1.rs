@@ -161,7 +161,7 @@ mod tests {
     }
 
     #[test]
-    fn refuses_binary() {
+    fn cannot_encode_binary_payloads() {
         let n = Value::Null;
         let p = Payload::Binary(bytes::Bytes::from_static(b"\x01"));
         let msg = Outbound::Event {
@@ -172,8 +172,21 @@ mod tests {
             payload: &p,
         };
         assert!(Serializer::V1.encode(&msg).is_err());
+    }
+
+    #[test]
+    fn binary_frames_are_read_as_json_text() {
+        let text = r#"{"topic":"room:lobby","event":"phx_join","payload":{},"ref":"1"}"#;
+        assert_eq!(
+            Serializer::V1.decode_binary(text.as_bytes()),
+            Serializer::V1.decode_text(text)
+        );
         assert!(Serializer::V1
             .decode_binary(b"\x00\x01\x01\x01\x01abcd")
             .is_err());
+        assert_eq!(
+            Serializer::V1.decode_binary(b"\xff\xfe"),
+            Err(DecodeError::NotText)
+        );
     }
 }

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::Broadcast;
+use super::{Broadcast, Seq};
 use crate::protocol::Payload;
 
 /// The envelope version this gateway writes and reads.
@@ -27,6 +27,8 @@ struct Out<'a> {
     payload: Option<JsonOut<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     binary: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
     ts: u64,
 }
 
@@ -51,6 +53,9 @@ struct In {
     payload: Option<Value>,
     #[serde(default)]
     binary: Option<String>,
+    /// The presence change number of a `presence_diff`.
+    #[serde(default)]
+    seq: Option<u64>,
     #[serde(default)]
     ts: u64,
 }
@@ -104,6 +109,10 @@ pub fn encode(node: &str, from: Option<u64>, ts: u64, msg: &Broadcast) -> Vec<u8
         event: &msg.event,
         payload,
         binary,
+        seq: match msg.seq {
+            Some(Seq::Change(n)) => Some(n),
+            _ => None,
+        },
         ts,
     };
     serde_json::to_vec(&out).unwrap_or_default()
@@ -131,6 +140,10 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope, EnvelopeError> {
         from: raw.from,
         ts: raw.ts,
         broadcast: Broadcast {
+            seq: raw
+                .seq
+                .filter(|_| raw.event == crate::protocol::events::PRESENCE_DIFF)
+                .map(Seq::Change),
             topic: raw.topic,
             event: raw.event,
             payload,
@@ -145,11 +158,7 @@ mod tests {
 
     #[test]
     fn round_trips_json_and_binary() {
-        let b = Broadcast {
-            topic: "room:1".into(),
-            event: "new_msg".into(),
-            payload: Payload::Json(json!({"body": "hi"})),
-        };
+        let b = Broadcast::new("room:1", "new_msg", Payload::Json(json!({"body": "hi"})));
         let bytes = encode("gw-1", Some(7), 1700, &b);
         assert_eq!(
             std::str::from_utf8(&bytes).unwrap(),
@@ -158,12 +167,13 @@ mod tests {
         let e = decode(&bytes).unwrap();
         assert_eq!((e.node.as_str(), e.from, e.ts), ("gw-1", Some(7), 1700));
         assert_eq!(e.broadcast, b);
-        let bin = Broadcast {
-            topic: "t".into(),
-            event: "e".into(),
-            payload: Payload::Binary(Bytes::from_static(&[0, 255])),
-        };
+        let bin = Broadcast::new("t", "e", Payload::Binary(Bytes::from_static(&[0, 255])));
         assert_eq!(decode(&encode("n", None, 0, &bin)).unwrap().broadcast, bin);
+        let mut diff = Broadcast::new("t", "presence_diff", Payload::empty());
+        diff.seq = Some(Seq::Change(42));
+        let bytes = encode("n", None, 0, &diff);
+        assert!(std::str::from_utf8(&bytes).unwrap().contains(r#""seq":42"#));
+        assert_eq!(decode(&bytes).unwrap().broadcast, diff);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! (encode once per serializer, same bytes to every subscriber).
 
 pub mod envelope;
+mod gate;
 mod local;
 pub mod redis;
 mod registry;
@@ -20,6 +21,7 @@ use crate::protocol::{Frame, Payload};
 use crate::socket::Outbox;
 
 pub use self::redis::{RedisPubSub, RedisStats};
+pub use gate::Gate;
 pub use local::LocalPubSub;
 pub use registry::{DispatchStats, Registry};
 
@@ -32,6 +34,20 @@ pub fn next_subscriber_id() -> SubscriberId {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
+/// Where a presence message stands in its topic's sequence of presence changes.
+///
+/// Every committed change set of a topic's presences gets a number that only grows; a
+/// snapshot numbered `n` holds every change numbered `n` or less. A subscriber that was
+/// given snapshot `n` must not receive a change numbered `n` or less afterwards: it already
+/// has it (see [`Gate`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seq {
+    /// A `presence_state` holding every change up to this number.
+    State(u64),
+    /// A `presence_diff` with this number.
+    Change(u64),
+}
+
 /// A message for every subscriber of a topic.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Broadcast {
@@ -41,6 +57,20 @@ pub struct Broadcast {
     pub event: String,
     /// Payload (a JSON object, or binary).
     pub payload: Payload,
+    /// Its place in the topic's presence sequence (presence messages only).
+    pub seq: Option<Seq>,
+}
+
+impl Broadcast {
+    /// A broadcast of `event` with `payload` on `topic`.
+    pub fn new(topic: impl Into<String>, event: impl Into<String>, payload: Payload) -> Self {
+        Self {
+            topic: topic.into(),
+            event: event.into(),
+            payload,
+            seq: None,
+        }
+    }
 }
 
 /// Routes intercepted broadcasts to a subscriber's actor instead of its socket.
@@ -70,6 +100,9 @@ pub struct Subscriber {
     pub outbox: Outbox,
     /// Events handed to the channel actor (`handle_out`) instead of the fastlane.
     pub intercept: Option<Intercept>,
+    /// Holds fastlane frames until the subscriber's first snapshot is queued, and keeps
+    /// presence changes it already has from reaching it (channel subscribers).
+    pub gate: Option<Arc<Gate>>,
 }
 
 /// Why a subscription could not be made.

@@ -138,9 +138,18 @@ impl Registry {
             let serializer = sub.outbox.serializer();
             let frame =
                 frames[serializer.index()].get_or_insert_with(|| encode_broadcast(serializer, msg));
-            match frame {
-                Some(f) if sub.outbox.push(f.clone()) => stats.delivered += 1,
-                _ => stats.dropped += 1,
+            let Some(frame) = frame else {
+                stats.dropped += 1;
+                continue;
+            };
+            let queued = match &sub.gate {
+                Some(gate) => gate.deliver(&sub.outbox, msg.seq, frame.clone()),
+                None => sub.outbox.push(frame.clone()),
+            };
+            if queued {
+                stats.delivered += 1;
+            } else {
+                stats.dropped += 1;
             }
         }
         stats
@@ -176,11 +185,11 @@ mod tests {
     use tokio::sync::mpsc;
 
     fn bc(event: &str) -> Arc<Broadcast> {
-        Arc::new(Broadcast {
-            topic: "room:1".into(),
-            event: event.into(),
-            payload: Payload::Json(json!({"a": 1})),
-        })
+        Arc::new(Broadcast::new(
+            "room:1",
+            event,
+            Payload::Json(json!({"a": 1})),
+        ))
     }
 
     #[tokio::test]
@@ -195,7 +204,8 @@ mod tests {
             Subscriber {
                 id: ids[0],
                 outbox: a,
-                intercept: None
+                intercept: None,
+                gate: None,
             },
             None
         ));
@@ -204,7 +214,8 @@ mod tests {
             Subscriber {
                 id: ids[1],
                 outbox: b,
-                intercept: None
+                intercept: None,
+                gate: None,
             },
             None
         ));
@@ -214,6 +225,7 @@ mod tests {
                 id: ids[2],
                 outbox: c,
                 intercept: None,
+                gate: None,
             },
             None,
         );
@@ -272,6 +284,7 @@ mod tests {
                 id: next_subscriber_id(),
                 outbox: a,
                 intercept,
+                gate: None,
             },
             None,
         );
@@ -291,6 +304,7 @@ mod tests {
                 id: next_subscriber_id(),
                 outbox: a,
                 intercept: None,
+                gate: None,
             },
             Some(Frame::Text("first".into())),
         );

@@ -109,6 +109,7 @@ impl Socket {
             id: sub_id,
             outbox: self.outbox.clone(),
             intercept: Some(Intercept { events: None, tx }),
+            gate: None,
         };
         match self.gateway.pubsub.subscribe(&id, sub, None).await {
             Ok(()) => {
@@ -192,12 +193,14 @@ impl Socket {
             }
             return;
         };
-        if !msg.join_ref.is_null() && msg.join_ref != channel.join_ref {
-            // A late message for an earlier incarnation: the client raced a server close.
-            tracing::debug!(topic = %msg.topic, event = %msg.event, "stale join_ref: ignored");
+        let is_leave = msg.event == events::LEAVE;
+        // As Phoenix: events go to the topic's current channel whatever their join_ref (it
+        // replies with its own), but a leave for an earlier incarnation raced a server
+        // close that already told the client, and is ignored.
+        if is_leave && !msg.join_ref.is_null() && msg.join_ref != channel.join_ref {
+            tracing::debug!(topic = %msg.topic, "leave with a stale join_ref: ignored");
             return;
         }
-        let is_leave = msg.event == events::LEAVE;
         let (msg_ref, topic) = (msg.msg_ref.clone(), msg.topic.clone());
         let cmsg = Box::new(if is_leave {
             ChannelMsg::Leave {

@@ -24,8 +24,10 @@ pub enum CloseReason {
     HeartbeatTimeout,
     /// A frame that does not decode (Phoenix closes with 1011).
     MalformedFrame,
-    /// A frame larger than the configured maximum.
+    /// A frame larger than `socket.max_frame_bytes`.
     FrameTooLarge,
+    /// A message sent in fragments whose total passes `socket.max_frame_bytes`.
+    MessageTooLarge,
     /// The gateway is shutting down (Phoenix drains with 1012, "service restart").
     Shutdown,
 }
@@ -38,7 +40,7 @@ impl CloseReason {
             CloseReason::Disconnected => 1001,
             CloseReason::HeartbeatTimeout => 1002,
             CloseReason::MalformedFrame => 1011,
-            CloseReason::FrameTooLarge => 1009,
+            CloseReason::FrameTooLarge | CloseReason::MessageTooLarge => 1009,
             CloseReason::Shutdown => 1012,
         }
     }
@@ -51,6 +53,7 @@ impl CloseReason {
             CloseReason::HeartbeatTimeout => "heartbeat_timeout",
             CloseReason::MalformedFrame => "malformed_frame",
             CloseReason::FrameTooLarge => "frame_too_large",
+            CloseReason::MessageTooLarge => "message_too_large",
             CloseReason::Shutdown => "shutdown",
         }
     }
@@ -63,6 +66,7 @@ impl CloseReason {
             CloseReason::HeartbeatTimeout => "heartbeat timeout",
             CloseReason::MalformedFrame => "malformed frame",
             CloseReason::FrameTooLarge => "frame too large",
+            CloseReason::MessageTooLarge => "message too large",
             CloseReason::Shutdown => "server shutting down",
         }
     }
@@ -238,6 +242,11 @@ impl Outbox {
     /// The serializer of the socket this queue belongs to.
     pub fn serializer(&self) -> Serializer {
         self.serializer
+    }
+
+    /// How much this queue may hold.
+    pub fn bounds(&self) -> Bounds {
+        self.shared.bounds
     }
 
     /// Queues a frame without waiting. Returns false if the frame was not queued; when the

@@ -55,6 +55,7 @@ impl Relay {
             id: next_subscriber_id(),
             outbox: unused,
             intercept: Some(Intercept { events: None, tx }),
+            gate: None,
         };
         if let Err(e) = pubsub.subscribe(&inbox(&node), sub, None).await {
             tracing::warn!(error = %e, "long-poll relay inbox not subscribed");
@@ -133,11 +134,7 @@ impl Relay {
                 }
             }
         };
-        let reply = Broadcast {
-            topic: inbox(from),
-            event: "reply".into(),
-            payload: Payload::Json(answer),
-        };
+        let reply = Broadcast::new(inbox(from), "reply", Payload::Json(answer));
         self.pubsub.broadcast(Arc::new(reply), None);
     }
 
@@ -157,11 +154,7 @@ impl Relay {
         body["id"] = json!(id);
         body["from"] = json!(self.node);
         body["wait_ms"] = json!(wait.as_millis() as u64);
-        let msg = Broadcast {
-            topic: inbox(node),
-            event: event.into(),
-            payload: Payload::Json(body),
-        };
+        let msg = Broadcast::new(inbox(node), event, Payload::Json(body));
         self.pubsub.broadcast(Arc::new(msg), None);
         // The owner answers within `wait`; allow for the round trip through Redis.
         let answer = tokio::time::timeout(wait + Duration::from_secs(2), rx)

@@ -198,7 +198,15 @@ async fn run(gateway: Arc<Gateway>, serializer: Serializer, connected: Connected
                     }
                     Some(Err(ProtocolError::Overflow)) => {
                         tracing::info!(max = limits.max_frame_bytes, "frame too large");
+                        ::metrics::counter!(crate::metrics::LIMITED, "limit" => "frame_bytes").increment(1);
                         break Some(CloseReason::FrameTooLarge);
+                    }
+                    // actix-ws reports fragments over the limit as this I/O error.
+                    Some(Err(ProtocolError::Io(e))) if e.kind() == std::io::ErrorKind::Other
+                        && e.to_string().contains("continuation size") => {
+                        tracing::info!(max = limits.max_frame_bytes, "fragmented message too large");
+                        ::metrics::counter!(crate::metrics::LIMITED, "limit" => "message_bytes").increment(1);
+                        break Some(CloseReason::MessageTooLarge);
                     }
                     Some(Err(ProtocolError::Io(e))) if e.kind() == std::io::ErrorKind::InvalidData => {
                         // e.g. a text frame that is not UTF-8
@@ -239,7 +247,13 @@ async fn run(gateway: Arc<Gateway>, serializer: Serializer, connected: Connected
     let close = match reason {
         Some(r) => Some(actix_ws::CloseReason {
             code: CloseCode::from(r.code()),
-            description: Some(r.text().into()),
+            description: Some(match r {
+                // Says which limit, so a client author can tell what to change.
+                CloseReason::FrameTooLarge | CloseReason::MessageTooLarge => {
+                    format!("{}: over {} bytes", r.text(), limits.max_frame_bytes)
+                }
+                _ => r.text().into(),
+            }),
         }),
         None => echo.map(|theirs| actix_ws::CloseReason {
             code: theirs.code,

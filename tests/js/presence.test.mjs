@@ -116,7 +116,11 @@ describe("presence on room:lobby", () => {
   it("sends a fresh presence_state to every joiner, including existing users", async () => {
     const carol = await open({ user_id: "Carol" });
     const carolChan = carol.channel("room:lobby", {});
+    const carolPresence = new Presence(carolChan);
     assert.equal((await joinChannel(carolChan)).status, "ok");
+    // Her join is published with the next diff (one batch window later); once she sees it,
+    // every snapshot holds it.
+    await waitFor(() => presenceCounts(carolPresence).Carol === 1, { message: "Carol to see her own join" });
 
     const late = await open({ user_id: "Dave" });
     const lateChan = late.channel("room:lobby", {});

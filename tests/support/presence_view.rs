@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use serde_json::json;
+
 use super::{Client, Received};
 
 /// Presence counts by key.
@@ -14,9 +16,22 @@ pub type Counts = BTreeMap<String, usize>;
 #[derive(Default)]
 pub struct View {
     refs: BTreeMap<String, Vec<String>>,
+    /// Panics on a diff that does not follow from what the view holds: a join it already
+    /// has, a leave of a meta it never had, or a diff before the first `presence_state`.
+    /// That is what a client that appends metas (phoenix.js 1.2/1.3's static API) needs.
+    strict: bool,
+    has_state: bool,
 }
 
 impl View {
+    /// A view that checks that every diff holds exactly changes after what it has.
+    pub fn strict() -> Self {
+        Self {
+            strict: true,
+            ..Self::default()
+        }
+    }
+
     pub fn apply(&mut self, frame: &Value) {
         let (event, payload) = if frame.is_array() {
             (&frame[3], &frame[4])
@@ -27,9 +42,17 @@ impl View {
             Some("presence_state") => {
                 // phoenix.js syncState: the new state replaces the old one.
                 self.refs.clear();
+                self.has_state = true;
                 self.add(payload);
             }
             Some("presence_diff") => {
+                if self.strict {
+                    assert!(
+                        self.has_state,
+                        "a presence_diff before presence_state: {frame}"
+                    );
+                    self.check_diff(payload);
+                }
                 self.add(&payload["joins"]);
                 for (key, p) in payload["leaves"].as_object().into_iter().flatten() {
                     let gone: Vec<&str> = p["metas"]
@@ -47,6 +70,32 @@ impl View {
                 }
             }
             _ => {}
+        }
+    }
+
+    fn check_diff(&self, diff: &Value) {
+        let has = |key: &str, r: &str| self.refs.get(key).is_some_and(|v| v.iter().any(|x| x == r));
+        for (key, p) in diff["joins"].as_object().into_iter().flatten() {
+            for m in p["metas"].as_array().into_iter().flatten() {
+                let r = m["phx_ref"].as_str().unwrap_or_default();
+                assert!(
+                    !has(key, r),
+                    "a diff repeats a join the view already holds ({key} {r}): {diff}"
+                );
+            }
+        }
+        for (key, p) in diff["leaves"].as_object().into_iter().flatten() {
+            for m in p["metas"].as_array().into_iter().flatten() {
+                let r = m["phx_ref"].as_str().unwrap_or_default();
+                // An update within one diff leaves a ref the same diff's joins replace.
+                let joined_here = diff["joins"][key]["metas"]
+                    .as_array()
+                    .is_some_and(|ms| ms.iter().any(|j| j["phx_ref"] == r));
+                assert!(
+                    has(key, r) || joined_here,
+                    "a diff leaves a meta the view never had ({key} {r}): {diff}"
+                );
+            }
         }
     }
 
@@ -90,6 +139,35 @@ impl View {
             }
         }
     }
+}
+
+/// The users of a join storm and the marker user: counts each view must reach.
+/// Connects `n` sockets (two per user) and sends their joins at once, so that every
+/// snapshot is taken while others' joins wait for the next diff; each one's view must then
+/// follow exactly from its presence_state and the diffs after it.
+pub async fn join_storm(
+    urls: &[String],
+    topic: &str,
+    users: usize,
+    pace: Duration,
+) -> Vec<(Client, View)> {
+    let mut members = Vec::new();
+    for i in 0..users * 2 {
+        if !pace.is_zero() {
+            // Joins spread over several batch windows: snapshots and diffs interleave.
+            tokio::time::sleep(pace).await;
+        }
+        let url = &urls[i % urls.len()];
+        let mut c = Client::connect(&format!("{url}&user_id=u{}", i % users)).await;
+        c.send(json!(["1", "1", topic, "phx_join", {}])).await;
+        members.push((c, View::strict()));
+    }
+    let want: Vec<(String, usize)> = (0..users).map(|u| (format!("u{u}"), 2)).collect();
+    let want: Vec<(&str, usize)> = want.iter().map(|(k, n)| (k.as_str(), *n)).collect();
+    for (c, view) in &mut members {
+        view.wait_for(c, &want).await;
+    }
+    members
 }
 
 pub fn counts(pairs: &[(&str, usize)]) -> Counts {

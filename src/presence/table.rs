@@ -1,0 +1,359 @@
+//! The presences this node tracks, and the changes not yet published.
+//!
+//! Both trackers (in memory, and Redis) keep one [`Table`]. A change is applied to the table
+//! at once and added to its topic's pending changes; the topic's flush (see `batch.rs`)
+//! takes the pending changes a window later, commits them (numbering them) and broadcasts
+//! them as one `presence_diff`. Pending changes are net: a presence that joins and leaves
+//! within one window never shows up. A snapshot of the table leaves the pending changes
+//! out, so that the diff that publishes them follows it instead of repeating it.
+
+use std::collections::{HashMap, HashSet};
+
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+use super::state::{group, new_phx_ref, updated_meta, Diff, Meta};
+use super::PresenceError;
+use crate::pubsub::SubscriberId;
+
+/// One tracked presence.
+pub(crate) struct Entry {
+    pub key: String,
+    pub owner: SubscriberId,
+    pub meta: Meta,
+    /// Its join was committed (written where snapshots are read).
+    pub committed: bool,
+}
+
+fn phx_ref(meta: &Meta) -> &str {
+    meta.get("phx_ref")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+}
+
+impl Entry {
+    pub fn phx_ref(&self) -> &str {
+        phx_ref(&self.meta)
+    }
+}
+
+#[derive(Default)]
+struct Pending {
+    diff: Diff,
+    /// The phx_refs of `diff.joins`, to cancel a join by its leave cheaply.
+    join_refs: HashSet<String>,
+}
+
+impl Pending {
+    fn join(&mut self, key: String, meta: Meta) {
+        self.join_refs.insert(phx_ref(&meta).to_owned());
+        self.diff.joins.push((key, meta));
+    }
+
+    fn leave(&mut self, key: String, meta: Meta) {
+        if self.join_refs.remove(phx_ref(&meta)) {
+            // Never published: nobody needs to hear of it.
+            let r = phx_ref(&meta);
+            self.diff.joins.retain(|(_, m)| phx_ref(m) != r);
+        } else {
+            self.diff.leaves.push((key, meta));
+        }
+    }
+}
+
+/// One topic's presences on this node.
+#[derive(Default)]
+pub(crate) struct TopicTable {
+    pub entries: Vec<Entry>,
+    pending: Pending,
+    /// A flush task runs for this topic.
+    flushing: bool,
+    /// Told once the changes pending when they asked are published.
+    waiters: Vec<oneshot::Sender<()>>,
+}
+
+impl TopicTable {
+    fn is_idle(&self) -> bool {
+        self.entries.is_empty() && self.pending.diff.is_empty() && !self.flushing
+    }
+}
+
+/// What a flush took from a topic.
+pub(crate) struct Taken {
+    /// The net changes.
+    pub diff: Diff,
+    /// This node's number for them (the in-memory tracker's sequence).
+    pub seq: u64,
+    /// To tell once they are published.
+    pub waiters: Vec<oneshot::Sender<()>>,
+}
+
+/// The tracked presences of this node, by topic.
+pub(crate) struct Table {
+    topics: HashMap<String, TopicTable>,
+    /// Numbers every flush of every topic, so a number never repeats even when a topic's
+    /// state is dropped and created again.
+    seq: u64,
+    node_tag: u16,
+}
+
+/// Whether a change needs a flush task to be started for its topic.
+#[must_use]
+pub(crate) struct StartFlush(pub bool);
+
+impl Table {
+    pub fn new() -> Self {
+        Self {
+            topics: HashMap::new(),
+            seq: 0,
+            node_tag: rand::random(),
+        }
+    }
+
+    fn changed(&mut self, topic: &str) -> StartFlush {
+        let t = self.topics.entry(topic.to_owned()).or_default();
+        StartFlush(!std::mem::replace(&mut t.flushing, true))
+    }
+
+    /// Tracks `key` for `owner`; returns the new phx_ref.
+    pub fn track(
+        &mut self,
+        topic: &str,
+        key: &str,
+        owner: SubscriberId,
+        mut meta: Meta,
+    ) -> Result<(String, StartFlush), PresenceError> {
+        let t = self.topics.entry(topic.to_owned()).or_default();
+        if t.entries.iter().any(|e| e.owner == owner && e.key == key) {
+            return Err(PresenceError::AlreadyTracked);
+        }
+        let r = new_phx_ref(self.node_tag);
+        meta.remove("phx_ref_prev");
+        meta.insert("phx_ref".into(), Value::String(r.clone()));
+        t.pending.join(key.to_owned(), meta.clone());
+        t.entries.push(Entry {
+            key: key.to_owned(),
+            owner,
+            meta,
+            committed: false,
+        });
+        ::metrics::gauge!(crate::metrics::PRESENCE_ENTRIES).increment(1.0);
+        Ok((r, self.changed(topic)))
+    }
+
+    /// Replaces the meta of `owner`'s presence under `key` (a leave of the old meta and a
+    /// join of the new one); returns the new phx_ref.
+    pub fn update(
+        &mut self,
+        topic: &str,
+        key: &str,
+        owner: SubscriberId,
+        meta: Meta,
+    ) -> Result<(String, StartFlush), PresenceError> {
+        let r = new_phx_ref(self.node_tag);
+        let t = self
+            .topics
+            .get_mut(topic)
+            .ok_or(PresenceError::NoPresence)?;
+        let entry = t
+            .entries
+            .iter_mut()
+            .find(|e| e.owner == owner && e.key == key)
+            .ok_or(PresenceError::NoPresence)?;
+        let new = updated_meta(&entry.meta, meta, r.clone());
+        let old = std::mem::replace(&mut entry.meta, new.clone());
+        entry.committed = false;
+        t.pending.leave(key.to_owned(), old);
+        t.pending.join(key.to_owned(), new);
+        Ok((r, self.changed(topic)))
+    }
+
+    /// Stops tracking `owner`'s presence under `key`.
+    pub fn untrack(
+        &mut self,
+        topic: &str,
+        key: &str,
+        owner: SubscriberId,
+    ) -> Result<StartFlush, PresenceError> {
+        let t = self
+            .topics
+            .get_mut(topic)
+            .ok_or(PresenceError::NoPresence)?;
+        let pos = t
+            .entries
+            .iter()
+            .position(|e| e.owner == owner && e.key == key)
+            .ok_or(PresenceError::NoPresence)?;
+        let gone = t.entries.remove(pos);
+        t.pending.leave(gone.key, gone.meta);
+        ::metrics::gauge!(crate::metrics::PRESENCE_ENTRIES).decrement(1.0);
+        Ok(self.changed(topic))
+    }
+
+    /// Stops tracking everything `owner` tracks on `topic`.
+    pub fn untrack_owner(&mut self, topic: &str, owner: SubscriberId) -> StartFlush {
+        let Some(t) = self.topics.get_mut(topic) else {
+            return StartFlush(false);
+        };
+        let before = t.entries.len();
+        let mut gone = Vec::new();
+        t.entries.retain_mut(|e| {
+            if e.owner == owner {
+                gone.push((std::mem::take(&mut e.key), std::mem::take(&mut e.meta)));
+                false
+            } else {
+                true
+            }
+        });
+        if gone.is_empty() {
+            return StartFlush(false);
+        }
+        ::metrics::gauge!(crate::metrics::PRESENCE_ENTRIES)
+            .decrement((before - t.entries.len()) as f64);
+        for (key, meta) in gone {
+            t.pending.leave(key, meta);
+        }
+        self.changed(topic)
+    }
+
+    /// Untracks every presence of this node (it stops); returns the topics that changed.
+    pub fn untrack_all(&mut self) -> Vec<(String, StartFlush)> {
+        let topics: Vec<String> = self.topics.keys().cloned().collect();
+        let mut changed = Vec::new();
+        for topic in topics {
+            let Some(t) = self.topics.get_mut(&topic) else {
+                continue;
+            };
+            let gone = std::mem::take(&mut t.entries);
+            if gone.is_empty() {
+                continue;
+            }
+            ::metrics::gauge!(crate::metrics::PRESENCE_ENTRIES).decrement(gone.len() as f64);
+            for e in gone {
+                t.pending.leave(e.key, e.meta);
+            }
+            let start = self.changed(&topic);
+            changed.push((topic, start));
+        }
+        changed
+    }
+
+    /// Takes a topic's pending changes for its flush, numbered. None when nothing is
+    /// pending: the flush task ends (and whoever waited is told).
+    pub fn take(&mut self, topic: &str) -> Option<Taken> {
+        let t = self.topics.get_mut(topic)?;
+        if t.pending.diff.is_empty() {
+            t.flushing = false;
+            for w in t.waiters.drain(..) {
+                let _ = w.send(());
+            }
+            if t.is_idle() {
+                self.topics.remove(topic);
+            }
+            return None;
+        }
+        let pending = std::mem::take(&mut t.pending);
+        self.seq += 1;
+        Some(Taken {
+            diff: pending.diff,
+            seq: self.seq,
+            waiters: std::mem::take(&mut t.waiters),
+        })
+    }
+
+    /// Marks the joins of a committed diff as committed.
+    pub fn committed(&mut self, topic: &str, diff: &Diff) {
+        let Some(t) = self.topics.get_mut(topic) else {
+            return;
+        };
+        let refs: HashSet<&str> = diff.joins.iter().map(|(_, m)| phx_ref(m)).collect();
+        for e in &mut t.entries {
+            if refs.contains(e.phx_ref()) {
+                e.committed = true;
+            }
+        }
+    }
+
+    /// A receiver told once the changes pending on `topic` now are published; None if
+    /// nothing is pending or being published.
+    pub fn wait_flushed(&mut self, topic: &str) -> Option<oneshot::Receiver<()>> {
+        let t = self.topics.get_mut(topic)?;
+        if !t.flushing {
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        t.waiters.push(tx);
+        Some(rx)
+    }
+
+    /// The `presence_state` of what this node published on `topic` (pending changes left
+    /// out), and the number of the last flush it holds.
+    pub fn snapshot(&self, topic: &str) -> (u64, Value) {
+        let Some(t) = self.topics.get(topic) else {
+            return (self.seq, Value::Object(Default::default()));
+        };
+        let joined = &t.pending.join_refs;
+        let published = t
+            .entries
+            .iter()
+            .filter(|e| !joined.contains(e.phx_ref()))
+            .map(|e| (e.key.as_str(), &e.meta));
+        let left = t.pending.diff.leaves.iter().map(|(k, m)| (k.as_str(), m));
+        (self.seq, group(published.chain(left)))
+    }
+
+    /// Every topic with presences or pending changes.
+    pub fn topic_names(&self) -> Vec<String> {
+        self.topics.keys().cloned().collect()
+    }
+
+    /// Every topic's entries.
+    pub fn topics(&self) -> impl Iterator<Item = (&String, &TopicTable)> {
+        self.topics.iter().filter(|(_, t)| !t.entries.is_empty())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn meta(v: Value) -> Meta {
+        v.as_object().cloned().expect("object")
+    }
+
+    #[test]
+    fn snapshots_leave_out_what_is_pending_and_a_join_left_within_a_window_vanishes() {
+        let mut t = Table::new();
+        let (r1, start) = t.track("t", "alice", 1, meta(json!({"a": 1}))).unwrap();
+        assert!(start.0, "the first change starts a flush");
+        let taken = t.take("t").expect("pending");
+        assert_eq!(taken.diff.joins.len(), 1);
+        assert_eq!(t.snapshot("t").1["alice"]["metas"][0]["phx_ref"], json!(r1));
+
+        let (_, start) = t.track("t", "bob", 2, meta(json!({}))).unwrap();
+        assert!(!start.0, "a flush is already running");
+        let (seq, state) = t.snapshot("t");
+        assert_eq!(seq, taken.seq);
+        assert!(
+            state.get("bob").is_none(),
+            "bob's join is not published yet"
+        );
+        let _ = t.untrack_owner("t", 2);
+        assert!(
+            t.take("t").is_none(),
+            "bob came and went: nothing to publish"
+        );
+
+        let _ = t.untrack("t", "alice", 1).unwrap();
+        assert!(
+            t.snapshot("t").1.get("alice").is_some(),
+            "alice's leave is not published yet"
+        );
+        let taken = t.take("t").expect("the leave");
+        assert_eq!(taken.diff.leaves[0].0, "alice");
+        assert!(t.take("t").is_none());
+        assert!(t.topics.is_empty(), "an idle topic is dropped");
+        assert_eq!(t.snapshot("t").0, taken.seq, "numbers never go back");
+    }
+}

@@ -1,0 +1,147 @@
+//! A subscriber's gate: what makes a snapshot and the live stream after it fit together.
+//!
+//! A channel subscribes first and reads its presence snapshot after, so that no change is
+//! missed. Changes published meanwhile reach it through the fastlane and may already be in
+//! the snapshot. The gate solves both halves of that race:
+//! - until it opens, fastlane frames are held (in order, bounded like the outbox), so the
+//!   snapshot is the first thing after the join reply;
+//! - it opens with the snapshot and its number `n`: held presence changes numbered `n` or
+//!   less are dropped, and so are later ones (still in flight from other nodes), so the
+//!   client receives exactly the changes after its snapshot.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use super::Seq;
+use crate::protocol::Frame;
+use crate::socket::{CloseReason, Outbox};
+
+/// One subscriber's gate. Shared by the registry (delivery) and the channel (opening).
+#[derive(Default)]
+pub struct Gate {
+    /// Fast path once open: no lock per delivery.
+    open: AtomicBool,
+    /// Presence changes numbered this or less are not delivered.
+    floor: AtomicU64,
+    held: Mutex<Held>,
+}
+
+#[derive(Default)]
+struct Held {
+    open: bool,
+    frames: Vec<(Option<Seq>, Frame)>,
+    bytes: usize,
+}
+
+impl Gate {
+    /// A closed gate.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn held(&self) -> MutexGuard<'_, Held> {
+        // Pushes and drains cannot leave the buffer inconsistent when interrupted.
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wanted(&self, seq: Option<Seq>) -> bool {
+        match seq {
+            Some(Seq::Change(n)) => n > self.floor.load(Ordering::Acquire),
+            Some(Seq::State(n)) => {
+                self.floor.fetch_max(n, Ordering::AcqRel);
+                true
+            }
+            None => true,
+        }
+    }
+
+    /// Delivers a fastlane frame: held while closed, dropped if the subscriber already has
+    /// it, else queued. False if it was not queued (dropped, or the outbox refused it).
+    pub fn deliver(&self, outbox: &Outbox, seq: Option<Seq>, frame: Frame) -> bool {
+        if !self.open.load(Ordering::Acquire) {
+            let mut held = self.held();
+            if !held.open {
+                let bounds = outbox.bounds();
+                if held.frames.len() >= bounds.frames
+                    || (!held.frames.is_empty() && held.bytes + frame.len() > bounds.bytes)
+                {
+                    drop(held);
+                    tracing::warn!("frames held for a joining channel over the socket's bounds: closing slow consumer");
+                    ::metrics::counter!(crate::metrics::SLOW_CONSUMERS).increment(1);
+                    outbox.close(CloseReason::SlowConsumer);
+                    return false;
+                }
+                held.bytes += frame.len();
+                held.frames.push((seq, frame));
+                return true;
+            }
+        }
+        self.wanted(seq) && outbox.push(frame)
+    }
+
+    /// Opens the gate: queues `first` (the snapshot, numbered `seq`), then the frames held
+    /// meanwhile that the snapshot does not already hold. Opening an open gate queues
+    /// `first` and raises the floor (a later snapshot, e.g. a resync).
+    pub fn open(&self, outbox: &Outbox, first: Option<Frame>, seq: Option<u64>) {
+        let mut held = self.held();
+        if let Some(n) = seq {
+            self.floor.fetch_max(n, Ordering::AcqRel);
+        }
+        if let Some(frame) = first {
+            outbox.push(frame);
+        }
+        for (seq, frame) in std::mem::take(&mut held.frames) {
+            if self.wanted(seq) {
+                outbox.push(frame);
+            }
+        }
+        held.bytes = 0;
+        held.open = true;
+        self.open.store(true, Ordering::Release);
+    }
+
+    /// Whether the gate is open.
+    pub fn is_open(&self) -> bool {
+        self.open.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Serializer;
+    use crate::socket::outbox;
+
+    fn f(s: &str) -> Frame {
+        Frame::Text(s.into())
+    }
+
+    #[tokio::test]
+    async fn holds_until_open_then_skips_what_the_snapshot_has() {
+        let (ob, mut rx) = outbox(Serializer::V2, 16);
+        let gate = Gate::new();
+        assert!(gate.deliver(&ob, Some(Seq::Change(3)), f("d3")));
+        assert!(gate.deliver(&ob, None, f("msg")));
+        assert!(gate.deliver(&ob, Some(Seq::Change(5)), f("d5")));
+        assert!(rx.rx.try_recv().is_err(), "held while closed");
+        gate.open(&ob, Some(f("state4")), Some(4));
+        let got: Vec<Frame> = std::iter::from_fn(|| rx.rx.try_recv().ok()).collect();
+        assert_eq!(got, vec![f("state4"), f("msg"), f("d5")]);
+        assert!(!gate.deliver(&ob, Some(Seq::Change(4)), f("late d4")));
+        assert!(gate.deliver(&ob, Some(Seq::Change(6)), f("d6")));
+        assert_eq!(rx.rx.try_recv(), Ok(f("d6")));
+        // A later snapshot raises the floor.
+        assert!(gate.deliver(&ob, Some(Seq::State(9)), f("state9")));
+        assert!(!gate.deliver(&ob, Some(Seq::Change(8)), f("d8")));
+    }
+
+    #[tokio::test]
+    async fn holding_is_bounded_like_the_outbox() {
+        let (ob, rx) = outbox(Serializer::V2, 2);
+        let gate = Gate::new();
+        assert!(gate.deliver(&ob, None, f("a")));
+        assert!(gate.deliver(&ob, None, f("b")));
+        assert!(!gate.deliver(&ob, None, f("c")));
+        assert_eq!(rx.close_requested().await, CloseReason::SlowConsumer);
+    }
+}
