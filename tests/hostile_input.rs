@@ -8,8 +8,8 @@ use support::{Client, Received, TestServer};
 
 /// What the gateway must do with an input.
 enum Expect {
-    /// Close the socket with this code.
-    Close(u16),
+    /// Close the socket with this code, counted under this reason label.
+    Close(u16, &'static str),
     /// Answer the message with an error reply whose reason is this.
     ErrorReply(&'static str),
 }
@@ -17,6 +17,8 @@ enum Expect {
 enum Input {
     Text(String),
     Binary(Vec<u8>),
+    /// One text message sent in fragments.
+    Fragments(Vec<String>),
 }
 
 fn cases() -> Vec<(&'static str, Input, Expect)> {
@@ -27,61 +29,65 @@ fn cases() -> Vec<(&'static str, Input, Expect)> {
         "]".repeat(200)
     );
     vec![
-        ("not JSON", Input::Text("hello".into()), Expect::Close(1011)),
+        (
+            "not JSON",
+            Input::Text("hello".into()),
+            Expect::Close(1011, "malformed_frame"),
+        ),
         (
             "empty text",
             Input::Text(String::new()),
-            Expect::Close(1011),
+            Expect::Close(1011, "malformed_frame"),
         ),
         (
             "array of 4",
             Input::Text(r#"["1","1","room:a","e"]"#.into()),
-            Expect::Close(1011),
+            Expect::Close(1011, "malformed_frame"),
         ),
         (
             "object under V2",
             Input::Text(r#"{"topic":"a"}"#.into()),
-            Expect::Close(1011),
+            Expect::Close(1011, "malformed_frame"),
         ),
         (
             "topic not a string",
             Input::Text(r#"["1","1",5,"e",{}]"#.into()),
-            Expect::Close(1011),
+            Expect::Close(1011, "malformed_frame"),
         ),
         (
             "event not a string",
             Input::Text(r#"["1","1","room:a",null,{}]"#.into()),
-            Expect::Close(1011),
+            Expect::Close(1011, "malformed_frame"),
         ),
         (
             "ref an object",
             Input::Text(r#"["1",{},"room:a","e",{}]"#.into()),
-            Expect::Close(1011),
+            Expect::Close(1011, "malformed_frame"),
         ),
         (
             "join_ref an array",
             Input::Text(r#"[[1],"1","room:a","e",{}]"#.into()),
-            Expect::Close(1011),
+            Expect::Close(1011, "malformed_frame"),
         ),
         (
             "deeply nested payload",
             Input::Text(deep),
-            Expect::Close(1011),
+            Expect::Close(1011, "malformed_frame"),
         ),
         (
             "binary garbage",
             Input::Binary(vec![9, 9, 9]),
-            Expect::Close(1011),
+            Expect::Close(1011, "malformed_frame"),
         ),
         (
             "binary truncated header",
             Input::Binary(vec![0, 200, 0, 0, 0, 1]),
-            Expect::Close(1011),
+            Expect::Close(1011, "malformed_frame"),
         ),
         (
             "binary reply kind from a client",
             Input::Binary(vec![1, 0, 0, 0, 0]),
-            Expect::Close(1011),
+            Expect::Close(1011, "malformed_frame"),
         ),
         (
             "frame over the size limit",
@@ -89,7 +95,17 @@ fn cases() -> Vec<(&'static str, Input, Expect)> {
                 r#"["1","1","room:a","ping",{{"x":"{}"}}]"#,
                 "y".repeat(70_000)
             )),
-            Expect::Close(1009),
+            Expect::Close(1009, "frame_too_large"),
+        ),
+        (
+            "fragmented message over the size limit",
+            Input::Fragments(vec![
+                r#"["1","1","room:a","ping",{"x":""#.into(),
+                "y".repeat(40_000),
+                "y".repeat(40_000),
+                r#""}]"#.into(),
+            ]),
+            Expect::Close(1009, "message_too_large"),
         ),
         (
             "huge topic in a join",
@@ -122,12 +138,7 @@ fn cases() -> Vec<(&'static str, Input, Expect)> {
 /// The metric series each expected outcome increments.
 fn counted_by(expect: &Expect) -> String {
     match expect {
-        Expect::Close(code) => {
-            let reason = match code {
-                1009 => "frame_too_large",
-                1011 => "malformed_frame",
-                other => panic!("no reason label for close code {other}"),
-            };
+        Expect::Close(_, reason) => {
             format!("phx_gateway_socket_closes_total{{reason=\"{reason}\"}}")
         }
         Expect::ErrorReply("unmatched topic") => "phx_gateway_unmatched_total".into(),
@@ -138,8 +149,8 @@ fn counted_by(expect: &Expect) -> String {
 /// The log line each expected outcome writes: its level and one of its messages.
 fn logged_as(expect: &Expect) -> (&'static str, &'static [&'static str]) {
     match expect {
-        Expect::Close(1009) => ("INFO", &["frame too large"]),
-        Expect::Close(_) => ("INFO", &["malformed frame", "websocket protocol error"]),
+        Expect::Close(1009, _) => ("INFO", &["frame too large", "message too large"]),
+        Expect::Close(..) => ("INFO", &["malformed frame", "websocket protocol error"]),
         Expect::ErrorReply("topic too long") => ("INFO", &["join refused: topic too long"]),
         Expect::ErrorReply(_) => (
             "DEBUG",
@@ -217,9 +228,13 @@ async fn every_class_of_bad_input_gets_its_answer_and_others_are_unaffected() {
         match input {
             Input::Text(t) => c.send_text(&t).await,
             Input::Binary(b) => c.send_binary(b).await,
+            Input::Fragments(parts) => {
+                let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+                c.send_fragments(&parts).await;
+            }
         }
         match expect {
-            Expect::Close(code) => assert_eq!(c.expect_close().await.0, code, "{name}"),
+            Expect::Close(code, _) => assert_eq!(c.expect_close().await.0, code, "{name}"),
             Expect::ErrorReply(reason) => {
                 let reply = c.recv_until(name, |v| v[3] == "phx_reply").await;
                 assert_eq!(

@@ -229,3 +229,44 @@ async fn polls_and_posts_landing_on_another_node_reach_the_owner() {
     // Sessions exist only on their owner.
     assert_eq!((a.gateway.longpoll.len(), b.gateway.longpoll.len()), (1, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_without_vsn_speaks_v1_and_takes_a_one_megabyte_post() {
+    let srv = TestServer::start(|s| s.longpoll.window_ms = 500);
+    let open = lp(srv.addr, "GET", "user_id=old", None).await;
+    assert_eq!(open["status"], 410, "{open}");
+    let token = open["token"].as_str().expect("token").to_owned();
+    // phoenix.js 1.2 posts one V1 object per request, as text/plain.
+    let join = r#"{"topic":"room:lobby","event":"phx_join","payload":{},"ref":"1"}"#;
+    let posted = lp(
+        srv.addr,
+        "POST",
+        &format!("token={token}"),
+        Some(("text/plain", join)),
+    )
+    .await;
+    assert_eq!(posted, json!({"status": 200}));
+    let seen = poll_until(srv.addr, &token, "join reply", |f| f["ref"] == "1").await;
+    assert_eq!(
+        seen.last().cloned(),
+        Some(
+            json!({"event": "phx_reply", "payload": {"response": {}, "status": "ok"}, "ref": "1", "topic": "room:lobby"})
+        ),
+        "V1 objects, never V2 arrays"
+    );
+    let body = "b".repeat(1_000_000);
+    let ping =
+        json!({"topic": "room:lobby", "event": "ping", "payload": {"body": body}, "ref": "2"})
+            .to_string();
+    let posted = lp(
+        srv.addr,
+        "POST",
+        &format!("token={token}"),
+        Some(("text/plain", &ping)),
+    )
+    .await;
+    assert_eq!(posted, json!({"status": 200}));
+    let seen = poll_until(srv.addr, &token, "1 MB echo", |f| f["ref"] == "2").await;
+    let echoed = &seen.last().expect("echo")["payload"]["response"]["body"];
+    assert_eq!(echoed.as_str().map(str::len), Some(1_000_000));
+}

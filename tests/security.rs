@@ -191,7 +191,7 @@ async fn the_demo_serves_only_plain_file_names_from_its_directory() {
 #[test]
 fn protective_limits_are_on_by_default() {
     let s = Settings::defaults();
-    assert_eq!(s.socket.max_frame_bytes, 1024 * 1024);
+    assert_eq!(s.socket.max_frame_bytes, 8 * 1024 * 1024);
     assert_eq!(s.socket.max_channels, 100);
     assert_eq!(s.socket.max_topic_bytes, 255);
     assert_eq!(s.socket.heartbeat_timeout_ms, 60_000);

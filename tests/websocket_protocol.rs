@@ -5,7 +5,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::{Received, TestServer};
+use support::{Client, Received, TestServer};
 
 #[tokio::test]
 async fn join_heartbeat_echo_broadcast_exact_v2_frames() {
@@ -646,4 +646,88 @@ async fn connect_and_join_rates_are_limited_per_node_and_per_ip() {
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 503),
         other => panic!("expected 503, got {:?}", other.map(|_| ())),
     }
+}
+
+/// The frames a V1 (or vsn-less) client sent as binary: join, push, leave.
+async fn v1_client_sending_binary(c: &mut Client) {
+    let join = json!({"topic": "room:lobby", "event": "phx_join", "payload": {}, "ref": "1"});
+    c.send_binary(join.to_string().into_bytes()).await;
+    assert_frame!(
+        c,
+        r#"{"event":"phx_reply","payload":{"response":{},"status":"ok"},"ref":"1","topic":"room:lobby"}"#
+    );
+    let ping = json!({"topic": "room:lobby", "event": "ping", "payload": {"n": 1}, "ref": "2"});
+    c.send_binary(ping.to_string().into_bytes()).await;
+    let reply = c.recv_until("ping reply", |v| v["ref"] == "2").await;
+    assert_eq!(
+        reply["payload"],
+        json!({"response": {"n": 1}, "status": "ok"})
+    );
+}
+
+#[tokio::test]
+async fn v1_json_in_binary_frames_is_read_as_text_and_answered_with_text_frames() {
+    let srv = TestServer::start(|_| {});
+    let mut c = srv.v1("").await;
+    v1_client_sending_binary(&mut c).await;
+    // Bytes that are not UTF-8 text cannot be JSON: a malformed frame, as in Phoenix.
+    c.send_binary(vec![0xff, 0xfe, b'{']).await;
+    assert_eq!(c.expect_close().await, (1011, "malformed frame".into()));
+}
+
+#[tokio::test]
+async fn no_vsn_is_v1_for_text_and_binary_frames() {
+    let srv = TestServer::start(|_| {});
+    let mut c = Client::connect(&srv.ws_url("")).await;
+    c.send_text(r#"{"topic":"phoenix","event":"heartbeat","payload":{},"ref":"h"}"#)
+        .await;
+    assert_frame!(
+        c,
+        r#"{"event":"phx_reply","payload":{"response":{},"status":"ok"},"ref":"h","topic":"phoenix"}"#
+    );
+    v1_client_sending_binary(&mut c).await;
+    // A V2 array is not a V1 message.
+    c.send_text(r#"[null,"1","phoenix","heartbeat",{}]"#).await;
+    assert_eq!(c.expect_close().await.0, 1011);
+}
+
+#[tokio::test]
+async fn a_one_megabyte_message_passes_by_default_and_the_close_names_the_limit() {
+    let srv = TestServer::start(|_| {});
+    let mut c = srv.v2("").await;
+    c.join("1", "room:lobby").await;
+    let body = "m".repeat(1_000_000);
+    c.send(json!(["1", "2", "room:lobby", "ping", {"body": body}]))
+        .await;
+    let reply = c.recv_until("1 MB echo", |v| v[1] == "2").await;
+    assert_eq!(
+        reply[4]["response"]["body"].as_str().map(str::len),
+        Some(1_000_000)
+    );
+
+    let small = TestServer::start(|s| s.socket.max_frame_bytes = 1024);
+    let mut one = small.v2("").await;
+    one.send_text(&format!(
+        r#"["1","1","room:lobby","ping",{{"x":"{}"}}]"#,
+        "a".repeat(2048)
+    ))
+    .await;
+    assert_eq!(
+        one.expect_close().await,
+        (1009, "frame too large: over 1024 bytes".into())
+    );
+    let mut fragmented = small.v2("").await;
+    let chunk = "a".repeat(600);
+    fragmented
+        .send_fragments(&[
+            r#"["1","1","room:lobby","ping",{"x":""#,
+            &chunk,
+            &chunk,
+            r#""}]"#,
+        ])
+        .await;
+    assert_eq!(
+        fragmented.expect_close().await,
+        (1009, "message too large: over 1024 bytes".into())
+    );
 }

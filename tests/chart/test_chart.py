@@ -499,7 +499,7 @@ def test_production_config(renders):
     assert toml["routes"][0] == {"topic": "admin:*", "join": "deny", "deny_reason": "forbidden"}
     assert toml["routes"][1]["presence_meta"] == ["online_at", "device"]
     assert toml["socket"]["max_channels"] == 50
-    assert toml["socket"]["max_frame_bytes"] == 1048576  # large integers stay integers
+    assert toml["socket"]["max_frame_bytes"] == 8388608  # large integers stay integers
     assert toml["redis"]["key_prefix"] == "prod"
     assert toml["redis"]["down_ms"] == 20000
 

@@ -233,6 +233,24 @@ impl Client {
             .expect("send binary");
     }
 
+    /// Sends one text message in fragments: a first frame, then continuation frames.
+    pub async fn send_fragments(&mut self, parts: &[&str]) {
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+        use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+        for (i, part) in parts.iter().enumerate() {
+            let opcode = if i == 0 {
+                OpCode::Data(Data::Text)
+            } else {
+                OpCode::Data(Data::Continue)
+            };
+            let frame = Frame::message(part.as_bytes().to_vec(), opcode, i + 1 == parts.len());
+            self.ws
+                .send(WsMessage::Frame(frame))
+                .await
+                .expect("send fragment");
+        }
+    }
+
     /// The next data frame or the close, within [`WAIT`].
     pub async fn recv(&mut self) -> Received {
         self.recv_within(WAIT)
