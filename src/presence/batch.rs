@@ -21,9 +21,10 @@ use crate::pubsub::{Broadcast, PubSub, Seq};
 /// Makes a topic's taken changes visible to snapshots, and numbers them.
 #[async_trait]
 pub(crate) trait Commit: Send + Sync + 'static {
-    /// Commits `diff` (numbered `local_seq` by this node's table); returns the number the
-    /// diff is published with, or None if it could not be committed.
-    async fn commit(&self, topic: &str, diff: &Diff, local_seq: u64) -> Option<u64>;
+    /// Commits `diff` (numbered `local_seq` by this node's table; `emptied` when this node
+    /// has no presence left on the topic); returns the number the diff is published with,
+    /// or None if it could not be committed.
+    async fn commit(&self, topic: &str, diff: &Diff, local_seq: u64, emptied: bool) -> Option<u64>;
 }
 
 /// Commits nothing: the table is the truth (one node), and its numbers are the sequence.
@@ -31,7 +32,7 @@ pub(crate) struct InMemory;
 
 #[async_trait]
 impl Commit for InMemory {
-    async fn commit(&self, _: &str, _: &Diff, local_seq: u64) -> Option<u64> {
+    async fn commit(&self, _: &str, _: &Diff, local_seq: u64, _: bool) -> Option<u64> {
         Some(local_seq)
     }
 }
@@ -82,7 +83,10 @@ impl Batcher {
     }
 
     async fn publish(&self, topic: &str, taken: Taken) {
-        let seq = self.commit.commit(topic, &taken.diff, taken.seq).await;
+        let seq = self
+            .commit
+            .commit(topic, &taken.diff, taken.seq, taken.emptied)
+            .await;
         self.table().committed(topic, &taken.diff);
         let mut msg = Broadcast::new(
             topic,

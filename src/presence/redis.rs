@@ -168,7 +168,7 @@ impl RedisCommit {
         self.redis.settings.down_ms * 3
     }
 
-    async fn write(&self, topic: &str, diff: &Diff) -> Result<u64, ClusterError> {
+    async fn write(&self, topic: &str, diff: &Diff, emptied: bool) -> Result<u64, ClusterError> {
         let k = &self.redis.keys;
         let node = &*self.redis.node;
         let script = redis::Script::new(COMMIT_SCRIPT);
@@ -184,9 +184,13 @@ impl RedisCommit {
             inv.arg(field(node, phx_ref(meta)));
         }
         let seq: String = self.redis.script(&inv).await?;
-        if !diff.joins.is_empty() {
-            // The reaper finds a dead node's topics here.
-            let topics_key = k.node_topics(node);
+        // The reaper finds a dead node's topics in this index.
+        let topics_key = k.node_topics(node);
+        if emptied {
+            self.redis
+                .query::<()>(redis::cmd("SREM").arg(&topics_key).arg(keys::escape(topic)))
+                .await?;
+        } else if !diff.joins.is_empty() {
             let mut pipe = redis::pipe();
             pipe.cmd("SADD")
                 .arg(&topics_key)
@@ -205,8 +209,8 @@ impl RedisCommit {
 
 #[async_trait]
 impl Commit for RedisCommit {
-    async fn commit(&self, topic: &str, diff: &Diff, _local_seq: u64) -> Option<u64> {
-        match self.write(topic, diff).await {
+    async fn commit(&self, topic: &str, diff: &Diff, _: u64, emptied: bool) -> Option<u64> {
+        match self.write(topic, diff, emptied).await {
             Ok(seq) => Some(seq),
             Err(e) => {
                 self.stats.write_failures.fetch_add(1, Ordering::Relaxed);

@@ -84,6 +84,8 @@ pub(crate) struct Taken {
     pub diff: Diff,
     /// This node's number for them (the in-memory tracker's sequence).
     pub seq: u64,
+    /// This node has no presence left on the topic.
+    pub emptied: bool,
     /// To tell once they are published.
     pub waiters: Vec<oneshot::Sender<()>>,
 }
@@ -257,6 +259,7 @@ impl Table {
         Some(Taken {
             diff: pending.diff,
             seq: self.seq,
+            emptied: t.entries.is_empty(),
             waiters: std::mem::take(&mut t.waiters),
         })
     }
