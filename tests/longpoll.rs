@@ -231,7 +231,7 @@ async fn polls_and_posts_landing_on_another_node_reach_the_owner() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_session_without_vsn_speaks_v1_and_takes_a_one_megabyte_post() {
+async fn a_session_without_vsn_speaks_v1_and_takes_a_one_mebibyte_post() {
     let srv = TestServer::start(|s| s.longpoll.window_ms = 500);
     let open = lp(srv.addr, "GET", "user_id=old", None).await;
     assert_eq!(open["status"], 410, "{open}");
@@ -254,7 +254,7 @@ async fn a_session_without_vsn_speaks_v1_and_takes_a_one_megabyte_post() {
         ),
         "V1 objects, never V2 arrays"
     );
-    let body = "b".repeat(1_000_000);
+    let body = "b".repeat(1_048_576);
     let ping =
         json!({"topic": "room:lobby", "event": "ping", "payload": {"body": body}, "ref": "2"})
             .to_string();
@@ -268,5 +268,5 @@ async fn a_session_without_vsn_speaks_v1_and_takes_a_one_megabyte_post() {
     assert_eq!(posted, json!({"status": 200}));
     let seen = poll_until(srv.addr, &token, "1 MB echo", |f| f["ref"] == "2").await;
     let echoed = &seen.last().expect("echo")["payload"]["response"]["body"];
-    assert_eq!(echoed.as_str().map(str::len), Some(1_000_000));
+    assert_eq!(echoed.as_str().map(str::len), Some(1_048_576));
 }

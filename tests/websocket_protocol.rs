@@ -692,17 +692,17 @@ async fn no_vsn_is_v1_for_text_and_binary_frames() {
 }
 
 #[tokio::test]
-async fn a_one_megabyte_message_passes_by_default_and_the_close_names_the_limit() {
+async fn a_one_mebibyte_payload_passes_by_default_and_the_close_names_the_limit() {
     let srv = TestServer::start(|_| {});
     let mut c = srv.v2("").await;
     c.join("1", "room:lobby").await;
-    let body = "m".repeat(1_000_000);
+    let body = "m".repeat(1_048_576);
     c.send(json!(["1", "2", "room:lobby", "ping", {"body": body}]))
         .await;
     let reply = c.recv_until("1 MB echo", |v| v[1] == "2").await;
     assert_eq!(
         reply[4]["response"]["body"].as_str().map(str::len),
-        Some(1_000_000)
+        Some(1_048_576)
     );
 
     let small = TestServer::start(|s| s.socket.max_frame_bytes = 1024);
