@@ -1,6 +1,7 @@
 //! V1 JSON decoder (`vsn=1.0.0`): arbitrary text must decode or be rejected, never panic.
 //! A message that decodes is re-encoded as a server push and must decode back to itself
-//! (V1 never sends `join_ref`, so that one comes back as null).
+//! (V1 never sends `join_ref`, so that one comes back as null). A binary frame is read as
+//! the same JSON text.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -19,12 +20,17 @@ fn has_float(v: &Value) -> bool {
 }
 
 fuzz_target!(|data: &[u8]| {
-    // V1 has no binary frames at all.
-    assert!(Serializer::V1.decode_binary(data).is_err());
-
+    // Phoenix's V1 serializer reads a binary frame as JSON text: both paths must agree.
+    let from_binary = Serializer::V1.decode_binary(data);
     let Ok(text) = std::str::from_utf8(data) else {
+        assert!(from_binary.is_err(), "non-UTF-8 binary frame must be refused");
         return;
     };
+    assert_eq!(
+        from_binary.is_ok(),
+        Serializer::V1.decode_text(text).is_ok(),
+        "a binary frame decodes exactly when the same bytes as text do"
+    );
     let Ok(msg) = Serializer::V1.decode_text(text) else {
         return;
     };
