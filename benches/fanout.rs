@@ -5,9 +5,9 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use phx_gateway::outbox::{outbox, OutboxReceiver};
 use phx_gateway::protocol::{Payload, Serializer};
 use phx_gateway::pubsub::{next_subscriber_id, Broadcast, Registry, Subscriber};
-use phx_gateway::socket::{outbox, OutboxReceiver};
 use serde_json::json;
 
 fn fanout(c: &mut Criterion) {
@@ -25,12 +25,7 @@ fn fanout(c: &mut Criterion) {
             let (tx, rx) = outbox(serializer, 1 << 16);
             registry.subscribe(
                 "room:fan",
-                Subscriber {
-                    id: next_subscriber_id(),
-                    outbox: tx,
-                    intercept: None,
-                    gate: None,
-                },
+                Subscriber::socket(next_subscriber_id(), tx),
                 None,
             );
             receivers.push(rx);

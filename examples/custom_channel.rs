@@ -88,14 +88,14 @@ impl Channel for RoomChannel {
 }
 
 fn main() -> anyhow::Result<()> {
-    phx_gateway::telemetry::init(phx_gateway::config::LogFormat::Text);
+    phx_gateway::logging::init(phx_gateway::config::LogFormat::Text);
     let settings = Settings::load(None)?;
     let router = Router::new().route("room:*", |_: &str| -> Box<dyn Channel> {
         Box::new(RoomChannel::default())
     })?;
-    let gateway = Arc::new(Gateway::new(settings)?.with_router(router));
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
+        let gateway = Arc::new(Gateway::builder(settings).router(router).start().await?);
         let running = server::start(gateway.clone(), server::bind(&gateway)?)?;
         tracing::info!(addr = %running.addr, "custom_channel example listening");
         running.server.await?;

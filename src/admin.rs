@@ -37,7 +37,7 @@ pub fn start(gateway: Arc<Gateway>, listener: TcpListener) -> std::io::Result<Se
 }
 
 async fn metrics(gateway: web::Data<Arc<Gateway>>) -> HttpResponse {
-    ::metrics::gauge!(crate::metrics::CHANNEL_TASKS).set(gateway.channel_tasks.len() as f64);
+    ::metrics::gauge!(crate::metrics::CHANNEL_TASKS).set(gateway.channel_tasks() as f64);
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(crate::metrics::render())
@@ -52,7 +52,7 @@ async fn readyz(gateway: web::Data<Arc<Gateway>>) -> HttpResponse {
         HttpResponse::Ok()
             .content_type("text/plain")
             .body("ready\n")
-    } else if gateway.shutdown.is_cancelled() {
+    } else if gateway.is_draining() {
         HttpResponse::ServiceUnavailable()
             .content_type("text/plain")
             .body("draining\n")

@@ -1,6 +1,6 @@
-//! The gateway's shared parts, handed to every socket, and their lifecycle.
+//! The wiring: builds every part from the settings, once, and stops them in order.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -10,10 +10,14 @@ use tokio_util::task::TaskTracker;
 
 use crate::channel::{builtin, PatternError, Router};
 use crate::cluster::{migrate, ClusterError, Redis};
-use crate::config::Settings;
-use crate::presence::{MemoryPresence, Presence, PresenceStats, RedisPresence};
+use crate::config::{AuthMode, Settings};
+use crate::limits::Limits;
+use crate::presence::{Presence, PresenceStats, Tracker};
 use crate::pubsub::{LocalPubSub, PubSub, RedisPubSub, RedisStats};
-use crate::socket::{Connector, ParamsConnector};
+use crate::socket::{AuthSetupError, Connector, ParamsConnector, SocketEnv, TokenConnector};
+use crate::transport::longpoll::Sessions;
+use crate::transport::relay::Relay;
+use crate::transport::{self, Drain};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -23,7 +27,7 @@ pub enum StartError {
     Pattern(#[from] PatternError),
     /// The auth settings cannot be used (e.g. an unreadable key file).
     #[error("auth: {0}")]
-    Auth(String),
+    Auth(#[from] AuthSetupError),
     /// Redis is unreachable or its key layout is not usable.
     #[error(transparent)]
     Cluster(#[from] ClusterError),
@@ -39,148 +43,204 @@ pub struct Cluster {
     pub presence_stats: Arc<PresenceStats>,
 }
 
-/// Everything a socket needs from the gateway: settings, routes, pub/sub, presence and the
-/// connect policy. Built once at start-up and shared.
+/// A running gateway's parts. Built by [`Builder::start`]; the HTTP server
+/// ([`crate::server`]) serves its transports, the admin listener its health.
 pub struct Gateway {
     /// Effective settings.
     pub settings: Settings,
-    /// Topic routes.
-    pub router: Router,
     /// Broadcast delivery (local or cluster).
     pub pubsub: Arc<dyn PubSub>,
     /// Presence tracker (local or cluster).
     pub presence: Arc<dyn Presence>,
-    /// Connect policy.
-    pub connector: Arc<dyn Connector>,
-    /// Cancelled when the gateway shuts down: sockets close with 1012.
-    pub shutdown: CancellationToken,
     /// Set when running as a cluster node.
     pub cluster: Option<Cluster>,
-    /// Channel actors, so shutdown can wait for their clean-up.
-    pub(crate) channel_tasks: TaskTracker,
+    transport: Arc<transport::Env>,
+    channel_tasks: TaskTracker,
+    drain: Arc<Drain>,
     background: CancellationToken,
     background_tasks: Mutex<Vec<JoinHandle<()>>>,
-    drain_ms: AtomicU64,
-    /// Long-poll sessions owned by this node.
-    pub longpoll: Arc<crate::transport::longpoll::Sessions>,
-    /// Relays long-poll requests for other nodes' sessions (cluster mode).
-    pub longpoll_relay: Option<Arc<crate::transport::relay::Relay>>,
-    /// Admission limits.
-    pub limits: Arc<crate::limits::Limits>,
+}
+
+/// Builds a [`Gateway`]: the configured routes and connect policy unless replaced.
+pub struct Builder {
+    settings: Settings,
+    router: Option<Router>,
+    connector: Option<Arc<dyn Connector>>,
+}
+
+impl Builder {
+    /// Routes topics to these channels instead of the configured routes (Rust channels; see
+    /// `examples/`).
+    pub fn router(mut self, router: Router) -> Self {
+        self.router = Some(router);
+        self
+    }
+
+    /// Decides connects with this policy instead of the configured one.
+    pub fn connector(mut self, connector: Arc<dyn Connector>) -> Self {
+        self.connector = Some(connector);
+        self
+    }
+
+    /// Builds the gateway: a cluster node when `redis.url` is set (checking the key layout
+    /// and starting the Redis tasks on the current runtime), else a single node.
+    pub async fn start(self) -> Result<Gateway, StartError> {
+        let settings = self.settings;
+        let router = match self.router {
+            Some(router) => router,
+            None => builtin::router(&settings.routes, webhooks(&settings))?,
+        };
+        let connector: Arc<dyn Connector> = match self.connector {
+            Some(c) => c,
+            None => match settings.auth.mode {
+                AuthMode::None => Arc::new(ParamsConnector::new(settings.socket.id.clone())),
+                _ => Arc::new(TokenConnector::new(&settings.auth, &settings.socket.id)?),
+            },
+        };
+        let background = CancellationToken::new();
+        let batch = Duration::from_millis(settings.presence.diff_batch_ms);
+        let (pubsub, presence, cluster, tasks): (Arc<dyn PubSub>, Arc<dyn Presence>, _, _) =
+            match &settings.redis.url {
+                None => {
+                    let pubsub: Arc<dyn PubSub> = Arc::new(LocalPubSub::new());
+                    let presence = Arc::new(Tracker::in_memory(pubsub.clone(), batch));
+                    (pubsub, presence, None, Vec::new())
+                }
+                Some(_) => {
+                    if settings.redis.pool_size.is_some() {
+                        tracing::warn!("redis.pool_size is no longer used (one multiplexed connection carries every command): remove it");
+                    }
+                    let redis = Redis::connect(&settings.redis).await?;
+                    migrate::ensure(&redis, settings.redis.auto_migrate).await?;
+                    let (pubsub, mut tasks) = RedisPubSub::start(redis.clone(), background.clone());
+                    let pubsub_stats = pubsub.stats().clone();
+                    let pubsub: Arc<dyn PubSub> = pubsub;
+                    let (presence, presence_stats, heartbeat) = crate::presence::redis::start(
+                        redis.clone(),
+                        pubsub.clone(),
+                        pubsub_stats.clone(),
+                        batch,
+                        background.clone(),
+                    );
+                    tasks.push(heartbeat);
+                    tracing::info!(node = %redis.node, "cluster node started (redis pub/sub and presence)");
+                    let cluster = Cluster {
+                        redis,
+                        pubsub_stats,
+                        presence_stats,
+                    };
+                    (pubsub, presence, Some(cluster), tasks)
+                }
+            };
+        let limits = Limits::new(&settings.limits);
+        let channel_tasks = TaskTracker::new();
+        let socket = Arc::new(SocketEnv {
+            settings: settings.socket.clone(),
+            router,
+            pubsub: pubsub.clone(),
+            presence: presence.clone(),
+            limits: limits.clone(),
+            channel_tasks: channel_tasks.clone(),
+        });
+        let node_id: Arc<str> = match &cluster {
+            Some(c) => c.redis.node.clone(),
+            None => Arc::from("local"),
+        };
+        let sessions = Arc::new(Sessions::default());
+        let relay = match &cluster {
+            Some(_) => {
+                Some(Relay::start(pubsub.clone(), node_id.to_string(), sessions.clone()).await)
+            }
+            None => None,
+        };
+        let drain = Arc::new(Drain::default());
+        let transport = Arc::new(transport::Env {
+            socket,
+            connector,
+            limits,
+            drain: drain.clone(),
+            longpoll: settings.longpoll.clone(),
+            node_id,
+            sessions,
+            relay,
+        });
+        Ok(Gateway {
+            settings,
+            pubsub,
+            presence,
+            cluster,
+            transport,
+            channel_tasks,
+            drain,
+            background,
+            background_tasks: Mutex::new(tasks),
+        })
+    }
+}
+
+/// The webhook client, when a route calls a backend.
+fn webhooks(settings: &Settings) -> Option<Arc<crate::channel::webhook::Webhooks>> {
+    let needed = settings
+        .routes
+        .iter()
+        .any(|r| r.join_webhook.is_some() || r.event_webhook.is_some());
+    if !needed {
+        return None;
+    }
+    match crate::channel::webhook::Webhooks::new(&settings.webhook) {
+        Ok(w) => Some(Arc::new(w)),
+        Err(e) => {
+            tracing::error!(error = %e, "webhook client unavailable");
+            None
+        }
+    }
 }
 
 impl Gateway {
-    /// A single-node gateway (in-memory pub/sub and presence) with the configured routes.
-    pub fn new(settings: Settings) -> Result<Self, StartError> {
-        let needs_webhooks = settings
-            .routes
-            .iter()
-            .any(|r| r.join_webhook.is_some() || r.event_webhook.is_some());
-        let webhooks = if needs_webhooks {
-            match crate::channel::webhook::Webhooks::new(&settings.webhook) {
-                Ok(w) => Some(Arc::new(w)),
-                Err(e) => {
-                    tracing::error!(error = %e, "webhook client unavailable");
-                    None
-                }
-            }
-        } else {
-            None
-        };
-        let router = builtin::router(&settings.routes, webhooks)?;
-        let pubsub: Arc<dyn PubSub> = Arc::new(LocalPubSub::new());
-        let batch = Duration::from_millis(settings.presence.diff_batch_ms);
-        let presence: Arc<dyn Presence> = Arc::new(MemoryPresence::new(pubsub.clone(), batch));
-        let connector: Arc<dyn Connector> = match settings.auth.mode {
-            crate::config::AuthMode::None => {
-                Arc::new(ParamsConnector::new(settings.socket.id.clone()))
-            }
-            _ => Arc::new(
-                crate::socket::TokenConnector::new(&settings.auth, &settings.socket.id)
-                    .map_err(StartError::Auth)?,
-            ),
-        };
-        let limits = crate::limits::Limits::new(&settings.limits);
-        Ok(Self {
+    /// A gateway built from `settings`; see [`Builder`] to replace routes or the connect
+    /// policy.
+    pub fn builder(settings: Settings) -> Builder {
+        Builder {
             settings,
-            router,
-            pubsub,
-            presence,
-            connector,
-            shutdown: CancellationToken::new(),
-            cluster: None,
-            channel_tasks: TaskTracker::new(),
-            background: CancellationToken::new(),
-            background_tasks: Mutex::new(Vec::new()),
-            drain_ms: AtomicU64::new(0),
-            longpoll: Arc::default(),
-            longpoll_relay: None,
-            limits,
-        })
-    }
-
-    /// A gateway as configured: a cluster node when `redis.url` is set (checking the key
-    /// layout and starting the Redis tasks on the current runtime), else a single node.
-    pub async fn start(settings: Settings) -> Result<Self, StartError> {
-        let mut gateway = Self::new(settings)?;
-        if gateway.settings.redis.url.is_none() {
-            return Ok(gateway);
+            router: None,
+            connector: None,
         }
-        let redis = Redis::connect(&gateway.settings.redis).await?;
-        migrate::ensure(&redis, gateway.settings.redis.auto_migrate).await?;
-        let (pubsub, mut tasks) = RedisPubSub::start(redis.clone(), gateway.background.clone());
-        let pubsub_stats = pubsub.stats().clone();
-        let pubsub: Arc<dyn PubSub> = pubsub;
-        let (presence, heartbeat) = RedisPresence::start(
-            redis.clone(),
-            pubsub.clone(),
-            pubsub_stats.clone(),
-            Duration::from_millis(gateway.settings.presence.diff_batch_ms),
-            gateway.background.clone(),
-        );
-        tasks.push(heartbeat);
-        tracing::info!(node = %redis.node, "cluster node started (redis pub/sub and presence)");
-        let relay = crate::transport::relay::Relay::start(
-            pubsub.clone(),
-            redis.node.to_string(),
-            gateway.longpoll.clone(),
-        )
-        .await;
-        gateway.longpoll_relay = Some(relay);
-        gateway.cluster = Some(Cluster {
-            redis,
-            pubsub_stats,
-            presence_stats: presence.stats().clone(),
-        });
-        gateway.pubsub = pubsub;
-        gateway.presence = presence;
-        gateway.background_tasks = Mutex::new(tasks);
-        Ok(gateway)
     }
 
-    /// Replaces the routes (for Rust channels; see `examples/`).
-    pub fn with_router(mut self, router: Router) -> Self {
-        self.router = router;
-        self
+    /// A gateway as configured.
+    pub async fn start(settings: Settings) -> Result<Self, StartError> {
+        Self::builder(settings).start().await
     }
 
-    /// Replaces the connect policy.
-    pub fn with_connector(mut self, connector: Arc<dyn Connector>) -> Self {
-        self.connector = connector;
-        self
+    /// What the transports serve (registered by the HTTP server).
+    pub(crate) fn transport(&self) -> &Arc<transport::Env> {
+        &self.transport
     }
 
     /// This node's id: the Redis node id in a cluster, `local` otherwise.
-    pub fn node_id(&self) -> String {
-        self.cluster
-            .as_ref()
-            .map_or_else(|| "local".to_owned(), |c| c.redis.node.to_string())
+    pub fn node_id(&self) -> &str {
+        &self.transport.node_id
+    }
+
+    /// Open long-poll sessions on this node.
+    pub fn longpoll_sessions(&self) -> usize {
+        self.transport.sessions.len()
+    }
+
+    /// Running channel actors.
+    pub fn channel_tasks(&self) -> usize {
+        self.channel_tasks.len()
+    }
+
+    /// Whether the node is draining (stopping).
+    pub fn is_draining(&self) -> bool {
+        self.drain.is_draining()
     }
 
     /// Whether the node should receive traffic: not draining, and Redis reachable (or
     /// unreachable for less than `redis.ready_grace_ms`).
     pub fn ready(&self) -> bool {
-        if self.shutdown.is_cancelled() {
+        if self.is_draining() {
             return false;
         }
         let Some(cluster) = &self.cluster else {
@@ -197,9 +257,12 @@ impl Gateway {
         down_since == 0 || now.saturating_sub(down_since) < self.settings.redis.ready_grace_ms
     }
 
-    /// The drain period in effect (set by [`Gateway::stop`]).
-    pub fn drain(&self) -> Duration {
-        Duration::from_millis(self.drain_ms.load(Ordering::Relaxed))
+    /// Starts draining without waiting: readiness goes false, new sockets are refused, and
+    /// open sockets close (1012) at random moments over `period`. [`Gateway::stop`] does
+    /// this first.
+    pub fn start_drain(&self, period: Duration) {
+        self.drain.start(period);
+        tracing::info!(drain_ms = period.as_millis() as u64, "draining");
     }
 
     /// Stops cleanly. At once: readiness goes false, new sockets are refused and this node's
@@ -207,10 +270,7 @@ impl Gateway {
     /// with 1012 at random moments over `drain`, so their reconnections spread out. Then,
     /// once the channels are done (bounded), the Redis tasks flush and stop.
     pub async fn stop(&self, drain: Duration) {
-        self.drain_ms
-            .store(drain.as_millis() as u64, Ordering::Relaxed);
-        self.shutdown.cancel();
-        tracing::info!(drain_ms = drain.as_millis() as u64, "draining");
+        self.start_drain(drain);
         self.presence.shutdown().await;
         self.channel_tasks.close();
         let budget = drain + Duration::from_secs(5);

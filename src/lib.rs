@@ -20,13 +20,14 @@ pub mod cluster;
 pub mod config;
 pub mod gateway;
 pub mod limits;
+pub mod logging;
 pub mod metrics;
+pub mod outbox;
 pub mod presence;
 pub mod protocol;
 pub mod pubsub;
 pub mod server;
 pub mod socket;
-pub mod telemetry;
 pub mod transport;
 
 pub use gateway::Gateway;

@@ -17,9 +17,9 @@ use crate::config::LimitSettings;
 /// A per-socket inbound message limiter.
 pub type MessageLimiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock>;
 
-/// Why a connection is refused.
+/// The limit a connection or a join went over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
+pub enum Limit {
     /// The node holds `limits.max_sockets` sockets (HTTP 503: try another node).
     NodeFull,
     /// This user holds `limits.max_sockets_per_user` sockets (HTTP 429).
@@ -28,35 +28,22 @@ pub enum Refusal {
     RateLimited,
     /// The node takes connections faster than `limits.connects_per_second` (HTTP 503).
     NodeBusy,
+    /// Over `limits.joins_per_second` on this node (error reply `rate limited`).
+    Joins,
+    /// Over `limits.joins_per_ip_per_second` from this IP (error reply `rate limited`).
+    JoinsPerIp,
 }
 
-/// Why a join is refused (error reply `rate limited`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JoinRefusal {
-    /// Over `limits.joins_per_second` on this node.
-    Node,
-    /// Over `limits.joins_per_ip_per_second` from this IP.
-    Ip,
-}
-
-impl JoinRefusal {
+impl Limit {
     /// The metric / log label.
     pub fn label(self) -> &'static str {
         match self {
-            JoinRefusal::Node => "joins",
-            JoinRefusal::Ip => "joins_per_ip",
-        }
-    }
-}
-
-impl Refusal {
-    /// The metric / log label.
-    pub fn label(self) -> &'static str {
-        match self {
-            Refusal::NodeFull => "node_full",
-            Refusal::UserFull => "user_full",
-            Refusal::RateLimited => "rate_limited",
-            Refusal::NodeBusy => "node_busy",
+            Limit::NodeFull => "node_full",
+            Limit::UserFull => "user_full",
+            Limit::RateLimited => "rate_limited",
+            Limit::NodeBusy => "node_busy",
+            Limit::Joins => "joins",
+            Limit::JoinsPerIp => "joins_per_ip",
         }
     }
 }
@@ -127,37 +114,37 @@ impl Limits {
     }
 
     /// Checks the connection rate of the node and of `ip` (before the connect policy runs).
-    pub fn check_rate(&self, ip: Option<IpAddr>) -> Result<(), Refusal> {
+    pub fn check_rate(&self, ip: Option<IpAddr>) -> Result<(), Limit> {
         if let (Some(limiter), Some(ip)) = (&self.per_ip, ip) {
             if limiter.check_key(&ip).is_err() {
-                return Err(Refusal::RateLimited);
+                return Err(Limit::RateLimited);
             }
         }
         match &self.connects {
-            Some(limiter) if limiter.check().is_err() => Err(Refusal::NodeBusy),
+            Some(limiter) if limiter.check().is_err() => Err(Limit::NodeBusy),
             _ => Ok(()),
         }
     }
 
     /// Checks the join rate of the node and of `ip`.
-    pub fn check_join(&self, ip: Option<IpAddr>) -> Result<(), JoinRefusal> {
+    pub fn check_join(&self, ip: Option<IpAddr>) -> Result<(), Limit> {
         if let (Some(limiter), Some(ip)) = (&self.joins_per_ip, ip) {
             if limiter.check_key(&ip).is_err() {
-                return Err(JoinRefusal::Ip);
+                return Err(Limit::JoinsPerIp);
             }
         }
         match &self.joins {
-            Some(limiter) if limiter.check().is_err() => Err(JoinRefusal::Node),
+            Some(limiter) if limiter.check().is_err() => Err(Limit::Joins),
             _ => Ok(()),
         }
     }
 
     /// Takes a place for a socket of `user` (its socket id), or refuses.
-    pub fn admit(self: &Arc<Self>, user: Option<&str>) -> Result<Admission, Refusal> {
+    pub fn admit(self: &Arc<Self>, user: Option<&str>) -> Result<Admission, Limit> {
         let max = self.settings.max_sockets;
         if max > 0 && self.sockets.fetch_add(1, Ordering::Relaxed) >= max {
             self.sockets.fetch_sub(1, Ordering::Relaxed);
-            return Err(Refusal::NodeFull);
+            return Err(Limit::NodeFull);
         }
         if max == 0 {
             self.sockets.fetch_add(1, Ordering::Relaxed);
@@ -170,7 +157,7 @@ impl Limits {
                 if *n >= per_user_max {
                     drop(per_user);
                     self.sockets.fetch_sub(1, Ordering::Relaxed);
-                    return Err(Refusal::UserFull);
+                    return Err(Limit::UserFull);
                 }
                 *n += 1;
                 Some(u.to_owned())
@@ -229,9 +216,9 @@ mod tests {
         let limits = Limits::new(&settings());
         let a = limits.admit(Some("u1")).expect("1st");
         let b = limits.admit(Some("u1")).expect("2nd");
-        assert_eq!(limits.admit(Some("u1")).err(), Some(Refusal::UserFull));
+        assert_eq!(limits.admit(Some("u1")).err(), Some(Limit::UserFull));
         let c = limits.admit(None).expect("3rd");
-        assert_eq!(limits.admit(Some("u2")).err(), Some(Refusal::NodeFull));
+        assert_eq!(limits.admit(Some("u2")).err(), Some(Limit::NodeFull));
         drop(a);
         let _d = limits.admit(Some("u1")).expect("place released");
         drop((b, c));
@@ -244,7 +231,7 @@ mod tests {
         let other: IpAddr = "127.0.0.2".parse().unwrap();
         assert!(limits.check_rate(Some(ip)).is_ok());
         assert!(limits.check_rate(Some(ip)).is_ok());
-        assert_eq!(limits.check_rate(Some(ip)), Err(Refusal::RateLimited));
+        assert_eq!(limits.check_rate(Some(ip)), Err(Limit::RateLimited));
         assert!(
             limits.check_rate(Some(other)).is_ok(),
             "other IPs are not affected"

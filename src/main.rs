@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use phx_gateway::config::Settings;
-use phx_gateway::{server, telemetry, Gateway};
+use phx_gateway::{logging, server, Gateway};
+use secrecy::ExposeSecret;
 
 /// A realtime gateway speaking the Phoenix Channels protocol.
 ///
@@ -68,10 +69,16 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Config {
             action: ConfigAction::Check,
-        } => {
-            println!("configuration is valid");
-            ExitCode::SUCCESS
-        }
+        } => match phx_gateway::channel::builtin::router(&settings.routes, None) {
+            Ok(_) => {
+                println!("configuration is valid");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("phx-gateway: invalid configuration: {e}");
+                ExitCode::from(2)
+            }
+        },
         Command::Token {
             user_id,
             max_age_s,
@@ -130,7 +137,10 @@ fn mint(
             anyhow::bail!("auth.mode is none: set PHX_GATEWAY__AUTH__MODE to phoenix_token or jwt")
         }
         AuthMode::PhoenixToken => {
-            let secret = auth.secret_key_base.as_deref().unwrap_or_default();
+            let secret = auth
+                .secret_key_base
+                .as_ref()
+                .map_or("", |s| s.expose_secret());
             let data = if extra.is_empty() {
                 id
             } else {
@@ -159,7 +169,7 @@ fn mint(
             if let Some(aud) = &auth.jwt_audience {
                 claims.insert("aud".into(), json!(aud));
             }
-            let secret = auth.jwt_secret.as_deref().unwrap_or_default();
+            let secret = auth.jwt_secret.as_ref().map_or("", |s| s.expose_secret());
             Ok(
                 phx_gateway::auth::sign_hs256(&Value::Object(claims), secret.as_bytes())
                     .map_err(|e| anyhow::anyhow!("{e}"))?,
@@ -169,7 +179,7 @@ fn mint(
 }
 
 fn run_migrate(settings: Settings) -> anyhow::Result<()> {
-    telemetry::init(settings.log.format);
+    logging::init(settings.log.format);
     if settings.redis.url.is_none() {
         anyhow::bail!("redis.url is not set (PHX_GATEWAY__REDIS__URL): nothing to migrate");
     }
@@ -189,7 +199,7 @@ fn run_migrate(settings: Settings) -> anyhow::Result<()> {
 }
 
 fn serve(settings: Settings) -> anyhow::Result<()> {
-    telemetry::init(settings.log.format);
+    logging::init(settings.log.format);
     // Panics are caught per channel; make sure they reach the structured log too.
     std::panic::set_hook(Box::new(|info| tracing::error!(panic = %info, "panic")));
     let runtime = tokio::runtime::Builder::new_multi_thread()

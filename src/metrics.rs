@@ -3,10 +3,11 @@
 //! Code records through the `metrics` facade with the names below; `/metrics` on the admin
 //! port renders them. Labels have bounded cardinality: never a topic or a user id.
 
-use std::sync::OnceLock;
+use std::sync::{LazyLock, OnceLock};
 
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_process::Collector;
 
 /// Connected sockets, by `transport`.
 pub const SOCKETS: &str = "phx_gateway_sockets";
@@ -67,6 +68,9 @@ const LATENCY_BUCKETS: &[f64] = &[
 ];
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// The `process_*` metrics (CPU, memory, file descriptors, threads), read when rendered.
+static PROCESS: LazyLock<Collector> = LazyLock::new(Collector::default);
 
 /// Installs the global recorder (once per process) and returns its handle.
 pub fn init() -> Option<&'static PrometheusHandle> {
@@ -155,6 +159,7 @@ fn describe() {
         "Client messages for a topic the socket has not joined."
     );
     describe_counter!(WEBHOOK_ERRORS, "Webhook failures, by kind.");
+    PROCESS.describe();
 }
 
 /// Renders every metric in the Prometheus text format, process metrics included.
@@ -163,81 +168,6 @@ pub fn render() -> String {
         return String::new();
     };
     handle.run_upkeep();
-    let mut out = handle.render();
-    out.push_str(&process_metrics());
-    out
-}
-
-/// `process_*` metrics from /proc (Linux), in the names Prometheus clients use.
-fn process_metrics() -> String {
-    use std::fmt::Write;
-    let mut out = String::new();
-    let ticks = 100.0; // USER_HZ on Linux
-    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
-        let fields: Vec<&str> = stat
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .split_whitespace()
-            .collect();
-        let num = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|f| f.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        let cpu = (num(11) + num(12)) / ticks;
-        let _ = writeln!(
-            out,
-            "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds."
-        );
-        let _ = writeln!(
-            out,
-            "# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {cpu}"
-        );
-        let rss_pages = num(21);
-        let _ = writeln!(
-            out,
-            "# HELP process_resident_memory_bytes Resident memory size in bytes."
-        );
-        let _ = writeln!(
-            out,
-            "# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {}",
-            rss_pages * 4096.0
-        );
-        let _ = writeln!(
-            out,
-            "# HELP process_virtual_memory_bytes Virtual memory size in bytes."
-        );
-        let _ = writeln!(
-            out,
-            "# TYPE process_virtual_memory_bytes gauge\nprocess_virtual_memory_bytes {}",
-            num(20)
-        );
-    }
-    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
-        let _ = writeln!(
-            out,
-            "# HELP process_open_fds Number of open file descriptors."
-        );
-        let _ = writeln!(
-            out,
-            "# TYPE process_open_fds gauge\nprocess_open_fds {}",
-            dir.count()
-        );
-    }
-    if let Ok(limits) = std::fs::read_to_string("/proc/self/limits") {
-        if let Some(max) = limits
-            .lines()
-            .find(|l| l.starts_with("Max open files"))
-            .and_then(|l| l.split_whitespace().nth(3))
-        {
-            let _ = writeln!(
-                out,
-                "# HELP process_max_fds Maximum number of open file descriptors."
-            );
-            let _ = writeln!(out, "# TYPE process_max_fds gauge\nprocess_max_fds {max}");
-        }
-    }
-    out
+    PROCESS.collect();
+    handle.render()
 }

@@ -36,6 +36,8 @@ pub fn start(gateway: Arc<Gateway>, listener: TcpListener) -> std::io::Result<Ru
         n => n,
     };
     let data = web::Data::new(gateway.clone());
+    // The transports get only what they need.
+    let transport = web::Data::new(gateway.transport().clone());
     let ws_path = format!("{}/websocket", gateway.settings.socket.path);
     let demo = gateway.settings.demo.enabled;
     let longpoll = gateway.settings.longpoll.enabled;
@@ -46,6 +48,7 @@ pub fn start(gateway: Arc<Gateway>, listener: TcpListener) -> std::io::Result<Ru
         let mut app = App::new()
             .configure(crate::api::configure)
             .app_data(data.clone())
+            .app_data(transport.clone())
             .app_data(body_limit.clone())
             .route(&ws_path, web::get().to(websocket::upgrade));
         if longpoll {

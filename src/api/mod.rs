@@ -4,8 +4,12 @@
 
 use std::sync::Arc;
 
-use actix_web::http::header;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::{header, StatusCode};
+use actix_web::middleware::{from_fn, Next};
+use actix_web::{error, web, HttpRequest, HttpResponse};
+use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::Digest;
@@ -20,33 +24,72 @@ const MAX_BATCH: usize = 1000;
 
 /// Registers the API routes on an app scope.
 pub fn configure(cfg: &mut web::ServiceConfig) {
+    // A body that does not parse is a 400 with the parser's reason, in the API's error shape.
+    let json = web::JsonConfig::default()
+        .content_type_required(false)
+        .error_handler(|e, _| {
+            let answer = error(
+                StatusCode::BAD_REQUEST,
+                &format!("invalid request body: {e}"),
+            );
+            error::InternalError::from_response(e, answer).into()
+        });
     cfg.service(
         web::scope("/api/v1")
-            .route("/broadcast", web::post().to(broadcast))
-            .route("/presence/{topic:.*}", web::get().to(presence))
-            .route("/disconnect", web::post().to(disconnect))
-            .route("/info", web::get().to(info))
+            .app_data(json)
+            .service(keyed("/broadcast", web::post().to(broadcast)))
+            .service(keyed("/presence/{topic:.*}", web::get().to(presence)))
+            .service(keyed("/disconnect", web::post().to(disconnect)))
+            .service(keyed("/info", web::get().to(info)))
             .default_service(web::to(not_found)),
     );
 }
 
-fn error(status: actix_web::http::StatusCode, message: &str) -> HttpResponse {
+/// An endpoint behind the key check; other methods on its path are "not found".
+fn keyed(
+    path: &str,
+    route: actix_web::Route,
+) -> actix_web::Resource<
+    impl actix_web::dev::ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    web::resource(path)
+        .wrap(from_fn(require_key))
+        .route(route)
+        .default_service(web::to(not_found))
+}
+
+fn error(status: StatusCode, message: &str) -> HttpResponse {
     HttpResponse::build(status).json(json!({"error": message}))
 }
 
 async fn not_found() -> HttpResponse {
-    error(actix_web::http::StatusCode::NOT_FOUND, "not found")
+    error(StatusCode::NOT_FOUND, "not found")
 }
 
-/// Checks the bearer key: `Some` is the refusal to send (404 when the API is off).
-fn refuse(req: &HttpRequest, gateway: &Gateway) -> Option<HttpResponse> {
-    let Some(key) = gateway
-        .settings
-        .api
-        .key
-        .as_deref()
-        .filter(|k| !k.is_empty())
-    else {
+/// Lets a request through only with the bearer key (404 for everything when the API is off).
+async fn require_key(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    match refusal(req.request()) {
+        None => Ok(next.call(req).await?.map_into_left_body()),
+        Some(answer) => Ok(req.into_response(answer).map_into_right_body()),
+    }
+}
+
+/// The answer to a request without the right key, if it lacks it.
+fn refusal(req: &HttpRequest) -> Option<HttpResponse> {
+    let key = req
+        .app_data::<web::Data<Arc<Gateway>>>()
+        .and_then(|g| g.settings.api.key.clone())
+        .filter(|k| !k.expose_secret().is_empty());
+    let Some(key) = key else {
         return Some(HttpResponse::NotFound().finish());
     };
     let given = req
@@ -58,7 +101,7 @@ fn refuse(req: &HttpRequest, gateway: &Gateway) -> Option<HttpResponse> {
     // Digests are compared, not the keys: equal lengths, so the key's length cannot leak
     // through the comparison's timing either.
     let digest = |k: &str| sha2::Sha256::digest(k.as_bytes());
-    if bool::from(digest(given).ct_eq(&digest(key))) {
+    if bool::from(digest(given).ct_eq(&digest(key.expose_secret()))) {
         None
     } else {
         tracing::info!(peer = ?req.peer_addr(), "server API: missing or wrong key");
@@ -88,67 +131,58 @@ enum BroadcastRequest {
     One(Message),
 }
 
-fn validate(m: Message, gateway: &Gateway) -> Result<Broadcast, String> {
-    if m.topic.is_empty() || m.topic.len() > gateway.settings.socket.max_topic_bytes {
-        return Err(format!(
-            "topic must be 1 to {} bytes",
-            gateway.settings.socket.max_topic_bytes
-        ));
+/// Why a message of a request cannot be broadcast.
+#[derive(Debug, thiserror::Error)]
+enum Invalid {
+    #[error("topic must be 1 to {0} bytes")]
+    TopicLength(usize),
+    #[error("topics starting with phx_internal: are reserved")]
+    Reserved,
+    #[error("event must be 1 to 255 bytes")]
+    EventLength,
+    #[error("payload must be a JSON object")]
+    PayloadNotObject,
+}
+
+fn validate(m: Message, max_topic: usize) -> Result<Broadcast, Invalid> {
+    if m.topic.is_empty() || m.topic.len() > max_topic {
+        return Err(Invalid::TopicLength(max_topic));
     }
-    if m.topic
-        .starts_with(crate::transport::relay::INTERNAL_PREFIX)
-    {
-        return Err("topics starting with phx_internal: are reserved".into());
+    if m.topic.starts_with(crate::protocol::INTERNAL_PREFIX) {
+        return Err(Invalid::Reserved);
     }
     if m.event.is_empty() || m.event.len() > 255 {
-        return Err("event must be 1 to 255 bytes".into());
+        return Err(Invalid::EventLength);
     }
     let payload = match m.payload {
         None => Value::Object(Default::default()),
         Some(v @ Value::Object(_)) => v,
-        Some(_) => return Err("payload must be a JSON object".into()),
+        Some(_) => return Err(Invalid::PayloadNotObject),
     };
     Ok(Broadcast::new(m.topic, m.event, Payload::Json(payload)))
 }
 
 async fn broadcast(
-    req: HttpRequest,
     gateway: web::Data<Arc<Gateway>>,
-    body: web::Bytes,
+    body: web::Json<BroadcastRequest>,
 ) -> HttpResponse {
-    if let Some(resp) = refuse(&req, &gateway) {
-        return resp;
-    }
-    let parsed: BroadcastRequest = match serde_json::from_slice(&body) {
-        Ok(p) => p,
-        Err(e) => {
-            return error(
-                actix_web::http::StatusCode::BAD_REQUEST,
-                &format!("invalid request body: {e}"),
-            )
-        }
-    };
-    let messages = match parsed {
+    let messages = match body.into_inner() {
         BroadcastRequest::One(m) => vec![m],
         BroadcastRequest::Batch { messages } => messages,
     };
     if messages.is_empty() || messages.len() > MAX_BATCH {
         return error(
-            actix_web::http::StatusCode::BAD_REQUEST,
+            StatusCode::BAD_REQUEST,
             &format!("send 1 to {MAX_BATCH} messages"),
         );
     }
     // Validate the whole batch first: a batch is published entirely or not at all.
+    let max_topic = gateway.settings.socket.max_topic_bytes;
     let mut valid = Vec::with_capacity(messages.len());
     for (i, m) in messages.into_iter().enumerate() {
-        match validate(m, &gateway) {
+        match validate(m, max_topic) {
             Ok(b) => valid.push(b),
-            Err(e) => {
-                return error(
-                    actix_web::http::StatusCode::BAD_REQUEST,
-                    &format!("message {i}: {e}"),
-                )
-            }
+            Err(e) => return error(StatusCode::BAD_REQUEST, &format!("message {i}: {e}")),
         }
     }
     let count = valid.len();
@@ -158,17 +192,10 @@ async fn broadcast(
     HttpResponse::Accepted().json(json!({"ok": true, "count": count}))
 }
 
-async fn presence(
-    req: HttpRequest,
-    gateway: web::Data<Arc<Gateway>>,
-    topic: web::Path<String>,
-) -> HttpResponse {
-    if let Some(resp) = refuse(&req, &gateway) {
-        return resp;
-    }
+async fn presence(gateway: web::Data<Arc<Gateway>>, topic: web::Path<String>) -> HttpResponse {
     let topic = topic.into_inner();
     if topic.is_empty() || topic.len() > gateway.settings.socket.max_topic_bytes {
-        return error(actix_web::http::StatusCode::BAD_REQUEST, "invalid topic");
+        return error(StatusCode::BAD_REQUEST, "invalid topic");
     }
     HttpResponse::Ok().json(gateway.presence.list(&topic).await)
 }
@@ -180,42 +207,26 @@ struct DisconnectRequest {
 }
 
 async fn disconnect(
-    req: HttpRequest,
     gateway: web::Data<Arc<Gateway>>,
-    body: web::Bytes,
+    body: web::Json<DisconnectRequest>,
 ) -> HttpResponse {
-    if let Some(resp) = refuse(&req, &gateway) {
-        return resp;
-    }
-    let parsed: DisconnectRequest = match serde_json::from_slice(&body) {
-        Ok(p) => p,
-        Err(e) => {
-            return error(
-                actix_web::http::StatusCode::BAD_REQUEST,
-                &format!("invalid request body: {e}"),
-            )
-        }
-    };
-    if parsed.socket_id.is_empty()
-        || parsed.socket_id.len() > gateway.settings.socket.max_topic_bytes
-        || parsed
-            .socket_id
-            .starts_with(crate::transport::relay::INTERNAL_PREFIX)
+    let socket_id = body.into_inner().socket_id;
+    if socket_id.is_empty()
+        || socket_id.len() > gateway.settings.socket.max_topic_bytes
+        || socket_id.starts_with(crate::protocol::INTERNAL_PREFIX)
     {
-        return error(
-            actix_web::http::StatusCode::BAD_REQUEST,
-            "invalid socket_id",
-        );
+        return error(StatusCode::BAD_REQUEST, "invalid socket_id");
     }
-    let msg = Broadcast::new(parsed.socket_id, "disconnect", Payload::empty());
+    let msg = Broadcast::new(
+        socket_id,
+        crate::protocol::events::DISCONNECT,
+        Payload::empty(),
+    );
     gateway.pubsub.broadcast(Arc::new(msg), None);
     HttpResponse::Accepted().json(json!({"ok": true}))
 }
 
-async fn info(req: HttpRequest, gateway: web::Data<Arc<Gateway>>) -> HttpResponse {
-    if let Some(resp) = refuse(&req, &gateway) {
-        return resp;
-    }
+async fn info(gateway: web::Data<Arc<Gateway>>) -> HttpResponse {
     let (node, mode, nodes) = match &gateway.cluster {
         Some(c) => {
             let nodes: Vec<String> = c

@@ -9,8 +9,6 @@
 //! against an explicit clock so that they are testable and share one leeway.
 
 use super::{keys, TokenError, MAX_TOKEN_LEN};
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{errors::ErrorKind, Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{Map, Value};
@@ -114,24 +112,19 @@ impl JwtVerifier {
                 (vec![entry], false)
             }
             JwtKey::Rs256Pem(pem) => {
-                let key = DecodingKey::from_rsa_der(&keys::rsa_public_pem_to_pkcs1(&pem)?);
                 let entry = KeyEntry {
                     kid: None,
                     alg: Algorithm::RS256,
-                    key,
+                    key: keys::rs256_pem(&pem)?,
                 };
                 (vec![entry], false)
             }
             JwtKey::Es256Pem(pem) => {
-                let key = DecodingKey::from_ec_der(&keys::p256_public_pem_to_point(&pem)?);
                 let entry = KeyEntry {
                     kid: None,
                     alg: Algorithm::ES256,
-                    key,
+                    key: keys::es256_pem(&pem)?,
                 };
-                if !key_loads(&entry) {
-                    return Err(TokenError::invalid("ES256 public key is not a P-256 point"));
-                }
                 (vec![entry], false)
             }
             JwtKey::Jwks(json) => (parse_jwks(&json)?, true),
@@ -264,11 +257,17 @@ fn parse_jwks(json: &str) -> Result<Vec<KeyEntry>, TokenError> {
         if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
             continue;
         }
-        let (alg, want) = match &jwk.algorithm {
-            AlgorithmParameters::RSA(_) => (Algorithm::RS256, KeyAlgorithm::RS256),
-            AlgorithmParameters::EllipticCurve(p) if matches!(p.curve, EllipticCurve::P256) => {
-                (Algorithm::ES256, KeyAlgorithm::ES256)
-            }
+        let (alg, want, key) = match &jwk.algorithm {
+            AlgorithmParameters::RSA(p) => (
+                Algorithm::RS256,
+                KeyAlgorithm::RS256,
+                keys::rs256_jwk(&p.n, &p.e),
+            ),
+            AlgorithmParameters::EllipticCurve(p) if matches!(p.curve, EllipticCurve::P256) => (
+                Algorithm::ES256,
+                KeyAlgorithm::ES256,
+                keys::es256_jwk(&p.x, &p.y),
+            ),
             // oct keys would make a published key set into HMAC secrets; other curves and
             // key types are outside what this gateway supports.
             _ => continue,
@@ -276,63 +275,19 @@ fn parse_jwks(json: &str) -> Result<Vec<KeyEntry>, TokenError> {
         if jwk.common.key_algorithm.is_some_and(|a| a != want) {
             continue;
         }
-        if let AlgorithmParameters::RSA(p) = &jwk.algorithm {
-            // Same size policy as for PEM keys (see keys::RSA_MIN_BITS).
-            let bits = URL_SAFE_NO_PAD
-                .decode(&p.n)
-                .map_or(0, |n| keys::bit_len(&n));
-            if !(keys::RSA_MIN_BITS..=keys::RSA_MAX_BITS).contains(&bits) {
-                continue;
-            }
-        }
-        let Ok(key) = DecodingKey::from_jwk(&jwk) else {
+        let Ok(key) = key else {
             continue;
         };
-        let entry = KeyEntry {
+        out.push(KeyEntry {
             kid: jwk.common.key_id.clone(),
             alg,
             key,
-        };
-        if key_loads(&entry) {
-            out.push(entry);
-        }
+        });
     }
     if out.is_empty() {
         return Err(TokenError::invalid("JWKS has no usable RS256/ES256 key"));
     }
     Ok(out)
-}
-
-/// Start-up self-test of a key: runs a verification of a dummy token and reports whether the
-/// backend could load the key (the signature is of course wrong). `jsonwebtoken` only parses
-/// EC keys when verifying, so without this an off-curve point would fail every token at run
-/// time instead of failing configuration.
-fn key_loads(entry: &KeyEntry) -> bool {
-    let header = format!(r#"{{"alg":"{:?}"}}"#, entry.alg);
-    let sig_len = match entry.alg {
-        Algorithm::ES256 => 64,
-        _ => 256,
-    };
-    let token = format!(
-        "{}.{}.{}",
-        URL_SAFE_NO_PAD.encode(header),
-        URL_SAFE_NO_PAD.encode("{}"),
-        URL_SAFE_NO_PAD.encode(vec![1u8; sig_len])
-    );
-    let mut validation = Validation::new(entry.alg);
-    validation.validate_exp = false;
-    validation.validate_aud = false;
-    validation.required_spec_claims = HashSet::new();
-    match jsonwebtoken::decode::<Map<String, Value>>(&token, &entry.key, &validation) {
-        Ok(_) => true,
-        Err(e) => !matches!(
-            e.kind(),
-            ErrorKind::InvalidEcdsaKey
-                | ErrorKind::InvalidEddsaKey
-                | ErrorKind::InvalidRsaKey(_)
-                | ErrorKind::InvalidKeyFormat
-        ),
-    }
 }
 
 /// Maps library errors to fixed texts: library messages could in principle quote input, and
@@ -386,124 +341,23 @@ pub fn sign_hs256(claims: &Value, secret: &[u8]) -> Result<String, TokenError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
     use serde_json::json;
 
     const SECRET: &[u8] = b"hs256-test-secret-0123456789abcdef";
     const NOW: u64 = 1_750_000_000;
 
     // Test-only keys generated with `openssl genpkey` for this module; never used elsewhere.
-    const RSA1_PRIV: &str = "\
------BEGIN RSA PRIVATE KEY-----\n\
-MIIEpAIBAAKCAQEAze8WVCt7DX5IaqOU6KmNCYHTf6KIoWfNNVxo5xi/kHojLFi5\n\
-37uSnkz4QYSLAKKul7OZcAUVYq4V8z2/rAbAzUOyZa+wv6Gg7lHaxuZePaNNseuF\n\
-XWhpBs59Vy24URC4WvebS1fDaOUOtww/jw30crbX2rhom/+5yUgfchLiDxYbHkEo\n\
-dblJQ/6ZWNifUzXYWf6R0G38Rhf1UrsIi8c6MpIACho5D4AykyhvTqMqww1Mbo9k\n\
-uWyzL/e+vnGY1kMhrpBlEuSLGcskC3urqaB9dRM7LscFE1BMckZg49+9/ans5F1c\n\
-chGvUhZ14+441jrvWKWo6W10rv/EAvDbPM5tzwIDAQABAoIBADCw2JczJqeklau9\n\
-HL68JBA85Yx2mhaLq/3zaQxHEjgvYLSiD+TB/WM3cLVRCOqwDFbrDJrrYMiRv7fh\n\
-ADpE6H5ABOS9Gy3cIehnazJ/EoZBX+Py+3f/8WE+Hm2n7j4glW5QwCOazyW0jvuh\n\
-xj9lPciHyda5pmZIGx3n0yOOKmwFUfTe4xDXOzELFyZh+yplqLuz2jDrz0SxghgK\n\
-vKyUOEUMDd2DAxNATtc91r0Yb/NqijzC1A35Q+mJemgN3ZamMePnaemYEPqrm6lG\n\
-L7EyBXUT4d4uprsDVe/3SCH8pXkYWAGPOtQywkiWvSvQOGItCzLNu6LS4p6fwaB5\n\
-DLsagu0CgYEA5uKonMN9DpVUKsPNcMu88wVnfzU+9QiTYEARdSt2/ubdsf+Hq/qO\n\
-UX5TEtvu7rqFn803H6LlJNMJ3ythGlMgJxwxJRvLp1mLKKASZjNVTNOcNOFfYL0n\n\
-8y1iMzA6UoTn1I0UxD3kfzE5bsOi0fb9FiTPlAsmm2Zxuefqa0i9UnUCgYEA5FWe\n\
-cdhxecNN0hrNnaBMPvE1A7VDEKYfs2eMugFT/h1EU9Su6Ge3c5JU6UgijV5GE1HB\n\
-EK27ZHPjBz2dHBSQzytu9L7NchVF/54qgCmy/QjDwcffyJbJUBpv60y5ddnjQljV\n\
-KAtga3DmDV7FLKEVM2an35y0cPY9yw7UbNQR7rMCgYEAt7r24ojOI6TBbaaS/Yej\n\
-vOA4FAqTJvrEDHvvaIZGE2I0WUk29axVRJR6Fy/dWywi2Z+8lfhS0JL/8A/dHc24\n\
-cGcG1LjhvzKKgrGe8qU25AQg8hPGinz8JY+f7YwbXT9WHNaICAIYqv7I7VPRZbRe\n\
-ghiY9v5IorFLHt1mtikUP2ECgYB3DNUR0qJHtDbNB0CRoNRgNO9JQab39UWuCp1r\n\
-FeovIh9P/iI79mfGEFPJVdz+DFtJE2UwRwTfeTSzv8I8s9RUz/aIETuY8dKPVm4e\n\
-aJ90Iq++R3I8abII29/itRw1gCdnnl11BYl+O10XN4RiopIlPK7mfhPumdTaHJ9R\n\
-Jrk61QKBgQCz0IimXDKfwZis+DcBEn+P1am2/ZelhcsU1DJCv8bqcFTej6NWnGZP\n\
-eSH6LWQ61jpeObJWgxkCfj438kYVtBQrM0Juh6KWsmLqHitc/URxOymAAgwQQXK1\n\
-aeFNw+x/ngqoRYbI5vn+OMjsxeOQalr8IIzxPdkFX0DbaRYv2fEH4w==\n\
------END RSA PRIVATE KEY-----\n\
-";
-    const RSA1_PUB: &str = "\
------BEGIN PUBLIC KEY-----\n\
-MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAze8WVCt7DX5IaqOU6KmN\n\
-CYHTf6KIoWfNNVxo5xi/kHojLFi537uSnkz4QYSLAKKul7OZcAUVYq4V8z2/rAbA\n\
-zUOyZa+wv6Gg7lHaxuZePaNNseuFXWhpBs59Vy24URC4WvebS1fDaOUOtww/jw30\n\
-crbX2rhom/+5yUgfchLiDxYbHkEodblJQ/6ZWNifUzXYWf6R0G38Rhf1UrsIi8c6\n\
-MpIACho5D4AykyhvTqMqww1Mbo9kuWyzL/e+vnGY1kMhrpBlEuSLGcskC3urqaB9\n\
-dRM7LscFE1BMckZg49+9/ans5F1cchGvUhZ14+441jrvWKWo6W10rv/EAvDbPM5t\n\
-zwIDAQAB\n\
------END PUBLIC KEY-----\n\
-";
-    const RSA1_PUB_PKCS1: &str = "\
------BEGIN RSA PUBLIC KEY-----\n\
-MIIBCgKCAQEAze8WVCt7DX5IaqOU6KmNCYHTf6KIoWfNNVxo5xi/kHojLFi537uS\n\
-nkz4QYSLAKKul7OZcAUVYq4V8z2/rAbAzUOyZa+wv6Gg7lHaxuZePaNNseuFXWhp\n\
-Bs59Vy24URC4WvebS1fDaOUOtww/jw30crbX2rhom/+5yUgfchLiDxYbHkEodblJ\n\
-Q/6ZWNifUzXYWf6R0G38Rhf1UrsIi8c6MpIACho5D4AykyhvTqMqww1Mbo9kuWyz\n\
-L/e+vnGY1kMhrpBlEuSLGcskC3urqaB9dRM7LscFE1BMckZg49+9/ans5F1cchGv\n\
-UhZ14+441jrvWKWo6W10rv/EAvDbPM5tzwIDAQAB\n\
------END RSA PUBLIC KEY-----\n\
-";
+    const RSA1_PRIV: &str = include_str!("../../tests/fixtures/jwt/rsa1-private.pem");
+    const RSA1_PUB: &str = include_str!("../../tests/fixtures/jwt/rsa1-public.pem");
+    const RSA1_PUB_PKCS1: &str = include_str!("../../tests/fixtures/jwt/rsa1-public-pkcs1.pem");
     /// 1024-bit: below the accepted minimum.
-    const RSA1024_PUB: &str = "\
------BEGIN PUBLIC KEY-----\n\
-MIGfMA0GCSqGSIb3DQEBAQUAA4GNADCBiQKBgQC6iDz5idaJMPXHI3qsfGaM87uX\n\
-Qr4xPfnKn9RJKwWK9FFwuP044DyDEtpz8JmcSBHt8fBfbHJ+njWbi+rbXSzl8/q/\n\
-YEEgmwVVepijNCl7uD0uKphdaVTuuBlUvV2kT/4tN5OyBwi9i9BF88LPypvZRy/P\n\
-t3EysE0XOD5761vBnwIDAQAB\n\
------END PUBLIC KEY-----\n\
-";
-    const RSA2_PRIV: &str = "\
------BEGIN RSA PRIVATE KEY-----\n\
-MIIEowIBAAKCAQEAz9nc2iK5Qq7y1YW7/GfRiGRdqBlL/uQ26YktPFHwqssA3QVm\n\
-Kb4fUiczLyWqUbnTIPWiSCCelM58IwdBG55TyvlN8NZll9LVscomN06LJmzWxEts\n\
-hiTlPAECYQ0bZvsG3r/8BjcLOZdxBSGHkgGNMRwyoyRAgdFuHUajrtTSdXBNsLNQ\n\
-JvNxUqE+VC6s0FEOEiBbuUvhlfplnonvjk/zwr3+gf5M+c1m9Xr1Opb8KcYfCnwi\n\
-wGV1rqUgNf+YV+KiQDJTFJ634xNm1j3nnJpS3meViLjnivXMZIlPcgSBAHe8fF4w\n\
-4SjG3wey3UXM4UAAcVInog9Gk3PLhml//oSixwIDAQABAoIBABd6iasOXxT8RCwA\n\
-dlK1u4KHq9iwOthpGRbaSwTUULZKRiexU3AFrO4PxYVe4NVog0Pm21UAcklm5bjj\n\
-OeSPxvFXpgk9fq5ev4rcxeJbefZ2NvBngLPKeSaFCqrB20WPt5/z2dkt4JO52qd0\n\
-uSayDCvu/n1VPAAuEx01fInkOn3PZJ6ZVwQ9tpdIsdSF2U1qcbSFHrHFOnerN3LY\n\
-qj7+OFECBXhj/+DOKJyFxYtsiNE23cCgQhREJOXvVTLtIALeAFQmBrKVPki7Z83a\n\
-9w9vZonYcVup6uEyUi8h5INoPrqqJ8+YZ9HZsm1D21YV845eHE64hxqEgV0iBpRs\n\
-9hasuQkCgYEA8HG9KgZQwuk9vthyYm9qFk+m3v+tqVWGHTxb5FcLlAQ8oufJ81bY\n\
-7hxrxlIe4u3BKy/KDglEnKfBNVVlg78us6bMYYOlRue1isPJQshiIO4D1DVOOdkB\n\
-6IOhDumSUZ8SNVGcwlQAH1S6Phgp7fKJL7aRFPrO2OhT7bzyvwdZuWMCgYEA3UxP\n\
-n0cZMdo/8fjb8BRZfpcvi+jkcdT9HTCw7ZeXqvvOE1lrOGB0i0pU/8SbOV5Vj59s\n\
-lYtgTCSWR4tZfHE2HwHACAXKI8OrBmPDNr7DfI4udaASg4mXGOjS0wpfpSo+m8BG\n\
-RqvQXFQslXNZtpm6AgwX6SeyjGN1xkGujI3OoE0CgYEArczJO3NNNVZ7N1Qlelmm\n\
-iXIR4OdXlCspwkA6/BafW+KkIe0B4U9JhvQsQzJg+Q96rcjheLviSIpJ8k9EDbNI\n\
-ArvyyBnsghBC/YcAF7HYnIzvX5kYbmAaLQPYi3ryNOWSt8/CTAWEASGxbejxhfnm\n\
-iAKjZFLW6Zsl75bAsKyTgpkCgYBsUUPPxG8ylY8jExokIvHDIqElLDNU/FmABisz\n\
-wDV+fY3arrPqflvNKe782fDYXbIngHMXp4bU/juIfU6puIgzGRozUxIj+0wk7oPI\n\
-sgrhVn6rGFS3iYspqBw5LCSwpULL3YsIYGS2LIU+CZ3p4MjI4754YvPj/3LQPaoA\n\
-JhDzKQKBgGhDCq1oGG1B0Pzjhf1Q6uHVPyz8mJ45W77aOxJeG97FAiAf/T6ffRsJ\n\
-zrqC7wf4iUSp8SGyxqi84KSGNCvSoBzEkBfRVdgX16x2cDylFd51Kbg1L1o6n9iB\n\
-zFhKFHB79aLYwnxR+rGRlACGflCdYIbzRWuov5ffdImqBZRXeS45\n\
------END RSA PRIVATE KEY-----\n\
-";
-    const RSA2_PUB: &str = "\
------BEGIN PUBLIC KEY-----\n\
-MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAz9nc2iK5Qq7y1YW7/GfR\n\
-iGRdqBlL/uQ26YktPFHwqssA3QVmKb4fUiczLyWqUbnTIPWiSCCelM58IwdBG55T\n\
-yvlN8NZll9LVscomN06LJmzWxEtshiTlPAECYQ0bZvsG3r/8BjcLOZdxBSGHkgGN\n\
-MRwyoyRAgdFuHUajrtTSdXBNsLNQJvNxUqE+VC6s0FEOEiBbuUvhlfplnonvjk/z\n\
-wr3+gf5M+c1m9Xr1Opb8KcYfCnwiwGV1rqUgNf+YV+KiQDJTFJ634xNm1j3nnJpS\n\
-3meViLjnivXMZIlPcgSBAHe8fF4w4SjG3wey3UXM4UAAcVInog9Gk3PLhml//oSi\n\
-xwIDAQAB\n\
------END PUBLIC KEY-----\n\
-";
-    const EC1_PRIV: &str = "\
------BEGIN PRIVATE KEY-----\n\
-MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgbWG5qEdWs2HN8NvO\n\
-PO/Qk6K/VF90QnxRgdfSiA0d4guhRANCAATozfMiEaqG0Km5NvJ4ea7GWEn0CLT2\n\
-h002GqZZ/3ayFz3/5J2tQB3AzJceD3gfiWTnOTdhNhNzb5WGoTPbLfTd\n\
------END PRIVATE KEY-----\n\
-";
-    const EC1_PUB: &str = "\
------BEGIN PUBLIC KEY-----\n\
-MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE6M3zIhGqhtCpuTbyeHmuxlhJ9Ai0\n\
-9odNNhqmWf92shc9/+SdrUAdwMyXHg94H4lk5zk3YTYTc2+VhqEz2y303Q==\n\
------END PUBLIC KEY-----\n\
-";
+    const RSA1024_PUB: &str = include_str!("../../tests/fixtures/jwt/rsa1024-public.pem");
+    const RSA2_PRIV: &str = include_str!("../../tests/fixtures/jwt/rsa2-private.pem");
+    const RSA2_PUB: &str = include_str!("../../tests/fixtures/jwt/rsa2-public.pem");
+    const EC1_PRIV: &str = include_str!("../../tests/fixtures/jwt/ec1-private.pem");
+    const EC1_PUB: &str = include_str!("../../tests/fixtures/jwt/ec1-public.pem");
     const RSA1_N: &str = "ze8WVCt7DX5IaqOU6KmNCYHTf6KIoWfNNVxo5xi_kHojLFi537uSnkz4QYSLAKKul7OZcAUVYq4V8z2_rAbAzUOyZa-wv6Gg7lHaxuZePaNNseuFXWhpBs59Vy24URC4WvebS1fDaOUOtww_jw30crbX2rhom_-5yUgfchLiDxYbHkEodblJQ_6ZWNifUzXYWf6R0G38Rhf1UrsIi8c6MpIACho5D4AykyhvTqMqww1Mbo9kuWyzL_e-vnGY1kMhrpBlEuSLGcskC3urqaB9dRM7LscFE1BMckZg49-9_ans5F1cchGvUhZ14-441jrvWKWo6W10rv_EAvDbPM5tzw";
     const RSA2_N: &str = "z9nc2iK5Qq7y1YW7_GfRiGRdqBlL_uQ26YktPFHwqssA3QVmKb4fUiczLyWqUbnTIPWiSCCelM58IwdBG55TyvlN8NZll9LVscomN06LJmzWxEtshiTlPAECYQ0bZvsG3r_8BjcLOZdxBSGHkgGNMRwyoyRAgdFuHUajrtTSdXBNsLNQJvNxUqE-VC6s0FEOEiBbuUvhlfplnonvjk_zwr3-gf5M-c1m9Xr1Opb8KcYfCnwiwGV1rqUgNf-YV-KiQDJTFJ634xNm1j3nnJpS3meViLjnivXMZIlPcgSBAHe8fF4w4SjG3wey3UXM4UAAcVInog9Gk3PLhml__oSixw";
     const EC1_X: &str = "6M3zIhGqhtCpuTbyeHmuxlhJ9Ai09odNNhqmWf92shc";
@@ -520,7 +374,7 @@ MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE6M3zIhGqhtCpuTbyeHmuxlhJ9Ai0\n\
 
     fn sign_with(alg: Algorithm, pem: &str, kid: Option<&str>, claims: &Value) -> String {
         // RS256 signing takes PKCS#1 DER ("RSA PRIVATE KEY"), ES256 PKCS#8 DER ("PRIVATE KEY").
-        let (_, der) = keys::pem_decode(pem.as_bytes()).expect("pem");
+        let der = pem::parse(pem).expect("pem").into_contents();
         let key = match alg {
             Algorithm::RS256 => EncodingKey::from_rsa_der(&der),
             _ => EncodingKey::from_ec_der(&der),
@@ -648,6 +502,11 @@ MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE6M3zIhGqhtCpuTbyeHmuxlhJ9Ai0\n\
         .expect("verifier");
         let token = sign_with(Algorithm::RS256, RSA1_PRIV, None, &claims());
         assert!(v1.verify_at(&token, NOW).is_ok());
+        // Blank lines around the block and CRLF line ends (editors, secret stores) are fine.
+        let padded = format!("\n{}\n\n", RSA1_PUB.replace('\n', "\r\n"));
+        let v3 = JwtVerifier::new(JwtKey::Rs256Pem(padded.into_bytes()), None, None, 0)
+            .expect("verifier");
+        assert!(v3.verify_at(&token, NOW).is_ok());
         // ...and an RS256 token against an HS256 verifier.
         let token = sign_with(Algorithm::RS256, RSA1_PRIV, None, &claims());
         assert!(is_invalid(&hs().verify_at(&token, NOW)));
@@ -687,14 +546,11 @@ MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE6M3zIhGqhtCpuTbyeHmuxlhJ9Ai0\n\
         assert!(bad(JwtKey::Rs256Pem(RSA1_PRIV.as_bytes().to_vec())));
         assert!(bad(JwtKey::Es256Pem(EC1_PRIV.as_bytes().to_vec())));
         // A P-256 SPKI whose point is not on the curve fails at construction, not per token.
-        let (_, mut der) = keys::pem_decode(EC1_PUB.as_bytes()).expect("pem");
+        let mut der = pem::parse(EC1_PUB).expect("pem").into_contents();
         if let Some(last) = der.last_mut() {
             *last ^= 1;
         }
-        let off_curve = format!(
-            "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
-            base64::engine::general_purpose::STANDARD.encode(&der)
-        );
+        let off_curve = pem::encode(&pem::Pem::new("PUBLIC KEY", der));
         assert!(bad(JwtKey::Es256Pem(off_curve.into_bytes())));
         // Same for a JWKS: the bad EC key is skipped, leaving nothing usable.
         let (x, y) = (EC1_X, EC1_Y.replace('N', "M"));
@@ -739,6 +595,32 @@ MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE6M3zIhGqhtCpuTbyeHmuxlhJ9Ai0\n\
         // An RS256 token naming the EC key's kid: algorithm mismatch.
         let t = sign_with(Algorithm::RS256, RSA1_PRIV, Some("e"), &claims());
         assert!(is_invalid(&v.verify_at(&t, NOW)));
+    }
+
+    #[test]
+    fn pem_bodies_of_any_line_length_are_read() {
+        // Tools other than openssl write 76-column or one-line bodies.
+        let body: String = RSA1_PUB
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect();
+        let wrap = |width: usize| {
+            let lines: Vec<&str> = body
+                .as_bytes()
+                .chunks(width)
+                .map(|c| std::str::from_utf8(c).expect("base64 is ASCII"))
+                .collect();
+            format!(
+                "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+                lines.join("\n")
+            )
+        };
+        for pem in [wrap(76), wrap(body.len())] {
+            let v = JwtVerifier::new(JwtKey::Rs256Pem(pem.into_bytes()), None, None, 30)
+                .expect("a key wrapped at another width is read");
+            let t = sign_with(Algorithm::RS256, RSA1_PRIV, None, &claims());
+            assert!(v.verify_at(&t, NOW).is_ok());
+        }
     }
 
     #[test]

@@ -1,178 +1,153 @@
-//! Minimal PEM and DER reading for JWT public keys.
+//! JWT public keys (PEM files and JWK components), read and checked with the RustCrypto crates
+//! that `jsonwebtoken`'s backend verifies with.
 //!
-//! `jsonwebtoken` is built without its `use_pem` feature (which would pull in two more
-//! crates), so PEM public keys are unpacked here into the forms its DER constructors take:
-//! PKCS#1 `RSAPublicKey` DER for RSA and the SEC1 point for P-256. Only the handful of DER
-//! structures needed is understood; everything is bounds-checked and returns an error rather
-//! than panicking, even though key files are operator configuration rather than client input.
+//! `jsonwebtoken` is built without its `use_pem` feature (two more crates, and it checks neither
+//! the RSA key size nor the curve), and it only parses a key when a token arrives. Parsing here
+//! instead makes an unusable key fail configuration at start-up rather than every token.
 
-use super::TokenError;
-use base64::engine::general_purpose::STANDARD;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
+use jsonwebtoken::DecodingKey;
+use p256::elliptic_curve::sec1::ToEncodedPoint as _;
+use p256::pkcs8::DecodePublicKey as _;
+use rsa::pkcs1::DecodeRsaPublicKey as _;
+use rsa::pkcs8::spki::Error as SpkiError;
+use rsa::traits::PublicKeyParts as _;
+use rsa::{BigUint, RsaPublicKey};
 
-/// DER content of OID 1.2.840.113549.1.1.1 (rsaEncryption).
-const OID_RSA_ENCRYPTION: &[u8] = &[0x2A, 0x86, 0x48, 0x86, 0xF7, 0x0D, 0x01, 0x01, 0x01];
-/// DER content of OID 1.2.840.10045.2.1 (id-ecPublicKey).
-const OID_EC_PUBLIC_KEY: &[u8] = &[0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x02, 0x01];
-/// DER content of OID 1.2.840.10045.3.1.7 (prime256v1 / P-256).
-const OID_P256: &[u8] = &[0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x03, 0x01, 0x07];
+/// RSA moduli accepted, in bits: below 2048 is too weak to trust; above 4096 the RSA backend
+/// refuses the key anyway (its `RsaPublicKey::MAX_SIZE`).
+const RSA_BITS: std::ops::RangeInclusive<usize> = 2048..=RsaPublicKey::MAX_SIZE;
 
-const TAG_INTEGER: u8 = 0x02;
-const TAG_BIT_STRING: u8 = 0x03;
-const TAG_OID: u8 = 0x06;
-const TAG_SEQUENCE: u8 = 0x30;
-
-/// RSA moduli accepted: below 2048 bits is too weak to trust, above 4096 bits the RSA backend
-/// refuses the key anyway (better to fail at startup than on every token).
-pub(super) const RSA_MIN_BITS: usize = 2048;
-pub(super) const RSA_MAX_BITS: usize = 4096;
-
-/// Decodes the first PEM block of `text`, returning its label (`PUBLIC KEY`, ...) and DER.
-pub(super) fn pem_decode(text: &[u8]) -> Result<(String, Vec<u8>), TokenError> {
-    let bad = || TokenError::invalid("malformed PEM");
-    let text = std::str::from_utf8(text).map_err(|_| bad())?;
-    let begin = text.find("-----BEGIN ").ok_or_else(bad)?;
-    let after_begin = text.get(begin + "-----BEGIN ".len()..).ok_or_else(bad)?;
-    let label_end = after_begin.find("-----").ok_or_else(bad)?;
-    let label = after_begin.get(..label_end).ok_or_else(bad)?;
-    let body_start = label_end + "-----".len();
-    let end_marker = format!("-----END {label}-----");
-    let body_len = after_begin
-        .get(body_start..)
-        .and_then(|rest| rest.find(&end_marker))
-        .ok_or_else(bad)?;
-    let body = after_begin
-        .get(body_start..body_start + body_len)
-        .ok_or_else(bad)?;
-    if body.contains(':') {
-        // RFC 1421 headers (Proc-Type/DEK-Info) mean an encrypted key: not a public key.
-        return Err(TokenError::invalid("encrypted PEM not supported"));
-    }
-    let b64: String = body.chars().filter(|c| !c.is_ascii_whitespace()).collect();
-    let der = STANDARD.decode(b64).map_err(|_| bad())?;
-    Ok((label.to_owned(), der))
+/// Why a configured JWT public key is unusable.
+///
+/// Keys are public, so the texts may quote parser details (labels, OIDs, offsets).
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    /// The text holds no PEM block.
+    #[error("malformed PEM: {0}")]
+    Pem(#[from] pem::PemError),
+    /// The PEM block holds something other than the expected kind of public key.
+    #[error("PEM label {label:?} is not {expected}")]
+    Label {
+        /// The label found (`PRIVATE KEY`, `CERTIFICATE`, ...).
+        label: String,
+        /// The labels accepted.
+        expected: &'static str,
+    },
+    /// The `PUBLIC KEY` holds a key of another algorithm or curve.
+    #[error("PUBLIC KEY holds no {expected} key")]
+    Algorithm {
+        /// `RSA` or `P-256`.
+        expected: &'static str,
+        /// The parser's error (it names the OID it expected).
+        #[source]
+        source: SpkiError,
+    },
+    /// A malformed `PUBLIC KEY` (SPKI) block: bad DER, an RSA modulus over 4096 bits, a point
+    /// off the curve.
+    #[error("bad {expected} public key: {source}")]
+    Spki {
+        /// `RSA` or `P-256`.
+        expected: &'static str,
+        /// What the parser refused.
+        #[source]
+        source: SpkiError,
+    },
+    /// A malformed `RSA PUBLIC KEY` (PKCS#1) block.
+    #[error("bad RSA public key: {0}")]
+    Pkcs1(#[source] rsa::pkcs1::Error),
+    /// The RSA modulus is outside the accepted sizes.
+    #[error("RSA key size must be 2048 to 4096 bits, not {bits}")]
+    RsaSize {
+        /// Size of the modulus found.
+        bits: usize,
+    },
+    /// JWK coordinates that are not a P-256 point.
+    #[error("JWK coordinates are not a P-256 point")]
+    OffCurve(#[source] p256::elliptic_curve::Error),
+    /// A JWK member that is not base64url.
+    #[error("bad JWK: {0}")]
+    JwkBase64(#[from] base64::DecodeError),
+    /// `jsonwebtoken` refused the JWK.
+    #[error("bad JWK: {0}")]
+    Jwk(#[from] jsonwebtoken::errors::Error),
 }
 
-/// Splits one DER TLV off the front of `buf`: `(tag, content, rest)`. Only definite lengths of
-/// up to four bytes are accepted (DER forbids the indefinite form).
-fn tlv(buf: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, rest) = buf.split_first()?;
-    let (&first, mut rest) = rest.split_first()?;
-    let len = if first < 0x80 {
-        usize::from(first)
+/// Sorts an SPKI parser error: an unknown OID means the key is of another kind.
+fn spki_error(expected: &'static str) -> impl Fn(SpkiError) -> KeyError {
+    move |source| match source {
+        SpkiError::OidUnknown { .. } => KeyError::Algorithm { expected, source },
+        _ => KeyError::Spki { expected, source },
+    }
+}
+
+/// Decodes the PEM block of a key file.
+fn decode_pem(pem: &[u8]) -> Result<(String, Vec<u8>), KeyError> {
+    // Lenient about line lengths and blank lines, as key files written by tools other than
+    // openssl (76-column or one-line bodies) are common.
+    let block = pem::parse(pem)?;
+    Ok((block.tag().to_owned(), block.into_contents()))
+}
+
+fn check_rsa_bits(bits: usize) -> Result<(), KeyError> {
+    if RSA_BITS.contains(&bits) {
+        Ok(())
     } else {
-        let n = usize::from(first & 0x7f);
-        if n == 0 || n > 4 {
-            return None;
+        Err(KeyError::RsaSize { bits })
+    }
+}
+
+/// RS256 key from a PEM RSA public key (`PUBLIC KEY` SPKI or `RSA PUBLIC KEY` PKCS#1).
+pub(super) fn rs256_pem(pem: &[u8]) -> Result<DecodingKey, KeyError> {
+    let (label, der) = decode_pem(pem)?;
+    let key = match label.as_str() {
+        "PUBLIC KEY" => RsaPublicKey::from_public_key_der(&der).map_err(spki_error("RSA"))?,
+        "RSA PUBLIC KEY" => RsaPublicKey::from_pkcs1_der(&der).map_err(KeyError::Pkcs1)?,
+        _ => {
+            return Err(KeyError::Label {
+                label,
+                expected: "PUBLIC KEY or RSA PUBLIC KEY",
+            })
         }
-        let (len_bytes, after) = (rest.get(..n)?, rest.get(n..)?);
-        rest = after;
-        len_bytes
-            .iter()
-            .fold(0usize, |acc, &b| (acc << 8) | usize::from(b))
     };
-    let content = rest.get(..len)?;
-    Some((tag, content, rest.get(len..)?))
+    check_rsa_bits(key.n().bits())?;
+    Ok(DecodingKey::from_rsa_raw_components(
+        &key.n().to_bytes_be(),
+        &key.e().to_bytes_be(),
+    ))
 }
 
-/// Reads a TLV that must carry `tag`.
-fn expect(buf: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
-    match tlv(buf)? {
-        (t, content, rest) if t == tag => Some((content, rest)),
-        _ => None,
-    }
-}
-
-/// SubjectPublicKeyInfo → (algorithm OID, algorithm parameters TLV bytes, key bytes).
-fn parse_spki(der: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
-    let (spki, trailing) = expect(der, TAG_SEQUENCE)?;
-    if !trailing.is_empty() {
-        return None;
-    }
-    let (alg_id, rest) = expect(spki, TAG_SEQUENCE)?;
-    let (oid, params) = expect(alg_id, TAG_OID)?;
-    let (bits, rest) = expect(rest, TAG_BIT_STRING)?;
-    if !rest.is_empty() {
-        return None;
-    }
-    // The first content byte of a BIT STRING counts unused trailing bits; keys use whole bytes.
-    let (&unused, key) = bits.split_first()?;
-    if unused != 0 {
-        return None;
-    }
-    Some((oid, params, key))
-}
-
-/// Number of significant bits in a big-endian unsigned integer.
-pub(super) fn bit_len(be: &[u8]) -> usize {
-    let first = be.iter().position(|&b| b != 0);
-    match first.and_then(|i| be.get(i..)) {
-        Some(digits) => {
-            let top = digits.first().map_or(0, |b| 8 - b.leading_zeros() as usize);
-            (digits.len() - 1) * 8 + top
-        }
-        None => 0,
-    }
-}
-
-/// Checks a PKCS#1 `RSAPublicKey ::= SEQUENCE { modulus INTEGER, publicExponent INTEGER }`.
-fn check_pkcs1(der: &[u8]) -> Result<(), TokenError> {
-    let bad = || TokenError::invalid("bad RSA public key");
-    let (seq, trailing) = expect(der, TAG_SEQUENCE).ok_or_else(bad)?;
-    let (n, rest) = expect(seq, TAG_INTEGER).ok_or_else(bad)?;
-    let (e, rest) = expect(rest, TAG_INTEGER).ok_or_else(bad)?;
-    if !trailing.is_empty() || !rest.is_empty() || bit_len(e) < 2 {
-        return Err(bad());
-    }
-    let bits = bit_len(n);
-    if !(RSA_MIN_BITS..=RSA_MAX_BITS).contains(&bits) {
-        return Err(TokenError::invalid(
-            "RSA key size must be 2048 to 4096 bits",
-        ));
-    }
-    Ok(())
-}
-
-/// PEM RSA public key (`PUBLIC KEY` SPKI or `RSA PUBLIC KEY` PKCS#1) → PKCS#1 DER.
-pub(super) fn rsa_public_pem_to_pkcs1(pem: &[u8]) -> Result<Vec<u8>, TokenError> {
-    let bad = || TokenError::invalid("bad RS256 public key PEM");
-    let (label, der) = pem_decode(pem).map_err(|_| bad())?;
-    let pkcs1 = match label.as_str() {
-        "RSA PUBLIC KEY" => der,
-        "PUBLIC KEY" => {
-            let (oid, _params, key) = parse_spki(&der).ok_or_else(bad)?;
-            if oid != OID_RSA_ENCRYPTION {
-                return Err(bad());
-            }
-            key.to_vec()
-        }
-        _ => return Err(bad()),
-    };
-    check_pkcs1(&pkcs1)?;
-    Ok(pkcs1)
-}
-
-/// PEM P-256 public key (`PUBLIC KEY` SPKI) → SEC1 point bytes.
-pub(super) fn p256_public_pem_to_point(pem: &[u8]) -> Result<Vec<u8>, TokenError> {
-    let bad = || TokenError::invalid("bad ES256 public key PEM");
-    let (label, der) = pem_decode(pem).map_err(|_| bad())?;
+/// ES256 key from a PEM P-256 public key (`PUBLIC KEY` SPKI).
+pub(super) fn es256_pem(pem: &[u8]) -> Result<DecodingKey, KeyError> {
+    let (label, der) = decode_pem(pem)?;
     if label != "PUBLIC KEY" {
-        return Err(bad());
+        return Err(KeyError::Label {
+            label,
+            expected: "PUBLIC KEY",
+        });
     }
-    let (oid, params, point) = parse_spki(&der).ok_or_else(bad)?;
-    let (curve, rest) = expect(params, TAG_OID).ok_or_else(bad)?;
-    if oid != OID_EC_PUBLIC_KEY || curve != OID_P256 || !rest.is_empty() {
-        return Err(TokenError::invalid("ES256 needs a P-256 public key"));
-    }
-    let well_formed = match point.first() {
-        Some(0x04) => point.len() == 65,
-        Some(0x02 | 0x03) => point.len() == 33,
-        _ => false,
-    };
-    if !well_formed {
-        return Err(bad());
-    }
-    Ok(point.to_vec())
+    let key = p256::PublicKey::from_public_key_der(&der).map_err(spki_error("P-256"))?;
+    Ok(DecodingKey::from_ec_der(
+        key.to_encoded_point(false).as_bytes(),
+    ))
+}
+
+/// RS256 key from JWK components (base64url modulus and exponent), with the size policy of
+/// PEM keys.
+pub(super) fn rs256_jwk(n: &str, e: &str) -> Result<DecodingKey, KeyError> {
+    let n = URL_SAFE_NO_PAD.decode(n)?;
+    let e = URL_SAFE_NO_PAD.decode(e)?;
+    check_rsa_bits(BigUint::from_bytes_be(&n).bits())?;
+    Ok(DecodingKey::from_rsa_raw_components(&n, &e))
+}
+
+/// ES256 key from JWK coordinates (base64url `x` and `y`).
+pub(super) fn es256_jwk(x: &str, y: &str) -> Result<DecodingKey, KeyError> {
+    let key = DecodingKey::from_ec_components(x, y)?;
+    // `from_ec_components` does not look at the point; parse the bytes the backend will parse.
+    p256::PublicKey::from_sec1_bytes(key.try_get_as_bytes()?).map_err(KeyError::OffCurve)?;
+    Ok(key)
 }
 
 #[cfg(test)]
@@ -180,37 +155,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tlv_rejects_bad_lengths() {
-        assert!(tlv(&[]).is_none());
-        assert!(tlv(&[0x30]).is_none());
-        assert!(tlv(&[0x30, 0x80]).is_none(), "indefinite length");
-        assert!(tlv(&[0x30, 0x85, 1, 1, 1, 1, 1]).is_none(), "5-byte length");
-        assert!(
-            tlv(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]).is_none(),
-            "overlong"
-        );
-        assert!(tlv(&[0x30, 0x02, 0x01]).is_none(), "truncated");
-        assert_eq!(
-            tlv(&[0x02, 0x01, 0x05, 0xAA]),
-            Some((0x02, &[5u8][..], &[0xAAu8][..]))
-        );
-        assert_eq!(
-            tlv(&[0x04, 0x81, 0x01, 0x07]),
-            Some((0x04, &[7u8][..], &[][..]))
-        );
-    }
-
-    #[test]
-    fn bit_len_counts_significant_bits() {
-        assert_eq!(bit_len(&[]), 0);
-        assert_eq!(bit_len(&[0, 0]), 0);
-        assert_eq!(bit_len(&[0, 1]), 1);
-        assert_eq!(bit_len(&[0x01, 0x00, 0x01]), 17);
-        assert_eq!(bit_len(&[0x00, 0x80, 0x00]), 16);
-    }
-
-    #[test]
-    fn pem_garbage_is_an_error() {
+    fn garbage_pem_is_an_error() {
         for text in [
             &b""[..],
             b"-----BEGIN PUBLIC KEY-----",
@@ -219,14 +164,43 @@ mod tests {
             b"-----BEGIN PUBLIC KEY-----\nProc-Type: 4,ENCRYPTED\nAAAA\n-----END PUBLIC KEY-----",
             b"\xff\xfe",
         ] {
-            assert!(pem_decode(text).is_err());
-            assert!(rsa_public_pem_to_pkcs1(text).is_err());
-            assert!(p256_public_pem_to_point(text).is_err());
+            assert!(matches!(rs256_pem(text), Err(KeyError::Pem(_))));
+            assert!(matches!(es256_pem(text), Err(KeyError::Pem(_))));
         }
         // Well-formed PEM around a non-key.
         let junk = b"-----BEGIN PUBLIC KEY-----\nMAA=\n-----END PUBLIC KEY-----\n";
-        assert!(pem_decode(junk).is_ok());
-        assert!(rsa_public_pem_to_pkcs1(junk).is_err());
-        assert!(p256_public_pem_to_point(junk).is_err());
+        assert!(matches!(rs256_pem(junk), Err(KeyError::Spki { .. })));
+        assert!(matches!(es256_pem(junk), Err(KeyError::Spki { .. })));
+        let junk = b"-----BEGIN RSA PUBLIC KEY-----\nMAA=\n-----END RSA PUBLIC KEY-----\n";
+        assert!(matches!(rs256_pem(junk), Err(KeyError::Pkcs1(_))));
+    }
+
+    #[test]
+    fn wrong_label_is_an_error() {
+        let cert = b"-----BEGIN CERTIFICATE-----\nMAA=\n-----END CERTIFICATE-----\n";
+        assert!(matches!(rs256_pem(cert), Err(KeyError::Label { .. })));
+        assert!(matches!(es256_pem(cert), Err(KeyError::Label { .. })));
+        let pkcs1 = b"-----BEGIN RSA PUBLIC KEY-----\nMAA=\n-----END RSA PUBLIC KEY-----\n";
+        assert!(matches!(es256_pem(pkcs1), Err(KeyError::Label { .. })));
+    }
+
+    #[test]
+    fn jwk_rsa_size_is_checked() {
+        let n2048 = URL_SAFE_NO_PAD.encode([0x80; 256]);
+        assert!(rs256_jwk(&n2048, "AQAB").is_ok());
+        let n2047 = URL_SAFE_NO_PAD.encode([[0x40].as_slice(), &[0; 255]].concat());
+        assert_eq!(
+            rs256_jwk(&n2047, "AQAB").err(),
+            Some(KeyError::RsaSize { bits: 2047 })
+        );
+        let n4104 = URL_SAFE_NO_PAD.encode([0xff; 513]);
+        assert!(matches!(
+            rs256_jwk(&n4104, "AQAB"),
+            Err(KeyError::RsaSize { bits: 4104 })
+        ));
+        assert!(matches!(
+            rs256_jwk("!", "AQAB"),
+            Err(KeyError::JwkBase64(_))
+        ));
     }
 }

@@ -17,12 +17,13 @@ mod keys;
 pub mod phoenix_token;
 
 pub use jwt::{sign_hs256, JwtKey, JwtVerifier, DEFAULT_LEEWAY_S};
+pub use keys::KeyError;
 pub use phoenix_token::{MaxAge, PhoenixToken};
 
 /// Why a connect token was rejected.
 ///
 /// The `Display` text is safe to log: it names the failed check, never a secret or the token.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
     /// No token was supplied (empty string).
     #[error("token missing")]
@@ -34,6 +35,9 @@ pub enum TokenError {
     /// The token was genuine but its age exceeds the allowed maximum.
     #[error("token expired")]
     Expired,
+    /// A configured JWT public key is unusable (only when building a [`JwtVerifier`]).
+    #[error("unusable JWT key: {0}")]
+    Key(#[from] KeyError),
 }
 
 impl TokenError {

@@ -263,6 +263,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_route_with_an_invalid_pattern_is_refused() {
+        let mut routes = crate::config::default_routes();
+        routes[0].topic = "a*b".into();
+        assert!(router(&routes, None).is_err());
+    }
+
+    #[test]
     fn claims_list_allowed_topic_patterns() {
         let claim = json!(["room:1", "game:*"]);
         assert!(claim_allows(Some(&claim), "room:1"));

@@ -4,10 +4,11 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
+use super::SocketInfo;
+use crate::outbox::Outbox;
 use crate::presence::{Meta, Presence, PresenceError};
 use crate::protocol::{events, Frame, Outbound, Payload, Ref};
 use crate::pubsub::{Broadcast, Gate, PubSub, PubSubError, Subscriber, SubscriberId};
-use crate::socket::{Outbox, SocketInfo};
 
 /// The state and capabilities of one channel incarnation, owned by its actor.
 pub struct Context {

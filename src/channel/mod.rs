@@ -18,6 +18,29 @@ use serde_json::{json, Value};
 use crate::protocol::Payload;
 
 pub use context::Context;
+
+/// What channels know about the socket they belong to.
+#[derive(Debug, Clone)]
+pub struct SocketInfo {
+    /// The socket id (e.g. `users_socket:42`); a `disconnect` broadcast on it closes the socket.
+    pub id: Option<String>,
+    /// Assigns set at connect (by default the connect params, `vsn` excluded).
+    pub assigns: serde_json::Map<String, Value>,
+    /// The negotiated serializer.
+    pub serializer: crate::protocol::Serializer,
+    /// The client's address, when known (per-IP join limits).
+    pub peer_ip: Option<std::net::IpAddr>,
+}
+
+/// A channel actor's last word to its socket: it ended (left, stopped, crashed or refused
+/// its join), so the socket can forget it.
+#[derive(Debug)]
+pub struct ChannelExit {
+    /// Its topic.
+    pub topic: String,
+    /// The join_ref of the incarnation that ended.
+    pub join_ref: crate::protocol::Ref,
+}
 pub use router::{ChannelFactory, PatternError, Router, TopicPattern};
 
 /// What a channel answers to a client event.

@@ -10,10 +10,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::{Channel, Context, Outgoing, Reply, Termination};
+use super::{Channel, ChannelExit, Context, Outgoing, Reply, Termination};
 use crate::protocol::{events, Outbound, Payload, Ref};
-use crate::pubsub::{Broadcast, Intercept, Subscriber};
-use crate::socket::SocketEvent;
+use crate::pubsub::{Broadcast, Intercept, Subscriber, Target};
 
 /// A message from the socket to a channel actor.
 #[derive(Debug)]
@@ -54,7 +53,7 @@ pub(crate) fn spawn(
     ctx: Context,
     req: JoinRequest,
     inbox_capacity: usize,
-    socket_events: mpsc::UnboundedSender<Box<SocketEvent>>,
+    socket_events: mpsc::UnboundedSender<Box<ChannelExit>>,
     tasks: &tokio_util::task::TaskTracker,
 ) -> ChannelHandle {
     let (inbox, inbox_rx) = mpsc::channel(inbox_capacity.max(1));
@@ -89,7 +88,7 @@ struct Actor {
     ctx: Context,
     inbox: mpsc::Receiver<Box<ChannelMsg>>,
     stop: CancellationToken,
-    socket_events: mpsc::UnboundedSender<Box<SocketEvent>>,
+    socket_events: mpsc::UnboundedSender<Box<ChannelExit>>,
 }
 
 impl Actor {
@@ -129,7 +128,7 @@ impl Actor {
             let (tx, rx) = mpsc::channel::<Arc<Broadcast>>(capacity.max(1));
             (
                 Some(Intercept {
-                    events: Some(Arc::from(intercepts)),
+                    events: Arc::from(intercepts),
                     tx,
                 }),
                 Some(rx),
@@ -144,9 +143,11 @@ impl Actor {
         });
         let sub = Subscriber {
             id: self.ctx.id(),
-            outbox: self.ctx.outbox().clone(),
-            intercept,
-            gate: Some(self.ctx.gate().clone()),
+            target: Target::Socket {
+                outbox: self.ctx.outbox().clone(),
+                intercept,
+                gate: Some(self.ctx.gate().clone()),
+            },
         };
         // The reply is queued atomically with the subscription: it precedes every broadcast.
         if let Err(e) = self.ctx.pubsub_subscribe(sub, reply.ok()).await {
@@ -303,11 +304,9 @@ impl Actor {
                 }
             }
         }
-        let _ = self
-            .socket_events
-            .send(Box::new(SocketEvent::ChannelExited {
-                topic: self.ctx.topic().to_owned(),
-                join_ref: self.ctx.join_ref().clone(),
-            }));
+        let _ = self.socket_events.send(Box::new(ChannelExit {
+            topic: self.ctx.topic().to_owned(),
+            join_ref: self.ctx.join_ref().clone(),
+        }));
     }
 }

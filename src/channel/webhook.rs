@@ -15,6 +15,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use tokio::sync::Semaphore;
@@ -30,12 +31,21 @@ pub enum WebhookError {
     /// The backend did not answer in time.
     #[error("webhook timed out")]
     Timeout,
-    /// The backend could not be reached, or answered with a non-2xx status.
+    /// The HTTP client could not be built.
+    #[error("webhook client: {0}")]
+    Client(#[source] reqwest::Error),
+    /// The backend could not be reached (the URL is left out: it may carry a secret).
     #[error("webhook failed: {0}")]
-    Failed(String),
-    /// The answer was not the expected JSON.
+    Unreachable(#[source] reqwest::Error),
+    /// The backend answered with a non-2xx status.
+    #[error("webhook failed: backend answered HTTP {0}")]
+    Status(u16),
+    /// The answer was not JSON.
     #[error("webhook answer invalid: {0}")]
-    Invalid(String),
+    NotJson(#[source] reqwest::Error),
+    /// The answer was JSON of the wrong shape.
+    #[error("webhook answer invalid: {0}")]
+    Shape(#[from] serde_json::Error),
 }
 
 /// The answer to a join webhook.
@@ -102,7 +112,7 @@ pub struct Webhooks {
     client: reqwest::Client,
     limit: Arc<Semaphore>,
     timeout: Duration,
-    secret: Option<String>,
+    secret: Option<SecretString>,
 }
 
 impl Webhooks {
@@ -114,12 +124,15 @@ impl Webhooks {
             .timeout(timeout)
             .connect_timeout(timeout)
             .build()
-            .map_err(|e| WebhookError::Failed(e.to_string()))?;
+            .map_err(WebhookError::Client)?;
         Ok(Self {
             client,
             limit: Arc::new(Semaphore::new(settings.max_concurrency.max(1))),
             timeout,
-            secret: settings.secret.clone().filter(|s| !s.is_empty()),
+            secret: settings
+                .secret
+                .clone()
+                .filter(|s| !s.expose_secret().is_empty()),
         })
     }
 
@@ -152,46 +165,39 @@ impl Webhooks {
             .map_err(|_| WebhookError::Busy)?
             .map_err(|_| WebhookError::Busy)?;
         let attempts = if retry { 2 } else { 1 };
-        let mut last = WebhookError::Failed("not attempted".into());
-        for attempt in 0..attempts {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
             let mut req = self.client.post(url).json(body);
             if let Some(secret) = &self.secret {
-                req = req.bearer_auth(secret);
+                req = req.bearer_auth(secret.expose_secret());
             }
             match req.send().await {
                 Ok(resp) if resp.status().is_success() => {
                     return resp
                         .json::<Value>()
                         .await
-                        .map_err(|e| WebhookError::Invalid(e.to_string()));
+                        .map_err(|e| WebhookError::NotJson(e.without_url()));
                 }
-                Ok(resp) => {
-                    return Err(WebhookError::Failed(format!(
-                        "backend answered HTTP {}",
-                        resp.status().as_u16()
-                    )))
-                }
+                Ok(resp) => return Err(WebhookError::Status(resp.status().as_u16())),
                 Err(e) if e.is_timeout() => return Err(WebhookError::Timeout),
                 // Only a connection failure (nothing reached the backend) is worth a retry.
-                Err(e) if e.is_connect() && attempt + 1 < attempts => {
-                    last = WebhookError::Failed(e.to_string())
-                }
-                Err(e) => return Err(WebhookError::Failed(e.without_url().to_string())),
+                Err(e) if e.is_connect() && attempt < attempts => continue,
+                Err(e) => return Err(WebhookError::Unreachable(e.without_url())),
             }
         }
-        Err(last)
     }
 
     /// Asks the backend whether a join is allowed (retried once on a connection error).
     pub async fn join(&self, url: &str, request: Value) -> Result<JoinAnswer, WebhookError> {
         let answer = self.call("join", url, &request, true).await?;
-        serde_json::from_value(answer).map_err(|e| WebhookError::Invalid(e.to_string()))
+        Ok(serde_json::from_value(answer)?)
     }
 
     /// Hands a client event to the backend (never retried: it may not be idempotent).
     pub async fn event(&self, url: &str, request: Value) -> Result<EventAnswer, WebhookError> {
         let answer = self.call("event", url, &request, false).await?;
-        serde_json::from_value(answer).map_err(|e| WebhookError::Invalid(e.to_string()))
+        Ok(serde_json::from_value(answer)?)
     }
 }
 

@@ -1,5 +1,6 @@
 //! Redis connectivity shared by the cluster adapters: the client (for the dedicated
-//! subscriber connection), the command pool, key names, the node identity and migrations.
+//! subscriber connection), the command connection, key names, the node identity and
+//! migrations.
 
 pub mod keys;
 pub mod migrate;
@@ -8,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::FromRedisValue;
+use secrecy::ExposeSecret;
 
 use crate::config::RedisSettings;
 pub use keys::Keys;
@@ -18,9 +20,15 @@ pub enum ClusterError {
     /// Redis answered with an error, or the connection failed.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
-    /// No pooled connection could be had.
-    #[error("redis pool: {0}")]
-    Pool(String),
+    /// The CA file for `rediss://` cannot be read.
+    #[error("cannot read redis.tls_ca_file {path}: {source}")]
+    TlsCa {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The command did not complete in time.
     #[error("redis command timed out")]
     Timeout,
@@ -30,11 +38,15 @@ pub enum ClusterError {
 }
 
 /// A handle on the cluster's Redis. Cheap to clone.
+///
+/// Every command goes over one multiplexed connection that reconnects by itself
+/// (`ConnectionManager`): Redis pipelines what concurrent callers send on it, so a command
+/// costs one round trip, and no pool checkout adds another.
 #[derive(Clone)]
 pub struct Redis {
     /// For dedicated connections (pub/sub).
     pub client: redis::Client,
-    pool: deadpool_redis::Pool,
+    conn: redis::aio::ConnectionManager,
     /// Key and channel names.
     pub keys: Keys,
     /// This node's id: unique per process start, so a restarted node is a new node.
@@ -42,10 +54,6 @@ pub struct Redis {
     /// The settings it was built from.
     pub settings: RedisSettings,
     timeout: Duration,
-    /// A multiplexed connection checked out of the pool and shared by every command, so a
-    /// command costs one round trip (a checkout costs another: the pool's UNWATCH + PING).
-    /// Dropped after a connection error; the next command checks out a fresh one.
-    shared: Arc<std::sync::Mutex<Option<redis::aio::MultiplexedConnection>>>,
 }
 
 /// This node's id: `<name>-<random hex>`, restricted to characters safe in key names.
@@ -71,7 +79,8 @@ fn node_id(configured: &str) -> String {
 }
 
 impl Redis {
-    /// Builds the client and pool and checks that Redis answers. The URL is never logged.
+    /// Builds the client and the command connection and checks that Redis answers. The URL
+    /// is never logged.
     pub async fn connect(settings: &RedisSettings) -> Result<Self, ClusterError> {
         // rustls needs exactly one process-wide crypto provider for rediss://.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -81,100 +90,54 @@ impl Redis {
             .ok_or_else(|| ClusterError::Layout("redis.url is not set".into()))?;
         let client = match &settings.tls_ca_file {
             Some(path) => {
-                let pem = std::fs::read(path).map_err(|e| {
-                    ClusterError::Pool(format!(
-                        "cannot read redis.tls_ca_file {}: {e}",
-                        path.display()
-                    ))
+                let pem = std::fs::read(path).map_err(|source| ClusterError::TlsCa {
+                    path: path.clone(),
+                    source,
                 })?;
                 let certs = redis::TlsCertificates {
                     client_tls: None,
                     root_cert: Some(pem),
                 };
-                redis::Client::build_with_tls(url.as_str(), certs)?
+                redis::Client::build_with_tls(url.expose_secret(), certs)?
             }
-            None => redis::Client::open(url.as_str())?,
+            None => redis::Client::open(url.expose_secret())?,
         };
         let timeout = Duration::from_millis(settings.command_timeout_ms);
-        let mut pool_cfg = deadpool_redis::PoolConfig::new(settings.pool_size);
-        pool_cfg.timeouts.wait = Some(timeout);
-        pool_cfg.timeouts.create = Some(timeout);
-        pool_cfg.timeouts.recycle = Some(timeout);
-        // The pool's manager gets the client's connection info as is, TLS roots included.
-        // redis-rs would time responses out after 500 ms on its own; ours is the bound.
-        let conn_cfg = redis::AsyncConnectionConfig::new()
+        // redis-rs would time responses out after 500 ms on its own; ours is the bound. It
+        // reconnects with a backoff capped like the subscriber's.
+        let config = redis::aio::ConnectionManagerConfig::new()
             .set_response_timeout(Some(timeout))
-            .set_connection_timeout(Some(timeout));
-        let manager = deadpool_redis::Manager::new_with_config(
-            client.get_connection_info().clone(),
-            conn_cfg,
-        )?;
-        let pool = deadpool_redis::Pool::builder(manager)
-            .config(pool_cfg)
-            .runtime(deadpool_redis::Runtime::Tokio1)
-            .build()
-            .map_err(|e| ClusterError::Pool(e.to_string()))?;
+            .set_connection_timeout(Some(timeout))
+            .set_max_delay(Duration::from_secs(5));
+        let conn = redis::aio::ConnectionManager::new_lazy_with_config(client.clone(), config)?;
         let redis = Self {
             client,
-            pool,
+            conn,
             keys: Keys::new(&settings.key_prefix),
             node: node_id(&settings.node_name).into(),
             settings: settings.clone(),
             timeout,
-            shared: Arc::default(),
         };
         let pong: String = redis.query(&redis::cmd("PING")).await?;
         tracing::debug!(reply = %pong, "redis reachable");
         Ok(redis)
     }
 
-    async fn connection(&self) -> Result<redis::aio::MultiplexedConnection, ClusterError> {
-        if let Some(conn) = self
-            .shared
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-        {
-            return Ok(conn);
-        }
-        let pooled = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| ClusterError::Pool(e.to_string()))?;
-        let conn = (*pooled).clone();
-        *self.shared.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
-        Ok(conn)
-    }
-
-    /// Runs `op` on the shared connection within the command timeout; forgets the
-    /// connection if it failed.
+    /// Runs `op` on the command connection within the command timeout, counted.
     async fn run<T, F, Fut>(&self, op: F) -> Result<T, ClusterError>
     where
-        F: FnOnce(redis::aio::MultiplexedConnection) -> Fut,
+        F: FnOnce(redis::aio::ConnectionManager) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         let started = std::time::Instant::now();
-        let result = tokio::time::timeout(self.timeout, async {
-            let conn = self.connection().await?;
-            op(conn).await.map_err(ClusterError::from)
-        })
-        .await
-        .unwrap_or(Err(ClusterError::Timeout));
+        let result = tokio::time::timeout(self.timeout, op(self.conn.clone()))
+            .await
+            .map_err(|_| ClusterError::Timeout)
+            .and_then(|r| r.map_err(ClusterError::from));
         ::metrics::histogram!(crate::metrics::REDIS_COMMAND_SECONDS)
             .record(started.elapsed().as_secs_f64());
         if result.is_err() {
             ::metrics::counter!(crate::metrics::REDIS_ERRORS).increment(1);
-        }
-        let broken = match &result {
-            Err(ClusterError::Redis(e)) => {
-                e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error()
-            }
-            Err(ClusterError::Timeout) => true,
-            _ => false,
-        };
-        if broken {
-            *self.shared.lock().unwrap_or_else(|e| e.into_inner()) = None;
         }
         result
     }

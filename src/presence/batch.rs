@@ -8,14 +8,16 @@
 //! phoenix.js applies a diff's joins before its leaves, and pending changes are net, so an
 //! update (leave of the old ref, join of the new one) stays correct.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::state::Diff;
-use super::table::{StartFlush, Table, Taken};
+use super::state::{Diff, Meta};
+use super::table::{lock, SharedTable, StartFlush, Table, Taken};
+use super::PresenceError;
 use crate::protocol::{events, Payload};
+use crate::pubsub::SubscriberId;
 use crate::pubsub::{Broadcast, PubSub, Seq};
 
 /// Makes a topic's taken changes visible to snapshots, and numbers them.
@@ -27,19 +29,9 @@ pub(crate) trait Commit: Send + Sync + 'static {
     async fn commit(&self, topic: &str, diff: &Diff, local_seq: u64, emptied: bool) -> Option<u64>;
 }
 
-/// Commits nothing: the table is the truth (one node), and its numbers are the sequence.
-pub(crate) struct InMemory;
-
-#[async_trait]
-impl Commit for InMemory {
-    async fn commit(&self, _: &str, _: &Diff, local_seq: u64, _: bool) -> Option<u64> {
-        Some(local_seq)
-    }
-}
-
 /// A tracker's table and the flush tasks of its topics.
 pub(crate) struct Batcher {
-    table: Mutex<Table>,
+    table: SharedTable,
     pubsub: Arc<dyn PubSub>,
     commit: Arc<dyn Commit>,
     window: Duration,
@@ -48,9 +40,14 @@ pub(crate) struct Batcher {
 impl Batcher {
     /// A batcher broadcasting through `pubsub` after `commit`; a zero window publishes each
     /// change as soon as its flush task runs.
-    pub fn new(pubsub: Arc<dyn PubSub>, commit: Arc<dyn Commit>, window: Duration) -> Arc<Self> {
+    pub(super) fn new(
+        table: SharedTable,
+        pubsub: Arc<dyn PubSub>,
+        commit: Arc<dyn Commit>,
+        window: Duration,
+    ) -> Arc<Self> {
         Arc::new(Self {
-            table: Mutex::new(Table::new()),
+            table,
             pubsub,
             commit,
             window,
@@ -58,13 +55,56 @@ impl Batcher {
     }
 
     /// The table (changes made through it must be passed to [`Batcher::changed`]).
-    pub fn table(&self) -> MutexGuard<'_, Table> {
-        // Every table operation leaves it consistent before it can panic.
-        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    pub(super) fn table(&self) -> MutexGuard<'_, Table> {
+        lock(&self.table)
+    }
+
+    /// Tracks `key` for `owner` (see [`super::Presence::track`]).
+    pub(super) fn track(
+        self: &Arc<Self>,
+        topic: &str,
+        key: &str,
+        owner: SubscriberId,
+        meta: Meta,
+    ) -> Result<String, PresenceError> {
+        let (phx_ref, start) = self.table().track(topic, key, owner, meta)?;
+        self.changed(topic, start);
+        Ok(phx_ref)
+    }
+
+    /// Replaces the meta of `owner`'s presence (see [`super::Presence::update`]).
+    pub(super) fn update(
+        self: &Arc<Self>,
+        topic: &str,
+        key: &str,
+        owner: SubscriberId,
+        meta: Meta,
+    ) -> Result<String, PresenceError> {
+        let (phx_ref, start) = self.table().update(topic, key, owner, meta)?;
+        self.changed(topic, start);
+        Ok(phx_ref)
+    }
+
+    /// Stops tracking `owner`'s presence under `key`.
+    pub(super) fn untrack(
+        self: &Arc<Self>,
+        topic: &str,
+        key: &str,
+        owner: SubscriberId,
+    ) -> Result<(), PresenceError> {
+        let start = self.table().untrack(topic, key, owner)?;
+        self.changed(topic, start);
+        Ok(())
+    }
+
+    /// Stops tracking everything `owner` tracks on `topic`.
+    pub(super) fn untrack_owner(self: &Arc<Self>, topic: &str, owner: SubscriberId) {
+        let start = self.table().untrack_owner(topic, owner);
+        self.changed(topic, start);
     }
 
     /// Starts the topic's flush task if the change asked for it.
-    pub fn changed(self: &Arc<Self>, topic: &str, start: StartFlush) {
+    fn changed(self: &Arc<Self>, topic: &str, start: StartFlush) {
         if start.0 {
             tokio::spawn(self.clone().run(topic.to_owned()));
         }
@@ -101,7 +141,7 @@ impl Batcher {
     }
 
     /// Waits until the changes pending on `topic` now are published.
-    pub async fn flushed(&self, topic: &str) {
+    pub(super) async fn flushed(&self, topic: &str) {
         let rx = self.table().wait_flushed(topic);
         if let Some(rx) = rx {
             let _ = rx.await;
@@ -109,7 +149,7 @@ impl Batcher {
     }
 
     /// Publishes every topic's pending changes now (the node stops).
-    pub async fn flush_all(&self) {
+    pub(super) async fn flush_all(&self) {
         let topics = self.table().topic_names();
         for topic in topics {
             let taken = self.table().take(&topic);
@@ -123,33 +163,39 @@ impl Batcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outbox::outbox;
     use crate::protocol::{Frame, Serializer};
     use crate::pubsub::{LocalPubSub, Subscriber};
-    use crate::socket::outbox;
     use serde_json::{json, Value};
+
+    struct Numbered;
+
+    #[async_trait]
+    impl Commit for Numbered {
+        async fn commit(&self, _: &str, _: &Diff, local_seq: u64, _: bool) -> Option<u64> {
+            Some(local_seq)
+        }
+    }
 
     #[tokio::test]
     async fn a_storm_of_changes_becomes_one_numbered_diff() {
         let pubsub = Arc::new(LocalPubSub::new());
         let (ob, mut rx) = outbox(Serializer::V2, 16);
-        let sub = Subscriber {
-            id: 1,
-            outbox: ob,
-            intercept: None,
-            gate: None,
-        };
+        let sub = Subscriber::socket(1, ob);
         pubsub.subscribe("t", sub, None).await.unwrap();
-        let batcher = Batcher::new(pubsub, Arc::new(InMemory), Duration::from_millis(20));
+        let batcher = Batcher::new(
+            SharedTable::default(),
+            pubsub,
+            Arc::new(Numbered),
+            Duration::from_millis(20),
+        );
         let meta = |v: Value| v.as_object().cloned().unwrap();
         for i in 0..50 {
-            let (_, start) = batcher
-                .table()
+            batcher
                 .track("t", &format!("u{i}"), i, meta(json!({})))
                 .unwrap();
-            batcher.changed("t", start);
         }
-        let start = batcher.table().untrack("t", "u0", 0).unwrap();
-        batcher.changed("t", start);
+        batcher.untrack("t", "u0", 0).unwrap();
         assert!(rx.rx.try_recv().is_err(), "nothing before the window ends");
         batcher.flushed("t").await;
         let Frame::Text(t) = rx.rx.try_recv().expect("one diff") else {

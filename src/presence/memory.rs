@@ -1,93 +1,63 @@
-//! In-memory presence for one node.
+//! One node's presences, in memory: the table is the truth, and its numbers are the
+//! presence sequence.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::batch::{Batcher, InMemory};
-use super::state::Meta;
-use super::{Presence, PresenceError, Snapshot};
-use crate::pubsub::{PubSub, SubscriberId};
+use super::batch::Commit;
+use super::state::Diff;
+use super::table::{lock, SharedTable};
+use super::tracker::{Store, Tracker};
+use super::Snapshot;
+use crate::pubsub::PubSub;
 
-/// Presences of one node, held in memory. Diffs are broadcast to local subscribers.
-pub struct MemoryPresence {
-    batcher: Arc<Batcher>,
+/// Commits nothing (a batch is visible once taken from the table) and snapshots the table.
+struct MemoryStore {
+    table: SharedTable,
 }
 
-impl MemoryPresence {
-    /// A tracker that publishes its diffs through `pubsub`, coalesced per `batch` window.
-    pub fn new(pubsub: Arc<dyn PubSub>, batch: std::time::Duration) -> Self {
-        Self {
-            batcher: Batcher::new(pubsub, Arc::new(InMemory), batch),
-        }
+#[async_trait]
+impl Commit for MemoryStore {
+    async fn commit(&self, _: &str, _: &Diff, local_seq: u64, _: bool) -> Option<u64> {
+        Some(local_seq)
     }
 }
 
 #[async_trait]
-impl Presence for MemoryPresence {
-    async fn track(
-        &self,
-        topic: &str,
-        key: &str,
-        owner: SubscriberId,
-        meta: Meta,
-    ) -> Result<String, PresenceError> {
-        let (phx_ref, start) = self.batcher.table().track(topic, key, owner, meta)?;
-        self.batcher.changed(topic, start);
-        Ok(phx_ref)
-    }
-
-    async fn update(
-        &self,
-        topic: &str,
-        key: &str,
-        owner: SubscriberId,
-        meta: Meta,
-    ) -> Result<String, PresenceError> {
-        let (phx_ref, start) = self.batcher.table().update(topic, key, owner, meta)?;
-        self.batcher.changed(topic, start);
-        Ok(phx_ref)
-    }
-
-    async fn untrack(
-        &self,
-        topic: &str,
-        key: &str,
-        owner: SubscriberId,
-    ) -> Result<(), PresenceError> {
-        let start = self.batcher.table().untrack(topic, key, owner)?;
-        self.batcher.changed(topic, start);
-        Ok(())
-    }
-
-    async fn untrack_owner(&self, topic: &str, owner: SubscriberId) {
-        let start = self.batcher.table().untrack_owner(topic, owner);
-        self.batcher.changed(topic, start);
-    }
-
+impl Store for MemoryStore {
     async fn snapshot(&self, topic: &str) -> Snapshot {
-        let (seq, state) = self.batcher.table().snapshot(topic);
+        let (seq, state) = lock(&self.table).snapshot(topic);
         Snapshot {
             seq: Some(seq),
             state: Arc::from(state.to_string()),
         }
     }
 
-    async fn flushed(&self, topic: &str) {
-        self.batcher.flushed(topic).await;
+    fn leaves_on_shutdown(&self) -> bool {
+        false
     }
+}
 
-    async fn shutdown(&self) {
-        self.batcher.flush_all().await;
+impl Tracker {
+    /// One node's tracker: diffs go to local subscribers through `pubsub`, coalesced per
+    /// `window`.
+    pub fn in_memory(pubsub: Arc<dyn PubSub>, window: std::time::Duration) -> Self {
+        let table = SharedTable::default();
+        let store = Arc::new(MemoryStore {
+            table: table.clone(),
+        });
+        Tracker::new(table, store, pubsub, window)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outbox::outbox;
+    use crate::presence::{Meta, Presence, PresenceError};
     use crate::protocol::{Frame, Serializer};
     use crate::pubsub::{LocalPubSub, Subscriber};
-    use crate::socket::outbox;
     use serde_json::{json, Value};
 
     fn meta(v: Value) -> Meta {
@@ -102,19 +72,10 @@ mod tests {
     #[tokio::test]
     async fn track_update_untrack_emit_phoenix_diffs() {
         let pubsub = Arc::new(LocalPubSub::new());
-        let presence = MemoryPresence::new(pubsub.clone(), std::time::Duration::ZERO);
+        let presence = Tracker::in_memory(pubsub.clone(), std::time::Duration::ZERO);
         let (ob, mut rx) = outbox(Serializer::V2, 16);
         pubsub
-            .subscribe(
-                "room:1",
-                Subscriber {
-                    id: 99,
-                    outbox: ob,
-                    intercept: None,
-                    gate: None,
-                },
-                None,
-            )
+            .subscribe("room:1", Subscriber::socket(99, ob), None)
             .await
             .unwrap();
 

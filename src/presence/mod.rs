@@ -1,14 +1,17 @@
 //! Presence: who is on a topic, kept in sync on clients with `presence_state` and
 //! `presence_diff`.
 //!
-//! [`Presence`] is the seam; [`MemoryPresence`] keeps one node's presences in memory (the
-//! embedded default). A Redis tracker implements the same trait for a cluster.
+//! [`Presence`] is the seam. [`Tracker`] implements it once: this node's presences and their
+//! batched diffs (`table.rs`, `batch.rs`) over a store, in memory for one node
+//! ([`Tracker::in_memory`], the embedded default) or in Redis for a cluster
+//! ([`redis::start`]).
 
 mod batch;
 mod memory;
 pub mod redis;
 pub mod state;
 mod table;
+mod tracker;
 
 use std::sync::Arc;
 
@@ -17,9 +20,9 @@ use serde_json::Value;
 
 use crate::pubsub::SubscriberId;
 
-pub use self::redis::{PresenceStats, RedisPresence};
-pub use memory::MemoryPresence;
+pub use self::redis::PresenceStats;
 pub use state::{Diff, Meta};
+pub use tracker::Tracker;
 
 /// A topic's presences at one point of its presence sequence.
 #[derive(Debug, Clone)]

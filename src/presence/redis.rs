@@ -29,12 +29,14 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::batch::{Batcher, Commit};
+use super::batch::Commit;
 use super::state::{Diff, Meta};
-use super::{Presence, PresenceError, Snapshot};
+use super::table::{lock, SharedTable};
+use super::tracker::{Store, Tracker};
+use super::Snapshot;
 use crate::cluster::{keys, ClusterError, Redis};
 use crate::protocol::{events, Payload};
-use crate::pubsub::{Broadcast, PubSub, Seq, SubscriberId};
+use crate::pubsub::{Broadcast, PubSub, Seq};
 
 /// Applies one batch of a node's changes to a topic's hash and numbers it. The number only
 /// grows, even when the key expired or Redis restarted empty: it is at least the server's
@@ -112,15 +114,17 @@ struct Reads {
     in_flight: bool,
 }
 
-/// Presence shared through Redis.
-pub struct RedisPresence {
+/// Where a cluster's presences live: writes each batch of this node's changes, reads
+/// snapshots, keeps the node's heartbeat and reaps dead nodes.
+struct RedisStore {
     redis: Redis,
     pubsub: Arc<dyn PubSub>,
-    batcher: Arc<Batcher>,
+    /// This node's presences (shared with the tracker's batcher).
+    table: SharedTable,
     /// Snapshot readers waiting per topic (see `snapshot`).
     reads: Mutex<HashMap<String, Reads>>,
     /// A weak handle on ourselves, for the read tasks.
-    me: std::sync::Weak<RedisPresence>,
+    me: std::sync::Weak<RedisStore>,
     watched: Mutex<HashSet<String>>,
     stats: Arc<PresenceStats>,
 }
@@ -157,17 +161,8 @@ fn parse_value(v: &str) -> Option<(String, Meta)> {
     Some((key, meta))
 }
 
-/// Writes a node's batches of changes to Redis (see `COMMIT_SCRIPT`).
-struct RedisCommit {
-    redis: Redis,
-    stats: Arc<PresenceStats>,
-}
-
-impl RedisCommit {
-    fn ttl_ms(&self) -> u64 {
-        self.redis.settings.down_ms * 3
-    }
-
+impl RedisStore {
+    /// Writes a batch of this node's changes (see `COMMIT_SCRIPT`).
     async fn write(&self, topic: &str, diff: &Diff, emptied: bool) -> Result<u64, ClusterError> {
         let k = &self.redis.keys;
         let node = &*self.redis.node;
@@ -208,7 +203,7 @@ impl RedisCommit {
 }
 
 #[async_trait]
-impl Commit for RedisCommit {
+impl Commit for RedisStore {
     async fn commit(&self, topic: &str, diff: &Diff, _: u64, emptied: bool) -> Option<u64> {
         match self.write(topic, diff, emptied).await {
             Ok(seq) => Some(seq),
@@ -221,41 +216,34 @@ impl Commit for RedisCommit {
     }
 }
 
-impl RedisPresence {
-    /// A tracker writing to `redis` and broadcasting diffs through `pubsub`; its heartbeat
-    /// task runs until `shutdown`.
-    /// `pubsub_reconnects` counts the pub/sub adapter's reconnections: diffs published while
-    /// it was reconnecting are lost, so each one triggers a resync.
-    pub fn start(
-        redis: Redis,
-        pubsub: Arc<dyn PubSub>,
-        pubsub_reconnects: Arc<crate::pubsub::RedisStats>,
-        batch: std::time::Duration,
-        shutdown: CancellationToken,
-    ) -> (Arc<Self>, JoinHandle<()>) {
-        let stats = Arc::new(PresenceStats::default());
-        let commit = Arc::new(RedisCommit {
-            redis: redis.clone(),
-            stats: stats.clone(),
-        });
-        let me = Arc::new_cyclic(|me| Self {
-            reads: Mutex::new(HashMap::new()),
-            me: me.clone(),
-            batcher: Batcher::new(pubsub.clone(), commit, batch),
-            redis,
-            pubsub,
-            watched: Mutex::new(HashSet::new()),
-            stats,
-        });
-        let task = tokio::spawn(me.clone().heartbeat_loop(pubsub_reconnects, shutdown));
-        (me, task)
-    }
+/// Starts a cluster node's tracker: presences written to `redis`, diffs broadcast through
+/// `pubsub`, coalesced per `window`; its heartbeat task runs until `shutdown`.
+/// `pubsub_stats` are the pub/sub adapter's counters: diffs published while it reconnected
+/// or dropped publishes are lost, so either triggers a resync.
+pub fn start(
+    redis: Redis,
+    pubsub: Arc<dyn PubSub>,
+    pubsub_stats: Arc<crate::pubsub::RedisStats>,
+    window: std::time::Duration,
+    shutdown: CancellationToken,
+) -> (Arc<Tracker>, Arc<PresenceStats>, JoinHandle<()>) {
+    let stats = Arc::new(PresenceStats::default());
+    let table = SharedTable::default();
+    let store = Arc::new_cyclic(|me| RedisStore {
+        reads: Mutex::new(HashMap::new()),
+        me: me.clone(),
+        redis,
+        pubsub: pubsub.clone(),
+        table: table.clone(),
+        watched: Mutex::new(HashSet::new()),
+        stats: stats.clone(),
+    });
+    let task = tokio::spawn(store.clone().heartbeat_loop(pubsub_stats, shutdown));
+    let tracker = Arc::new(Tracker::new(table, store, pubsub, window));
+    (tracker, stats, task)
+}
 
-    /// The tracker's counters.
-    pub fn stats(&self) -> &Arc<PresenceStats> {
-        &self.stats
-    }
-
+impl RedisStore {
     fn ttl_ms(&self) -> u64 {
         self.redis.settings.down_ms * 3
     }
@@ -353,7 +341,7 @@ impl RedisPresence {
         pipe.cmd("SADD").arg(k.nodes()).arg(node).ignore();
         pipe.cmd("PEXPIRE").arg(k.nodes()).arg(ttl).ignore();
         {
-            let table = self.batcher.table();
+            let table = lock(&self.table);
             let topics_key = k.node_topics(node);
             let mut sadd = redis::cmd("SADD");
             sadd.arg(&topics_key);
@@ -393,9 +381,7 @@ impl RedisPresence {
     /// Broadcasts this node's presences as joins (after Redis lost them, or they were
     /// reaped). Not numbered: the resync that follows sets every view right.
     async fn announce_own(&self) {
-        let diffs: Vec<(String, Diff)> = self
-            .batcher
-            .table()
+        let diffs: Vec<(String, Diff)> = lock(&self.table)
             .topics()
             .map(|(topic, t)| {
                 let joins = t
@@ -576,7 +562,7 @@ impl RedisPresence {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "presence list from redis failed: answering with this node's presences");
-                let (_, state) = self.batcher.table().snapshot(topic);
+                let (_, state) = lock(&self.table).snapshot(topic);
                 Snapshot {
                     seq: None,
                     state: Arc::from(state.to_string()),
@@ -587,47 +573,7 @@ impl RedisPresence {
 }
 
 #[async_trait]
-impl Presence for RedisPresence {
-    async fn track(
-        &self,
-        topic: &str,
-        key: &str,
-        owner: SubscriberId,
-        meta: Meta,
-    ) -> Result<String, PresenceError> {
-        let (phx_ref, start) = self.batcher.table().track(topic, key, owner, meta)?;
-        self.batcher.changed(topic, start);
-        Ok(phx_ref)
-    }
-
-    async fn update(
-        &self,
-        topic: &str,
-        key: &str,
-        owner: SubscriberId,
-        meta: Meta,
-    ) -> Result<String, PresenceError> {
-        let (phx_ref, start) = self.batcher.table().update(topic, key, owner, meta)?;
-        self.batcher.changed(topic, start);
-        Ok(phx_ref)
-    }
-
-    async fn untrack(
-        &self,
-        topic: &str,
-        key: &str,
-        owner: SubscriberId,
-    ) -> Result<(), PresenceError> {
-        let start = self.batcher.table().untrack(topic, key, owner)?;
-        self.batcher.changed(topic, start);
-        Ok(())
-    }
-
-    async fn untrack_owner(&self, topic: &str, owner: SubscriberId) {
-        let start = self.batcher.table().untrack_owner(topic, owner);
-        self.batcher.changed(topic, start);
-    }
-
+impl Store for RedisStore {
     async fn snapshot(&self, topic: &str) -> Snapshot {
         self.watched
             .lock()
@@ -655,14 +601,11 @@ impl Presence for RedisPresence {
         }
     }
 
-    async fn flushed(&self, topic: &str) {
-        self.batcher.flushed(topic).await;
+    fn leaves_on_shutdown(&self) -> bool {
+        true
     }
 
     async fn shutdown(&self) {
-        let changed = self.batcher.table().untrack_all();
-        drop(changed); // flushed below, all at once
-        self.batcher.flush_all().await;
         let k = &self.redis.keys;
         let mut pipe = redis::pipe();
         pipe.cmd("DEL").arg(k.heartbeat(&self.redis.node)).ignore();

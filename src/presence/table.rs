@@ -16,6 +16,15 @@ use super::state::{group, new_phx_ref, updated_meta, Diff, Meta};
 use super::PresenceError;
 use crate::pubsub::SubscriberId;
 
+/// The table shared by a tracker's batcher and its store.
+pub(crate) type SharedTable = std::sync::Arc<std::sync::Mutex<Table>>;
+
+/// Locks a shared table. Every table operation leaves it consistent before it can panic, so
+/// a poisoned lock is still safe to use.
+pub(crate) fn lock(table: &SharedTable) -> std::sync::MutexGuard<'_, Table> {
+    table.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// One tracked presence.
 pub(crate) struct Entry {
     pub key: String,
@@ -32,7 +41,7 @@ fn phx_ref(meta: &Meta) -> &str {
 }
 
 impl Entry {
-    pub fn phx_ref(&self) -> &str {
+    pub(super) fn phx_ref(&self) -> &str {
         phx_ref(&self.meta)
     }
 }
@@ -103,8 +112,14 @@ pub(crate) struct Table {
 #[must_use]
 pub(crate) struct StartFlush(pub bool);
 
+impl Default for Table {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Table {
-    pub fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self {
             topics: HashMap::new(),
             seq: 0,
@@ -118,7 +133,7 @@ impl Table {
     }
 
     /// Tracks `key` for `owner`; returns the new phx_ref.
-    pub fn track(
+    pub(super) fn track(
         &mut self,
         topic: &str,
         key: &str,
@@ -145,7 +160,7 @@ impl Table {
 
     /// Replaces the meta of `owner`'s presence under `key` (a leave of the old meta and a
     /// join of the new one); returns the new phx_ref.
-    pub fn update(
+    pub(super) fn update(
         &mut self,
         topic: &str,
         key: &str,
@@ -171,7 +186,7 @@ impl Table {
     }
 
     /// Stops tracking `owner`'s presence under `key`.
-    pub fn untrack(
+    pub(super) fn untrack(
         &mut self,
         topic: &str,
         key: &str,
@@ -193,7 +208,7 @@ impl Table {
     }
 
     /// Stops tracking everything `owner` tracks on `topic`.
-    pub fn untrack_owner(&mut self, topic: &str, owner: SubscriberId) -> StartFlush {
+    pub(super) fn untrack_owner(&mut self, topic: &str, owner: SubscriberId) -> StartFlush {
         let Some(t) = self.topics.get_mut(topic) else {
             return StartFlush(false);
         };
@@ -219,7 +234,7 @@ impl Table {
     }
 
     /// Untracks every presence of this node (it stops); returns the topics that changed.
-    pub fn untrack_all(&mut self) -> Vec<(String, StartFlush)> {
+    pub(super) fn untrack_all(&mut self) -> Vec<(String, StartFlush)> {
         let topics: Vec<String> = self.topics.keys().cloned().collect();
         let mut changed = Vec::new();
         for topic in topics {
@@ -242,7 +257,7 @@ impl Table {
 
     /// Takes a topic's pending changes for its flush, numbered. None when nothing is
     /// pending: the flush task ends (and whoever waited is told).
-    pub fn take(&mut self, topic: &str) -> Option<Taken> {
+    pub(super) fn take(&mut self, topic: &str) -> Option<Taken> {
         let t = self.topics.get_mut(topic)?;
         if t.pending.diff.is_empty() {
             t.flushing = false;
@@ -265,7 +280,7 @@ impl Table {
     }
 
     /// Marks the joins of a committed diff as committed.
-    pub fn committed(&mut self, topic: &str, diff: &Diff) {
+    pub(super) fn committed(&mut self, topic: &str, diff: &Diff) {
         let Some(t) = self.topics.get_mut(topic) else {
             return;
         };
@@ -279,7 +294,7 @@ impl Table {
 
     /// A receiver told once the changes pending on `topic` now are published; None if
     /// nothing is pending or being published.
-    pub fn wait_flushed(&mut self, topic: &str) -> Option<oneshot::Receiver<()>> {
+    pub(super) fn wait_flushed(&mut self, topic: &str) -> Option<oneshot::Receiver<()>> {
         let t = self.topics.get_mut(topic)?;
         if !t.flushing {
             return None;
@@ -291,7 +306,7 @@ impl Table {
 
     /// The `presence_state` of what this node published on `topic` (pending changes left
     /// out), and the number of the last flush it holds.
-    pub fn snapshot(&self, topic: &str) -> (u64, Value) {
+    pub(super) fn snapshot(&self, topic: &str) -> (u64, Value) {
         let Some(t) = self.topics.get(topic) else {
             return (self.seq, Value::Object(Default::default()));
         };
@@ -306,12 +321,12 @@ impl Table {
     }
 
     /// Every topic with presences or pending changes.
-    pub fn topic_names(&self) -> Vec<String> {
+    pub(super) fn topic_names(&self) -> Vec<String> {
         self.topics.keys().cloned().collect()
     }
 
     /// Every topic's entries.
-    pub fn topics(&self) -> impl Iterator<Item = (&String, &TopicTable)> {
+    pub(super) fn topics(&self) -> impl Iterator<Item = (&String, &TopicTable)> {
         self.topics.iter().filter(|(_, t)| !t.entries.is_empty())
     }
 }

@@ -34,10 +34,16 @@ pub mod events {
     pub const PRESENCE_STATE: &str = "presence_state";
     /// Incremental presence change broadcast.
     pub const PRESENCE_DIFF: &str = "presence_diff";
+    /// Broadcast on a socket id topic (e.g. `users_socket:42`): closes that user's sockets.
+    pub const DISCONNECT: &str = "disconnect";
 }
 
 /// The reserved topic of socket-level messages (heartbeats).
 pub const HEARTBEAT_TOPIC: &str = "phoenix";
+
+/// Topics under this prefix are the gateway's own (e.g. the long-poll relay's): clients can
+/// neither join nor publish them.
+pub const INTERNAL_PREFIX: &str = "phx_internal:";
 
 /// A message payload: JSON, or raw bytes (V2 binary frames only).
 #[derive(Debug, Clone, PartialEq)]
@@ -122,6 +128,37 @@ pub enum Outbound<'a> {
         /// Payload.
         payload: &'a Payload,
     },
+}
+
+impl Outbound<'_> {
+    /// The join_ref, ref, topic and event (`phx_reply` for a reply).
+    fn head(&self) -> (&Ref, &Ref, &str, &str) {
+        match *self {
+            Outbound::Reply {
+                join_ref,
+                msg_ref,
+                topic,
+                ..
+            } => (join_ref, msg_ref, topic, events::REPLY),
+            Outbound::Event {
+                join_ref,
+                msg_ref,
+                topic,
+                event,
+                ..
+            } => (join_ref, msg_ref, topic, event),
+        }
+    }
+
+    /// Writes the JSON payload (`{"response":..,"status":..}` for a reply).
+    fn write_payload(&self, out: &mut Vec<u8>) {
+        match *self {
+            Outbound::Reply {
+                status, response, ..
+            } => write_reply_payload(out, status, response),
+            Outbound::Event { payload, .. } => write_json_payload(out, payload),
+        }
+    }
 }
 
 /// An encoded frame, ready for the transport. Cloning is cheap (reference counted), so a

@@ -4,9 +4,7 @@
 
 use serde_json::Value;
 
-use super::{
-    check_ref, into_string, write_json, write_json_payload, write_reply_payload, write_str,
-};
+use super::{check_ref, into_string, write_json, write_str};
 use super::{DecodeError, Message, Outbound, Payload};
 
 /// Decodes a V1 text frame. `topic`, `event`, `payload` and `ref` are required.
@@ -43,33 +41,12 @@ pub(super) fn decode(text: &str) -> Result<Message, DecodeError> {
 
 /// Encodes a server message as a V1 JSON object (keys sorted: event, payload, ref, topic).
 pub(super) fn encode(msg: &Outbound<'_>) -> String {
+    let (_, msg_ref, topic, event) = msg.head();
     let mut out = Vec::with_capacity(128);
     out.extend_from_slice(b"{\"event\":");
-    let (msg_ref, topic) = match *msg {
-        Outbound::Reply {
-            msg_ref,
-            topic,
-            status,
-            response,
-            ..
-        } => {
-            out.extend_from_slice(b"\"phx_reply\",\"payload\":");
-            write_reply_payload(&mut out, status, response);
-            (msg_ref, topic)
-        }
-        Outbound::Event {
-            msg_ref,
-            topic,
-            event,
-            payload,
-            ..
-        } => {
-            write_str(&mut out, event);
-            out.extend_from_slice(b",\"payload\":");
-            write_json_payload(&mut out, payload);
-            (msg_ref, topic)
-        }
-    };
+    write_str(&mut out, event);
+    out.extend_from_slice(b",\"payload\":");
+    msg.write_payload(&mut out);
     out.extend_from_slice(b",\"ref\":");
     write_json(&mut out, msg_ref);
     out.extend_from_slice(b",\"topic\":");

@@ -2,9 +2,7 @@
 
 use serde_json::Value;
 
-use super::{
-    check_ref, into_string, write_json, write_json_payload, write_reply_payload, write_str,
-};
+use super::{check_ref, into_string, write_json, write_str};
 use super::{DecodeError, Message, Outbound, Payload};
 
 /// Decodes a V2 text frame. Extra trailing elements are ignored, as Phoenix does.
@@ -43,42 +41,18 @@ pub(super) fn decode(text: &str) -> Result<Message, DecodeError> {
 
 /// Encodes a server message as a V2 JSON array (text).
 pub(super) fn encode(msg: &Outbound<'_>) -> String {
+    let (join_ref, msg_ref, topic, event) = msg.head();
     let mut out = Vec::with_capacity(128);
     out.push(b'[');
-    match *msg {
-        Outbound::Reply {
-            join_ref,
-            msg_ref,
-            topic,
-            status,
-            response,
-        } => {
-            write_json(&mut out, join_ref);
-            out.push(b',');
-            write_json(&mut out, msg_ref);
-            out.push(b',');
-            write_str(&mut out, topic);
-            out.extend_from_slice(b",\"phx_reply\",");
-            write_reply_payload(&mut out, status, response);
-        }
-        Outbound::Event {
-            join_ref,
-            msg_ref,
-            topic,
-            event,
-            payload,
-        } => {
-            write_json(&mut out, join_ref);
-            out.push(b',');
-            write_json(&mut out, msg_ref);
-            out.push(b',');
-            write_str(&mut out, topic);
-            out.push(b',');
-            write_str(&mut out, event);
-            out.push(b',');
-            write_json_payload(&mut out, payload);
-        }
-    }
+    write_json(&mut out, join_ref);
+    out.push(b',');
+    write_json(&mut out, msg_ref);
+    out.push(b',');
+    write_str(&mut out, topic);
+    out.push(b',');
+    write_str(&mut out, event);
+    out.push(b',');
+    msg.write_payload(&mut out);
     out.push(b']');
     into_string(out)
 }

@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use super::Seq;
+use crate::outbox::{CloseReason, Outbox};
 use crate::protocol::Frame;
-use crate::socket::{CloseReason, Outbox};
 
 /// One subscriber's gate. Shared by the registry (delivery) and the channel (opening).
 #[derive(Default)]
@@ -109,8 +109,8 @@ impl Gate {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outbox::outbox;
     use crate::protocol::Serializer;
-    use crate::socket::outbox;
 
     fn f(s: &str) -> Frame {
         Frame::Text(s.into())

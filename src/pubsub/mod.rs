@@ -17,8 +17,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
+use crate::outbox::Outbox;
 use crate::protocol::{Frame, Payload};
-use crate::socket::Outbox;
 
 pub use self::redis::{RedisPubSub, RedisStats};
 pub use gate::Gate;
@@ -76,8 +76,8 @@ impl Broadcast {
 /// Routes intercepted broadcasts to a subscriber's actor instead of its socket.
 #[derive(Clone)]
 pub struct Intercept {
-    /// Events to intercept; `None` intercepts every event.
-    pub events: Option<Arc<[String]>>,
+    /// Events to intercept.
+    pub events: Arc<[String]>,
     /// The actor's inbox for intercepted broadcasts.
     pub tx: mpsc::Sender<Arc<Broadcast>>,
 }
@@ -85,10 +85,26 @@ pub struct Intercept {
 impl Intercept {
     /// Whether this subscriber intercepts `event`.
     pub fn matches(&self, event: &str) -> bool {
-        self.events
-            .as_ref()
-            .is_none_or(|evs| evs.iter().any(|e| e == event))
+        self.events.iter().any(|e| e == event)
     }
+}
+
+/// Where a subscriber's broadcasts go.
+#[derive(Clone)]
+pub enum Target {
+    /// A channel's socket: the fastlane writes encoded frames to its outbox.
+    Socket {
+        /// The socket's outbound queue.
+        outbox: Outbox,
+        /// Events handed to the channel actor (`handle_out`) instead of the fastlane.
+        intercept: Option<Intercept>,
+        /// Holds fastlane frames until the channel's first snapshot is queued, and keeps
+        /// presence changes it already has from reaching it.
+        gate: Option<Arc<Gate>>,
+    },
+    /// A task of the gateway's own (a socket id's `disconnect`, the long-poll relay): every
+    /// broadcast as it is, dropped if the inbox is full.
+    Inbox(mpsc::Sender<Arc<Broadcast>>),
 }
 
 /// A local subscriber of a topic.
@@ -96,13 +112,30 @@ impl Intercept {
 pub struct Subscriber {
     /// Unique id, used by `broadcast_from` to skip the sender and by `unsubscribe`.
     pub id: SubscriberId,
-    /// The socket's outbound queue (fastlane target).
-    pub outbox: Outbox,
-    /// Events handed to the channel actor (`handle_out`) instead of the fastlane.
-    pub intercept: Option<Intercept>,
-    /// Holds fastlane frames until the subscriber's first snapshot is queued, and keeps
-    /// presence changes it already has from reaching it (channel subscribers).
-    pub gate: Option<Arc<Gate>>,
+    /// Where its broadcasts go.
+    pub target: Target,
+}
+
+impl Subscriber {
+    /// A channel's subscription: broadcasts are written to `outbox`.
+    pub fn socket(id: SubscriberId, outbox: Outbox) -> Self {
+        Self {
+            id,
+            target: Target::Socket {
+                outbox,
+                intercept: None,
+                gate: None,
+            },
+        }
+    }
+
+    /// A subscription of one of the gateway's tasks.
+    pub fn inbox(id: SubscriberId, tx: mpsc::Sender<Arc<Broadcast>>) -> Self {
+        Self {
+            id,
+            target: Target::Inbox(tx),
+        }
+    }
 }
 
 /// Why a subscription could not be made.

@@ -222,7 +222,18 @@ struct Manager {
 
 enum Lost {
     Shutdown,
-    Connection(String),
+    Connection(SubscriberError),
+}
+
+/// Why the subscriber connection was given up.
+#[derive(Debug, thiserror::Error)]
+enum SubscriberError {
+    #[error(transparent)]
+    Redis(#[from] redis::RedisError),
+    #[error("{0} timed out")]
+    Timeout(&'static str),
+    #[error("the message stream ended")]
+    StreamEnded,
 }
 
 impl Manager {
@@ -362,7 +373,7 @@ impl Manager {
             let next_unsub = self.pending_unsub.values().min().copied();
             tokio::select! {
                 _ = self.shutdown.cancelled() => break Lost::Shutdown,
-                _ = &mut reader => break Lost::Connection("stream ended".into()),
+                _ = &mut reader => break Lost::Connection(SubscriberError::StreamEnded),
                 cmd = self.rx.recv() => {
                     let Some(cmd) = cmd else { break Lost::Shutdown };
                     let mut to_sub = Vec::new();
@@ -389,8 +400,8 @@ impl Manager {
                     let timeout = Duration::from_millis(self.redis.settings.command_timeout_ms);
                     match tokio::time::timeout(timeout, sink.ping::<redis::Value>()).await {
                         Ok(Ok(_)) => {}
-                        Ok(Err(e)) => break Lost::Connection(e.to_string()),
-                        Err(_) => break Lost::Connection("ping timed out".into()),
+                        Ok(Err(e)) => break Lost::Connection(e.into()),
+                        Err(_) => break Lost::Connection(SubscriberError::Timeout("PING")),
                     }
                 }
             }
@@ -403,14 +414,14 @@ impl Manager {
         &mut self,
         sink: &mut redis::aio::PubSubSink,
         topics: Vec<String>,
-    ) -> Result<(), String> {
+    ) -> Result<(), SubscriberError> {
         for chunk in topics.chunks(512) {
             let channels: Vec<String> = chunk.iter().map(|t| self.redis.keys.channel(t)).collect();
             let timeout = Duration::from_millis(self.redis.settings.command_timeout_ms);
             match tokio::time::timeout(timeout, sink.subscribe(&channels)).await {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(e.to_string()),
-                Err(_) => return Err("SUBSCRIBE timed out".into()),
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => return Err(SubscriberError::Timeout("SUBSCRIBE")),
             }
             for topic in chunk {
                 self.active.insert(topic.clone());
@@ -429,7 +440,7 @@ impl Manager {
         &mut self,
         sink: &mut redis::aio::PubSubSink,
         topics: Vec<String>,
-    ) -> Result<(), String> {
+    ) -> Result<(), SubscriberError> {
         let topics: Vec<String> = topics
             .into_iter()
             .filter(|t| self.active.contains(t) && !self.refs.contains_key(t))
@@ -439,8 +450,8 @@ impl Manager {
             let timeout = Duration::from_millis(self.redis.settings.command_timeout_ms);
             match tokio::time::timeout(timeout, sink.unsubscribe(&channels)).await {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(e.to_string()),
-                Err(_) => return Err("UNSUBSCRIBE timed out".into()),
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => return Err(SubscriberError::Timeout("UNSUBSCRIBE")),
             }
             for topic in chunk {
                 self.active.remove(topic);

@@ -5,7 +5,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use serde_json::Value;
 
-use super::{Broadcast, Subscriber, SubscriberId};
+use super::{Broadcast, Subscriber, SubscriberId, Target};
 use crate::protocol::{Frame, Outbound, Serializer};
 
 /// What one dispatch did.
@@ -45,8 +45,8 @@ impl Registry {
     /// Returns true when it is the topic's first local subscriber.
     pub fn subscribe(&self, topic: &str, sub: Subscriber, first: Option<Frame>) -> bool {
         let mut topics = self.write();
-        if let Some(frame) = first {
-            sub.outbox.push(frame);
+        if let (Some(frame), Target::Socket { outbox, .. }) = (first, &sub.target) {
+            outbox.push(frame);
         }
         match topics.get_mut(topic) {
             Some(subs) => {
@@ -126,7 +126,23 @@ impl Registry {
             if Some(sub.id) == from {
                 continue;
             }
-            if let Some(icpt) = sub.intercept.as_ref().filter(|i| i.matches(&msg.event)) {
+            let (outbox, intercept, gate) = match &sub.target {
+                Target::Socket {
+                    outbox,
+                    intercept,
+                    gate,
+                } => (outbox, intercept, gate),
+                Target::Inbox(tx) => {
+                    if tx.try_send(msg.clone()).is_ok() {
+                        stats.intercepted += 1;
+                    } else {
+                        stats.dropped += 1;
+                        tracing::warn!(topic = %msg.topic, "internal inbox full: broadcast dropped");
+                    }
+                    continue;
+                }
+            };
+            if let Some(icpt) = intercept.as_ref().filter(|i| i.matches(&msg.event)) {
                 if icpt.tx.try_send(msg.clone()).is_ok() {
                     stats.intercepted += 1;
                 } else {
@@ -135,16 +151,16 @@ impl Registry {
                 }
                 continue;
             }
-            let serializer = sub.outbox.serializer();
+            let serializer = outbox.serializer();
             let frame =
                 frames[serializer.index()].get_or_insert_with(|| encode_broadcast(serializer, msg));
             let Some(frame) = frame else {
                 stats.dropped += 1;
                 continue;
             };
-            let queued = match &sub.gate {
-                Some(gate) => gate.deliver(&sub.outbox, msg.seq, frame.clone()),
-                None => sub.outbox.push(frame.clone()),
+            let queued = match gate {
+                Some(gate) => gate.deliver(outbox, msg.seq, frame.clone()),
+                None => outbox.push(frame.clone()),
             };
             if queued {
                 stats.delivered += 1;
@@ -157,7 +173,7 @@ impl Registry {
 }
 
 /// Encodes a broadcast (`join_ref` and `ref` null), or None if this serializer cannot carry it.
-pub fn encode_broadcast(serializer: Serializer, msg: &Broadcast) -> Option<Frame> {
+pub(super) fn encode_broadcast(serializer: Serializer, msg: &Broadcast) -> Option<Frame> {
     let null = Value::Null;
     let out = Outbound::Event {
         join_ref: &null,
@@ -178,9 +194,9 @@ pub fn encode_broadcast(serializer: Serializer, msg: &Broadcast) -> Option<Frame
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outbox::outbox;
     use crate::protocol::Payload;
     use crate::pubsub::{next_subscriber_id, Intercept};
-    use crate::socket::outbox;
     use serde_json::json;
     use tokio::sync::mpsc;
 
@@ -199,36 +215,9 @@ mod tests {
         let (b, mut rb) = outbox(Serializer::V2, 8);
         let (c, mut rc) = outbox(Serializer::V1, 8);
         let ids: Vec<_> = (0..3).map(|_| next_subscriber_id()).collect();
-        assert!(reg.subscribe(
-            "room:1",
-            Subscriber {
-                id: ids[0],
-                outbox: a,
-                intercept: None,
-                gate: None,
-            },
-            None
-        ));
-        assert!(!reg.subscribe(
-            "room:1",
-            Subscriber {
-                id: ids[1],
-                outbox: b,
-                intercept: None,
-                gate: None,
-            },
-            None
-        ));
-        reg.subscribe(
-            "room:1",
-            Subscriber {
-                id: ids[2],
-                outbox: c,
-                intercept: None,
-                gate: None,
-            },
-            None,
-        );
+        assert!(reg.subscribe("room:1", Subscriber::socket(ids[0], a), None));
+        assert!(!reg.subscribe("room:1", Subscriber::socket(ids[1], b), None));
+        reg.subscribe("room:1", Subscriber::socket(ids[2], c), None);
 
         let stats = reg.dispatch(&bc("new_msg"), Some(ids[1]));
         assert_eq!(
@@ -274,20 +263,16 @@ mod tests {
         let (a, mut ra) = outbox(Serializer::V2, 8);
         let (tx, mut rx) = mpsc::channel(4);
         let events: Arc<[String]> = Arc::from(vec!["user_joined".to_string()]);
-        let intercept = Some(Intercept {
-            events: Some(events),
-            tx,
-        });
-        reg.subscribe(
-            "room:1",
-            Subscriber {
-                id: next_subscriber_id(),
+        let intercept = Some(Intercept { events, tx });
+        let sub = Subscriber {
+            id: next_subscriber_id(),
+            target: Target::Socket {
                 outbox: a,
                 intercept,
                 gate: None,
             },
-            None,
-        );
+        };
+        reg.subscribe("room:1", sub, None);
         assert_eq!(reg.dispatch(&bc("user_joined"), None).intercepted, 1);
         assert_eq!(rx.try_recv().expect("actor got it").event, "user_joined");
         assert!(ra.rx.try_recv().is_err());
@@ -300,12 +285,7 @@ mod tests {
         let (a, mut ra) = outbox(Serializer::V2, 8);
         reg.subscribe(
             "room:1",
-            Subscriber {
-                id: next_subscriber_id(),
-                outbox: a,
-                intercept: None,
-                gate: None,
-            },
+            Subscriber::socket(next_subscriber_id(), a),
             Some(Frame::Text("first".into())),
         );
         reg.dispatch(&bc("e"), None);

@@ -5,53 +5,45 @@
 //! joins (spawning a channel actor), leaves, and events routed to the joined channel.
 //! Everything the client must receive goes through the socket's [`Outbox`].
 
-mod connect;
-pub mod origin;
-mod outbox;
+mod connector;
+pub(crate) mod origin;
 mod token;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use crate::channel::server::{self, ChannelHandle, ChannelMsg, JoinRequest};
-use crate::channel::Context;
-use crate::gateway::Gateway;
-use crate::protocol::{events, Message, Outbound, Payload, Ref, Serializer, HEARTBEAT_TOPIC};
-use crate::pubsub::{next_subscriber_id, Broadcast, Intercept, Subscriber, SubscriberId};
+use tokio_util::task::TaskTracker;
 
-pub use connect::{ConnectInfo, Connected, Connector, ParamsConnector, Refused};
-pub use outbox::{
-    outbox, outbox_bounded, Bounds, CloseReason, CloseSignal, Empty, Frames, Outbox, OutboxReceiver,
-};
-pub use token::TokenConnector;
+use crate::channel::{ChannelExit, Context, Router, SocketInfo};
+use crate::config::SocketSettings;
+use crate::limits::Limits;
+use crate::outbox::Outbox;
+use crate::presence::Presence;
+use crate::protocol::{events, Message, Outbound, Payload, Ref, HEARTBEAT_TOPIC};
+use crate::pubsub::{next_subscriber_id, Broadcast, PubSub, Subscriber, SubscriberId};
 
-/// What channels and the rest of the gateway know about a socket.
-#[derive(Debug, Clone)]
-pub struct SocketInfo {
-    /// The socket id (e.g. `users_socket:42`); a `disconnect` broadcast on it closes the socket.
-    pub id: Option<String>,
-    /// Assigns set at connect (by default the connect params, `vsn` excluded).
-    pub assigns: Map<String, Value>,
-    /// The negotiated serializer.
-    pub serializer: Serializer,
-    /// The client's address, when known (per-IP join limits).
-    pub peer_ip: Option<std::net::IpAddr>,
-}
+pub use connector::{ConnectInfo, Connected, Connector, ParamsConnector, Refused};
+pub use token::{AuthSetupError, TokenConnector};
 
-/// A notification from a channel actor to its socket.
-#[derive(Debug)]
-pub enum SocketEvent {
-    /// A channel actor ended (left, stopped, crashed or refused its join).
-    ChannelExited {
-        /// Its topic.
-        topic: String,
-        /// The join_ref of the incarnation that ended.
-        join_ref: Ref,
-    },
+/// What a socket needs from the gateway.
+pub struct SocketEnv {
+    /// Per-socket protocol settings and limits.
+    pub settings: SocketSettings,
+    /// Topic routes.
+    pub router: Router,
+    /// Broadcast delivery (local or cluster).
+    pub pubsub: Arc<dyn PubSub>,
+    /// Presence tracker (local or cluster).
+    pub presence: Arc<dyn Presence>,
+    /// Join and message rate limits.
+    pub limits: Arc<Limits>,
+    /// Channel actors, so that shutdown can wait for their clean-up.
+    pub channel_tasks: TaskTracker,
 }
 
 /// How long a replaced channel may take to stop before its task is aborted (as Phoenix).
@@ -60,9 +52,9 @@ const DUPLICATE_SHUTDOWN: Duration = Duration::from_secs(5);
 /// The protocol state of one connection.
 pub struct Socket {
     info: Arc<SocketInfo>,
-    gateway: Arc<Gateway>,
+    env: Arc<SocketEnv>,
     outbox: Outbox,
-    events: mpsc::UnboundedSender<Box<SocketEvent>>,
+    events: mpsc::UnboundedSender<Box<ChannelExit>>,
     channels: HashMap<String, ChannelHandle>,
     id_subscription: Option<SubscriberId>,
     /// Inbound message rate limit (heartbeats exempt).
@@ -73,14 +65,14 @@ impl Socket {
     /// A socket with no channels. Channel actors report to `events`.
     pub fn new(
         info: SocketInfo,
-        gateway: Arc<Gateway>,
+        env: Arc<SocketEnv>,
         outbox: Outbox,
-        events: mpsc::UnboundedSender<Box<SocketEvent>>,
+        events: mpsc::UnboundedSender<Box<ChannelExit>>,
     ) -> Self {
-        let limiter = gateway.limits.message_limiter();
+        let limiter = env.limits.message_limiter();
         Self {
             info: Arc::new(info),
-            gateway,
+            env,
             outbox,
             events,
             channels: HashMap::new(),
@@ -105,13 +97,8 @@ impl Socket {
         let id = self.info.id.clone()?;
         let (tx, rx) = mpsc::channel(4);
         let sub_id = next_subscriber_id();
-        let sub = Subscriber {
-            id: sub_id,
-            outbox: self.outbox.clone(),
-            intercept: Some(Intercept { events: None, tx }),
-            gate: None,
-        };
-        match self.gateway.pubsub.subscribe(&id, sub, None).await {
+        let sub = Subscriber::inbox(sub_id, tx);
+        match self.env.pubsub.subscribe(&id, sub, None).await {
             Ok(()) => {
                 self.id_subscription = Some(sub_id);
                 Some(rx)
@@ -245,7 +232,7 @@ impl Socket {
     }
 
     async fn join(&mut self, msg: Message) {
-        let limits = &self.gateway.settings.socket;
+        let limits = &self.env.settings;
         let join_ref = if msg.join_ref.is_null() {
             msg.msg_ref.clone()
         } else {
@@ -255,16 +242,14 @@ impl Socket {
             tracing::info!(len = msg.topic.len(), "join refused: topic too long");
             return self.refuse_join(&msg, "topic too long");
         }
-        if let Err(limit) = self.gateway.limits.check_join(self.info.peer_ip) {
+        if let Err(limit) = self.env.limits.check_join(self.info.peer_ip) {
             tracing::debug!(topic = %msg.topic, limit = limit.label(), "join over the rate limit");
             ::metrics::counter!(crate::metrics::LIMITED, "limit" => limit.label()).increment(1);
             return self.refuse_join(&msg, "rate limited");
         }
-        let internal = msg
-            .topic
-            .starts_with(crate::transport::relay::INTERNAL_PREFIX);
+        let internal = msg.topic.starts_with(crate::protocol::INTERNAL_PREFIX);
         let Some(factory) = self
-            .gateway
+            .env
             .router
             .find(&msg.topic)
             .cloned()
@@ -297,7 +282,7 @@ impl Socket {
             );
             return self.refuse_join(&msg, "too many channels joined");
         }
-        let gw = &self.gateway;
+        let gw = &self.env;
         let ctx = Context::new(
             msg.topic.clone(),
             join_ref,
@@ -323,18 +308,14 @@ impl Socket {
         self.channels.insert(msg.topic, handle);
     }
 
-    /// Applies a notification from a channel actor.
-    pub fn on_event(&mut self, event: SocketEvent) {
-        match event {
-            SocketEvent::ChannelExited { topic, join_ref } => {
-                if self
-                    .channels
-                    .get(&topic)
-                    .is_some_and(|c| c.join_ref == join_ref)
-                {
-                    self.channels.remove(&topic);
-                }
-            }
+    /// Forgets a channel actor that ended (unless a newer incarnation replaced it).
+    pub fn on_exit(&mut self, exit: ChannelExit) {
+        if self
+            .channels
+            .get(&exit.topic)
+            .is_some_and(|c| c.join_ref == exit.join_ref)
+        {
+            self.channels.remove(&exit.topic);
         }
     }
 
@@ -344,7 +325,7 @@ impl Socket {
             channel.stop.cancel();
         }
         if let (Some(id), Some(sub)) = (&self.info.id, self.id_subscription.take()) {
-            self.gateway.pubsub.unsubscribe(id, sub);
+            self.env.pubsub.unsubscribe(id, sub);
         }
     }
 }

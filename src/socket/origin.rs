@@ -1,27 +1,7 @@
 //! Origin checking (Phoenix's `check_origin`) and the phoenix.js `authToken` subprotocol.
 
+use crate::config::CheckOrigin;
 use base64::Engine;
-use serde::Deserialize;
-
-/// Which browser origins may open sockets. Requests without an `Origin` header (non-browser
-/// clients) are always allowed, as in Phoenix.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(untagged)]
-pub enum CheckOrigin {
-    /// `true`: the origin's host must be the request's `Host`; `false`: any origin.
-    Enabled(bool),
-    /// Allowed origins: `https://example.com`, `//example.com` (any scheme),
-    /// `//*.example.com` (any subdomain), optionally with a port.
-    List(Vec<String>),
-    /// The same list, comma-separated (handy in environment variables).
-    Text(String),
-}
-
-impl Default for CheckOrigin {
-    fn default() -> Self {
-        CheckOrigin::Enabled(true)
-    }
-}
 
 struct Parsed<'a> {
     scheme: Option<&'a str>,
@@ -65,37 +45,35 @@ fn matches(pattern: &str, origin: &Parsed<'_>) -> bool {
     }
 }
 
-impl CheckOrigin {
-    /// Whether a socket with this `Origin` header, sent to this `Host`, may connect.
-    pub fn allows(&self, origin: Option<&str>, host: Option<&str>) -> bool {
-        let Some(origin) = origin else { return true };
-        let Some(parsed) = parse(origin) else {
-            return false;
-        };
-        match self {
-            CheckOrigin::Enabled(false) => true,
-            CheckOrigin::Enabled(true) => host.is_some_and(|h| {
-                let origin_authority = match parsed.port {
-                    Some(p) => format!("{}:{p}", parsed.host),
-                    None => parsed.host.to_owned(),
-                };
-                h.eq_ignore_ascii_case(&origin_authority) || h.eq_ignore_ascii_case(parsed.host)
-            }),
-            CheckOrigin::List(list) => list.iter().any(|p| matches(p, &parsed)),
-            CheckOrigin::Text(text) => text
-                .split(',')
-                .filter(|p| !p.trim().is_empty())
-                .any(|p| matches(p, &parsed)),
-        }
+/// Whether a socket with this `Origin` header, sent to this `Host`, may connect under `check`.
+pub(crate) fn allows(check: &CheckOrigin, origin: Option<&str>, host: Option<&str>) -> bool {
+    let Some(origin) = origin else { return true };
+    let Some(parsed) = parse(origin) else {
+        return false;
+    };
+    match check {
+        CheckOrigin::Enabled(false) => true,
+        CheckOrigin::Enabled(true) => host.is_some_and(|h| {
+            let origin_authority = match parsed.port {
+                Some(p) => format!("{}:{p}", parsed.host),
+                None => parsed.host.to_owned(),
+            };
+            h.eq_ignore_ascii_case(&origin_authority) || h.eq_ignore_ascii_case(parsed.host)
+        }),
+        CheckOrigin::List(list) => list.iter().any(|p| matches(p, &parsed)),
+        CheckOrigin::Text(text) => text
+            .split(',')
+            .filter(|p| !p.trim().is_empty())
+            .any(|p| matches(p, &parsed)),
     }
 }
 
 /// The prefix phoenix.js puts before the base64 of `authToken` in `Sec-WebSocket-Protocol`.
-pub const AUTH_TOKEN_PREFIX: &str = "base64url.bearer.phx.";
+pub(crate) const AUTH_TOKEN_PREFIX: &str = "base64url.bearer.phx.";
 
 /// Extracts the `authToken` phoenix.js sends as a subprotocol. Despite the name the client
 /// uses standard base64 (`btoa`) without padding; URL-safe and padded forms are accepted too.
-pub fn auth_token(protocols: &str) -> Option<String> {
+pub(crate) fn auth_token(protocols: &str) -> Option<String> {
     let encoded = protocols
         .split(',')
         .map(str::trim)
@@ -118,12 +96,28 @@ mod tests {
     #[test]
     fn no_origin_is_always_allowed_and_true_means_same_host() {
         let check = CheckOrigin::default();
-        assert!(check.allows(None, Some("gw.example.com")));
-        assert!(check.allows(Some("https://gw.example.com"), Some("gw.example.com")));
-        assert!(check.allows(Some("http://localhost:4000"), Some("localhost:4000")));
-        assert!(!check.allows(Some("https://evil.com"), Some("gw.example.com")));
-        assert!(!check.allows(Some("null"), Some("gw.example.com")));
-        assert!(CheckOrigin::Enabled(false).allows(Some("https://evil.com"), Some("x")));
+        assert!(allows(&check, None, Some("gw.example.com")));
+        assert!(allows(
+            &check,
+            Some("https://gw.example.com"),
+            Some("gw.example.com")
+        ));
+        assert!(allows(
+            &check,
+            Some("http://localhost:4000"),
+            Some("localhost:4000")
+        ));
+        assert!(!allows(
+            &check,
+            Some("https://evil.com"),
+            Some("gw.example.com")
+        ));
+        assert!(!allows(&check, Some("null"), Some("gw.example.com")));
+        assert!(allows(
+            &CheckOrigin::Enabled(false),
+            Some("https://evil.com"),
+            Some("x")
+        ));
     }
 
     #[test]
@@ -133,24 +127,24 @@ mod tests {
             "//*.other.com".into(),
             "http://localhost:3000".into(),
         ]);
-        assert!(check.allows(Some("https://app.example.com"), None));
+        assert!(allows(&check, Some("https://app.example.com"), None));
         assert!(
-            !check.allows(Some("http://app.example.com"), None),
+            !allows(&check, Some("http://app.example.com"), None),
             "scheme must match"
         );
-        assert!(check.allows(Some("http://a.b.other.com"), None));
-        assert!(check.allows(Some("https://other.com:8443"), None));
-        assert!(!check.allows(Some("https://notother.com"), None));
-        assert!(check.allows(Some("http://localhost:3000"), None));
+        assert!(allows(&check, Some("http://a.b.other.com"), None));
+        assert!(allows(&check, Some("https://other.com:8443"), None));
+        assert!(!allows(&check, Some("https://notother.com"), None));
+        assert!(allows(&check, Some("http://localhost:3000"), None));
         assert!(
-            !check.allows(Some("http://localhost:3001"), None),
+            !allows(&check, Some("http://localhost:3001"), None),
             "port must match when given"
         );
         let text = CheckOrigin::Text("https://a.com, //b.com".into());
         assert!(
-            text.allows(Some("https://a.com"), None) && text.allows(Some("http://b.com"), None)
+            allows(&text, Some("https://a.com"), None) && allows(&text, Some("http://b.com"), None)
         );
-        assert!(!text.allows(Some("https://c.com"), None));
+        assert!(!allows(&text, Some("https://c.com"), None));
     }
 
     #[test]

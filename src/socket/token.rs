@@ -4,11 +4,38 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use secrecy::ExposeSecret;
 use serde_json::{Map, Value};
 
 use super::{ConnectInfo, Connected, Connector, ParamsConnector, Refused};
 use crate::auth::{JwtKey, JwtVerifier, PhoenixToken, TokenError};
 use crate::config::{AuthMode, AuthSettings, JwtAlgorithm};
+
+/// Why the token connect policy cannot be built from the settings.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthSetupError {
+    /// `auth.mode` is `none`: there is nothing to verify.
+    #[error("auth.mode is none")]
+    NoMode,
+    /// `phoenix_token` without `auth.secret_key_base`.
+    #[error("auth.secret_key_base is not set")]
+    NoSecret,
+    /// A JWT algorithm without its key setting.
+    #[error("no JWT key configured for the algorithm")]
+    NoKey,
+    /// A key file cannot be read.
+    #[error("cannot read {path}")]
+    Read {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A key cannot be used.
+    #[error("JWT key: {0}")]
+    Key(#[from] TokenError),
+}
 
 enum Verifier {
     Phoenix {
@@ -31,14 +58,15 @@ pub struct TokenConnector {
 impl TokenConnector {
     /// Builds the connector for `settings` (mode `phoenix_token` or `jwt`); `id_template`
     /// names socket ids as in [`ParamsConnector`].
-    pub fn new(settings: &AuthSettings, id_template: &str) -> Result<Self, String> {
+    pub fn new(settings: &AuthSettings, id_template: &str) -> Result<Self, AuthSetupError> {
         let verifier = match settings.mode {
-            AuthMode::None => return Err("auth.mode is none".into()),
+            AuthMode::None => return Err(AuthSetupError::NoMode),
             AuthMode::PhoenixToken => {
                 let secret = settings
                     .secret_key_base
-                    .as_deref()
-                    .ok_or("auth.secret_key_base is not set")?;
+                    .as_ref()
+                    .ok_or(AuthSetupError::NoSecret)?
+                    .expose_secret();
                 Verifier::Phoenix {
                     // A few seconds of clock skew between the app and the gateway hosts.
                     token: PhoenixToken::new(secret, &settings.salt).with_future_leeway_ms(5_000),
@@ -47,7 +75,10 @@ impl TokenConnector {
             }
             AuthMode::Jwt => {
                 let read = |p: &std::path::Path| {
-                    std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+                    std::fs::read(p).map_err(|source| AuthSetupError::Read {
+                        path: p.to_owned(),
+                        source,
+                    })
                 };
                 let key = match (
                     settings.jwt_algorithm,
@@ -55,22 +86,22 @@ impl TokenConnector {
                     &settings.jwt_public_key_file,
                 ) {
                     (JwtAlgorithm::HS256, _, _) => {
-                        JwtKey::Hs256(settings.jwt_secret.clone().unwrap_or_default().into_bytes())
+                        let secret = settings.jwt_secret.as_ref().ok_or(AuthSetupError::NoKey)?;
+                        JwtKey::Hs256(secret.expose_secret().as_bytes().to_vec())
                     }
                     (_, Some(jwks), _) => {
                         JwtKey::Jwks(String::from_utf8_lossy(&read(jwks)?).into_owned())
                     }
                     (JwtAlgorithm::RS256, None, Some(pem)) => JwtKey::Rs256Pem(read(pem)?),
                     (JwtAlgorithm::ES256, None, Some(pem)) => JwtKey::Es256Pem(read(pem)?),
-                    _ => return Err("auth: no JWT key configured".into()),
+                    _ => return Err(AuthSetupError::NoKey),
                 };
                 let verifier = JwtVerifier::new(
                     key,
                     settings.jwt_issuer.clone(),
                     settings.jwt_audience.clone(),
                     settings.jwt_leeway_s,
-                )
-                .map_err(|e| e.to_string())?;
+                )?;
                 Verifier::Jwt {
                     verifier,
                     user_id_claim: settings.user_id_claim.clone(),

@@ -21,11 +21,13 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::connect::{accept, Accepted};
+use super::accept::{accept, Accepted};
 use super::parse_params;
-use crate::gateway::Gateway;
+use super::Env;
+use crate::channel::SocketInfo;
+use crate::outbox::{outbox_bounded, CloseReason};
 use crate::protocol::Frame;
-use crate::socket::{outbox_bounded, CloseReason, Socket, SocketInfo};
+use crate::socket::Socket;
 
 /// Most lines of one POST that are processed (the rest are ignored, as in Phoenix).
 const MAX_LINES: usize = 100;
@@ -179,8 +181,8 @@ pub fn token_node(token: &str) -> Option<&str> {
     token.rsplit_once('.').map(|(node, _)| node)
 }
 
-fn window(gateway: &Gateway) -> Duration {
-    Duration::from_millis(gateway.settings.longpoll.window_ms)
+fn window(env: &Env) -> Duration {
+    Duration::from_millis(env.longpoll.window_ms)
 }
 
 /// `OPTIONS`: CORS preflight.
@@ -200,11 +202,11 @@ pub async fn options(req: HttpRequest) -> HttpResponse {
 }
 
 /// `GET`: poll an existing session, or open a new one (answered 410 with its token).
-pub async fn get(req: HttpRequest, gateway: web::Data<Arc<Gateway>>) -> HttpResponse {
-    let gateway = gateway.get_ref().clone();
+pub async fn get(req: HttpRequest, env: web::Data<Arc<Env>>) -> HttpResponse {
+    let env = env.get_ref().clone();
     if let Some(token) = request_token(&req) {
-        let wait = window(&gateway) + Duration::from_secs(5);
-        if let Some(result) = route_poll(&gateway, &token, wait).await {
+        let wait = window(&env) + Duration::from_secs(5);
+        if let Some(result) = route_poll(&env, &token, wait).await {
             let messages = match result {
                 PollResult::Messages(m) => m,
                 PollResult::Empty => {
@@ -215,16 +217,12 @@ pub async fn get(req: HttpRequest, gateway: web::Data<Arc<Gateway>>) -> HttpResp
         }
         // Unknown or expired token: fall through and open a new session (Phoenix does too).
     }
-    open(&req, &gateway).await
+    open(&req, &env).await
 }
 
 /// `POST`: client frames for a session (ndjson lines, or one frame for other content types).
-pub async fn post(
-    req: HttpRequest,
-    gateway: web::Data<Arc<Gateway>>,
-    body: web::Bytes,
-) -> HttpResponse {
-    let gateway = gateway.get_ref().clone();
+pub async fn post(req: HttpRequest, env: web::Data<Arc<Env>>, body: web::Bytes) -> HttpResponse {
+    let env = env.get_ref().clone();
     let Some(token) = request_token(&req) else {
         return status(410);
     };
@@ -240,38 +238,38 @@ pub async fn post(
     let Some(frames) = parse_body(ndjson, &body) else {
         return status(400);
     };
-    match route_post(&gateway, &token, frames, window(&gateway)).await {
+    match route_post(&env, &token, frames, window(&env)).await {
         Some(true) => status(200),
         Some(false) => status(408),
         None => status(410),
     }
 }
 
-async fn route_poll(gateway: &Arc<Gateway>, token: &str, wait: Duration) -> Option<PollResult> {
-    if let Some(result) = gateway.longpoll.poll(token, wait).await {
+async fn route_poll(env: &Arc<Env>, token: &str, wait: Duration) -> Option<PollResult> {
+    if let Some(result) = env.sessions.poll(token, wait).await {
         return Some(result);
     }
-    let relay = gateway.longpoll_relay.as_ref()?;
+    let relay = env.relay.as_ref()?;
     let node = token_node(token)?;
     relay.poll(node, token, wait).await
 }
 
 async fn route_post(
-    gateway: &Arc<Gateway>,
+    env: &Arc<Env>,
     token: &str,
     frames: Vec<Incoming>,
     wait: Duration,
 ) -> Option<bool> {
-    if gateway.longpoll.get(token).is_some() {
-        return gateway.longpoll.post(token, frames, wait).await;
+    if env.sessions.get(token).is_some() {
+        return env.sessions.post(token, frames, wait).await;
     }
-    let relay = gateway.longpoll_relay.as_ref()?;
+    let relay = env.relay.as_ref()?;
     let node = token_node(token)?;
     relay.post(node, token, frames, wait).await
 }
 
 /// Opens a session: the same checks as a WebSocket connect, then the session task.
-async fn open(req: &HttpRequest, gateway: &Arc<Gateway>) -> HttpResponse {
+async fn open(req: &HttpRequest, env: &Arc<Env>) -> HttpResponse {
     let mut params = parse_params(req.query_string());
     params.remove("token");
     let auth_token = req
@@ -285,13 +283,13 @@ async fn open(req: &HttpRequest, gateway: &Arc<Gateway>) -> HttpResponse {
         connected,
         admission,
         peer_ip,
-    }) = accept(req, gateway, params, auth_token).await
+    }) = accept(req, env, params, auth_token).await
     else {
         return status(403);
     };
-    let token = format!("{}.{:032x}", gateway.node_id(), rand::random::<u128>());
+    let token = format!("{}.{:032x}", env.node_id, rand::random::<u128>());
     let (tx, rx) = mpsc::channel(16);
-    gateway.longpoll.insert(token.clone(), tx);
+    env.sessions.insert(token.clone(), tx);
     let info = SocketInfo {
         id: connected.id,
         assigns: connected.assigns,
@@ -300,7 +298,7 @@ async fn open(req: &HttpRequest, gateway: &Arc<Gateway>) -> HttpResponse {
     };
     let span = tracing::info_span!("longpoll", id = info.id.as_deref().unwrap_or("-"));
     tokio::spawn(tracing::Instrument::instrument(
-        run(gateway.clone(), token.clone(), info, rx, admission),
+        run(env.clone(), token.clone(), info, rx, admission),
         span,
     ));
     json_response(json!({"status": 410, "token": token, "messages": []}))
@@ -308,22 +306,22 @@ async fn open(req: &HttpRequest, gateway: &Arc<Gateway>) -> HttpResponse {
 
 /// The session task.
 async fn run(
-    gateway: Arc<Gateway>,
+    env: Arc<Env>,
     token: String,
     info: SocketInfo,
     mut cmds: mpsc::Receiver<SessionCmd>,
     // Holds the session's place in the admission limits until it ends.
     _admission: crate::limits::Admission,
 ) {
-    let limits = gateway.settings.socket.clone();
+    let limits = env.socket.settings.clone();
     let serializer = info.serializer;
-    let (out_tx, mut out) = outbox_bounded(serializer, limits.bounds());
+    let (out_tx, mut out) = outbox_bounded(serializer, super::queue_bounds(&limits));
     let close_signal = out.close_signal();
     let (events_tx, mut events) = mpsc::unbounded_channel();
-    let mut socket = Socket::new(info, gateway.clone(), out_tx, events_tx);
+    let mut socket = Socket::new(info, env.socket.clone(), out_tx, events_tx);
     let mut id_rx = socket.subscribe_id().await;
     ::metrics::gauge!(crate::metrics::SOCKETS, "transport" => "longpoll").increment(1.0);
-    let window = window(&gateway);
+    let window = window(&env);
     // Phoenix reaps a session that has not polled for 1.5 windows.
     let idle_limit = window.mul_f64(1.5);
     let mut last_poll = Instant::now();
@@ -334,7 +332,7 @@ async fn run(
         let park_deadline = parked.as_ref().map(|(_, d)| *d);
         tokio::select! {
             reason = close_signal.requested() => break reason.label(),
-            _ = gateway.shutdown.cancelled() => break CloseReason::Shutdown.label(),
+            _ = env.drain.started() => break CloseReason::Shutdown.label(),
             cmd = cmds.recv() => match cmd {
                 None => break "closed",
                 Some(SessionCmd::Poll(reply)) => {
@@ -384,9 +382,9 @@ async fn run(
                     let _ = reply.send(PollResult::Messages(std::mem::take(&mut buffer)));
                 }
             }
-            Some(event) = events.recv() => socket.on_event(*event),
+            Some(event) = events.recv() => socket.on_exit(*event),
             Some(b) = async { match &mut id_rx { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
-                if b.event == "disconnect" {
+                if b.event == crate::protocol::events::DISCONNECT {
                     tracing::info!("disconnect broadcast on the socket id");
                     break CloseReason::Disconnected.label();
                 }
@@ -404,7 +402,7 @@ async fn run(
             }
         }
     };
-    gateway.longpoll.remove(&token);
+    env.sessions.remove(&token);
     socket.close();
     ::metrics::gauge!(crate::metrics::SOCKETS, "transport" => "longpoll").decrement(1.0);
     ::metrics::counter!(crate::metrics::SOCKET_CLOSES, "reason" => reason).increment(1);

@@ -15,12 +15,8 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use super::longpoll::{Incoming, PollResult, Sessions};
-use crate::protocol::{Payload, Serializer};
-use crate::pubsub::{next_subscriber_id, Broadcast, Intercept, PubSub, Subscriber};
-use crate::socket::outbox;
-
-/// Topics under this prefix are the gateway's own: clients can neither join nor publish them.
-pub const INTERNAL_PREFIX: &str = "phx_internal:";
+use crate::protocol::{Payload, INTERNAL_PREFIX};
+use crate::pubsub::{next_subscriber_id, Broadcast, PubSub, Subscriber};
 
 fn inbox(node: &str) -> String {
     format!("{INTERNAL_PREFIX}lp:{node}")
@@ -49,14 +45,7 @@ impl Relay {
             pending: Mutex::default(),
         });
         let (tx, mut rx) = mpsc::channel::<Arc<Broadcast>>(1024);
-        // Every event is intercepted: the outbox is never written to.
-        let (unused, _) = outbox(Serializer::V2, 1);
-        let sub = Subscriber {
-            id: next_subscriber_id(),
-            outbox: unused,
-            intercept: Some(Intercept { events: None, tx }),
-            gate: None,
-        };
+        let sub = Subscriber::inbox(next_subscriber_id(), tx);
         if let Err(e) = pubsub.subscribe(&inbox(&node), sub, None).await {
             tracing::warn!(error = %e, "long-poll relay inbox not subscribed");
         }

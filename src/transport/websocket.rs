@@ -12,16 +12,16 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::connect::{accept, count_error, Accepted, Refused};
+use super::accept::{accept, count_error, Accepted, Rejected};
 use super::parse_params;
 use super::ws_writer::OutboundBody;
-use crate::gateway::Gateway;
-use crate::limits::Refusal;
+use super::Env;
+use crate::channel::SocketInfo;
+use crate::limits::Limit;
+use crate::outbox::{outbox_bounded, CloseReason, CloseSignal, Outbox};
 use crate::protocol::Serializer;
 use crate::pubsub::Broadcast;
-use crate::socket::{
-    outbox_bounded, CloseReason, CloseSignal, Connected, Outbox, Socket, SocketInfo,
-};
+use crate::socket::{Connected, Socket};
 
 /// The subprotocol phoenix.js offers alongside its auth token.
 const PHOENIX_SUBPROTOCOL: &str = "phoenix";
@@ -31,12 +31,12 @@ const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// Handles the upgrade request: negotiates the serializer, runs the connect policy and
 /// starts the connection task. Refusals are HTTP 403 with an empty body, as in Phoenix.
-pub async fn upgrade(
+pub(crate) async fn upgrade(
     req: HttpRequest,
     body: web::Payload,
-    gateway: web::Data<Arc<Gateway>>,
+    env: web::Data<Arc<Env>>,
 ) -> HttpResponse {
-    let gateway = gateway.get_ref().clone();
+    let env = env.get_ref().clone();
     let protocols = req
         .headers()
         .get(actix_web::http::header::SEC_WEBSOCKET_PROTOCOL)
@@ -57,18 +57,19 @@ pub async fn upgrade(
         connected,
         admission,
         peer_ip,
-    } = match accept(&req, &gateway, params, auth_token).await {
+    } = match accept(&req, &env, params, auth_token).await {
         Ok(a) => a,
         // 503 tells the balancer to try another node; 429 asks the client to slow down.
-        Err(Refused::Draining | Refused::Limited(Refusal::NodeFull | Refusal::NodeBusy)) => {
+        Err(Rejected::Draining | Rejected::Limited(Limit::NodeFull | Limit::NodeBusy)) => {
             return HttpResponse::ServiceUnavailable().finish()
         }
-        Err(Refused::Limited(_)) => return HttpResponse::TooManyRequests().finish(),
-        Err(Refused::Forbidden) => return HttpResponse::Forbidden().finish(),
+        Err(Rejected::Limited(_)) => return HttpResponse::TooManyRequests().finish(),
+        Err(Rejected::Forbidden) => return HttpResponse::Forbidden().finish(),
     };
     match actix_ws::handle_with_protocols(&req, body, &[PHOENIX_SUBPROTOCOL]) {
         Ok((response, session, stream)) => {
-            let (out_tx, out_rx) = outbox_bounded(serializer, gateway.settings.socket.bounds());
+            let (out_tx, out_rx) =
+                outbox_bounded(serializer, super::queue_bounds(&env.socket.settings));
             let close_signal = out_rx.close_signal();
             // The connection drains the outbox itself (see `ws_writer`).
             let response = response
@@ -83,7 +84,7 @@ pub async fn upgrade(
                 close_signal,
                 _admission: admission,
             };
-            actix_web::rt::spawn(run(gateway, serializer, connected, conn).instrument(span));
+            actix_web::rt::spawn(run(env, serializer, connected, conn).instrument(span));
             response
         }
         Err(e) => {
@@ -114,7 +115,7 @@ struct Conn {
     _admission: crate::limits::Admission,
 }
 
-async fn run(gateway: Arc<Gateway>, serializer: Serializer, connected: Connected, conn: Conn) {
+async fn run(env: Arc<Env>, serializer: Serializer, connected: Connected, conn: Conn) {
     let Conn {
         peer_ip,
         mut session,
@@ -123,7 +124,7 @@ async fn run(gateway: Arc<Gateway>, serializer: Serializer, connected: Connected
         close_signal,
         _admission,
     } = conn;
-    let limits = gateway.settings.socket.clone();
+    let limits = env.socket.settings.clone();
     let mut stream = stream
         .max_frame_size(limits.max_frame_bytes)
         .aggregate_continuations()
@@ -135,7 +136,7 @@ async fn run(gateway: Arc<Gateway>, serializer: Serializer, connected: Connected
         serializer,
         peer_ip,
     };
-    let mut socket = Socket::new(info, gateway.clone(), out_tx, events_tx);
+    let mut socket = Socket::new(info, env.socket.clone(), out_tx, events_tx);
     let mut id_rx = socket.subscribe_id().await;
     let timeout = Duration::from_millis(limits.heartbeat_timeout_ms);
     let idle = tokio::time::sleep(timeout);
@@ -146,8 +147,8 @@ async fn run(gateway: Arc<Gateway>, serializer: Serializer, connected: Connected
     // that clients reconnect to the other nodes gradually.
     let drain_share = rand::random::<f64>();
     let drained = async {
-        gateway.shutdown.cancelled().await;
-        tokio::time::sleep(gateway.drain().mul_f64(drain_share)).await;
+        env.drain.started().await;
+        tokio::time::sleep(env.drain.period().mul_f64(drain_share)).await;
     };
     tokio::pin!(drained);
     // Created once: a fresh cancellation future per loop turn would cost a lock and a
@@ -163,9 +164,9 @@ async fn run(gateway: Arc<Gateway>, serializer: Serializer, connected: Connected
         tokio::select! {
             reason = &mut close_requested => break Some(reason),
             _ = &mut drained => break Some(CloseReason::Shutdown),
-            Some(event) = events.recv() => socket.on_event(*event),
+            Some(event) = events.recv() => socket.on_exit(*event),
             Some(b) = recv_id(&mut id_rx) => {
-                if b.event == "disconnect" {
+                if b.event == crate::protocol::events::DISCONNECT {
                     tracing::info!("disconnect broadcast on the socket id");
                     break Some(CloseReason::Disconnected);
                 }

@@ -14,8 +14,8 @@ use std::mem;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use crate::outbox::Frames;
 use crate::protocol::Frame;
-use crate::socket::Frames;
 use actix_http::ws::{OpCode, Parser};
 use actix_web::body::{BodySize, BoxBody, MessageBody};
 use bytes::{Bytes, BytesMut};
@@ -25,7 +25,7 @@ const MAX_CHUNK: usize = 64 * 1024;
 
 /// The body of a WebSocket upgrade response: the socket's outbox, then actix-ws's control
 /// frames.
-pub struct OutboundBody {
+pub(crate) struct OutboundBody {
     control: BoxBody,
     frames: Frames,
     buf: BytesMut,
@@ -34,7 +34,7 @@ pub struct OutboundBody {
 
 impl OutboundBody {
     /// Wraps actix-ws's response body (`control`) and the socket's outbound queue.
-    pub fn new(control: BoxBody, frames: Frames) -> Self {
+    pub(crate) fn new(control: BoxBody, frames: Frames) -> Self {
         OutboundBody {
             control,
             frames,
@@ -107,7 +107,7 @@ mod tests {
 
     #[tokio::test]
     async fn queued_frames_are_written_together_then_control_then_end() {
-        let (tx, rx) = crate::socket::outbox(crate::protocol::Serializer::V2, 8);
+        let (tx, rx) = crate::outbox::outbox(crate::protocol::Serializer::V2, 8);
         let control = BoxBody::new(Bytes::from_static(b"\x88\x02\x03\xf3"));
         let mut body = OutboundBody::new(control, rx.rx);
         assert!(tx.push(Frame::Text("ab".into())));

@@ -13,8 +13,14 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 
+mod presence_view;
+mod proc_stats;
 mod soak;
 use futures_util::{SinkExt, StreamExt};
+use presence_view::PresenceView;
+use proc_stats::{cpu_seconds_of, cpu_seconds_self, rss_kib};
+use serde::Serialize;
+use serde_json::json;
 use tokio::net::TcpSocket;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
@@ -164,36 +170,17 @@ struct ConnectArgs {
     server_pid: Option<u32>,
 }
 
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-fn cpu_seconds_self() -> f64 {
-    // utime + stime of this process, in clock ticks (100 Hz on Linux).
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks: u64 = [11, 12]
-        .iter()
-        .filter_map(|i| fields.get(*i)?.parse::<u64>().ok())
-        .sum();
-    ticks as f64 / 100.0
-}
-
-fn cpu_seconds_of(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
-    let ticks: u64 = [11, 12]
-        .iter()
-        .filter_map(|i| fields.get(*i)?.parse::<u64>().ok())
-        .sum();
-    Some(ticks as f64 / 100.0)
+/// A Phoenix V2 message `[join_ref, ref, topic, event, payload]` as a text frame; serde_json
+/// escapes the topic and event, whatever they hold.
+fn frame(
+    join_ref: Option<&str>,
+    r: &str,
+    topic: &str,
+    event: &str,
+    payload: &impl Serialize,
+) -> Message {
+    // Cannot fail: strings and the string-keyed payloads built here always serialize.
+    Message::text(serde_json::to_string(&(join_ref, r, topic, event, payload)).unwrap_or_default())
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -235,23 +222,7 @@ async fn one_socket(
         .await
         .map_err(|e| format!("handshake: {e}"))?;
     let topic = format!("{}{}", args.topic_prefix, i % args.topics.max(1));
-    ws.send(Message::text(format!(
-        r#"["1","1","{topic}","phx_join",{{}}]"#
-    )))
-    .await
-    .map_err(|e| e.to_string())?;
-    loop {
-        match ws.next().await {
-            Some(Ok(Message::Text(t))) if t.starts_with(r#"["1","1""#) => {
-                if !t.contains(r#""status":"ok""#) {
-                    return Err(format!("join refused: {t}"));
-                }
-                break;
-            }
-            Some(Ok(_)) => continue,
-            other => return Err(format!("closed before the join reply: {other:?}")),
-        }
-    }
+    join(&mut ws, &topic).await?;
     let latency = start.elapsed();
     joined.fetch_add(1, Ordering::Relaxed);
     // Hold: heartbeat every 30 s like phoenix.js, drain whatever arrives.
@@ -265,7 +236,7 @@ async fn one_socket(
             _ = &mut released => break,
             _ = hb.tick() => {
                 r += 1;
-                let _ = ws.send(Message::text(format!(r#"[null,"{r}","phoenix","heartbeat",{{}}]"#))).await;
+                let _ = ws.send(frame(None, &r.to_string(), "phoenix", "heartbeat", &json!({}))).await;
             }
             msg = ws.next() => if msg.is_none() { return Err("closed while holding".into()) },
         }
@@ -388,12 +359,10 @@ async fn join(ws: &mut Ws, topic: &str) -> Result<(), String> {
 
 /// Joins `topic` with join_ref and ref `r`.
 async fn join_as(ws: &mut Ws, topic: &str, r: &str) -> Result<(), String> {
-    ws.send(Message::text(format!(
-        r#"["{r}","{r}","{topic}","phx_join",{{}}]"#
-    )))
-    .await
-    .map_err(|e| e.to_string())?;
-    let want = format!(r#"["{r}","{r}""#);
+    ws.send(frame(Some(r), r, topic, "phx_join", &json!({})))
+        .await
+        .map_err(|e| e.to_string())?;
+    let want = format!("[{},{}", json!(r), json!(r));
     loop {
         match ws.next().await {
             Some(Ok(Message::Text(t))) if t.starts_with(&want) => {
@@ -494,7 +463,7 @@ async fn open_stalled(addr: SocketAddr, topic: &str) -> Result<Ws, String> {
 /// sent before.
 async fn drain_stalled(ws: &mut Ws, topic: &str, wait: Duration) -> (Option<u16>, u64) {
     let deadline = tokio::time::Instant::now() + wait;
-    let marker = format!(r#""{topic}","new_msg""#);
+    let marker = format!(r#"{},"new_msg""#, json!(topic));
     let mut seen = 0;
     loop {
         match tokio::time::timeout_at(deadline, ws.next()).await {
@@ -504,6 +473,14 @@ async fn drain_stalled(ws: &mut Ws, topic: &str, wait: Duration) -> (Option<u16>
             _ => return (None, seen),
         }
     }
+}
+
+/// The payload of a fan-out message: scheduled send time (ns), sequence number, padding.
+#[derive(Serialize)]
+struct Stamped<'a> {
+    at: u64,
+    seq: u64,
+    z: &'a str,
 }
 
 /// One fan-out run at `rate`; returns (lost deliveries, p99 ms), None if it could not run.
@@ -552,8 +529,14 @@ async fn fanout_once(args: &FanoutArgs, rate: u64) -> Option<(u64, f64)> {
         }
         let chunk = "y".repeat(64 * 1024);
         for i in 0..args.stalled_prefill_kib / 64 {
-            let frame = format!(r#"["2","f{i}","{stall_topic}","new_msg",{{"fill":"{chunk}"}}]"#);
-            if publisher.send(Message::text(frame)).await.is_err() {
+            let fill = frame(
+                Some("2"),
+                &format!("f{i}"),
+                &stall_topic,
+                "new_msg",
+                &json!({ "fill": chunk }),
+            );
+            if publisher.send(fill).await.is_err() {
                 return eprint_none("publisher closed during the prefill".into());
             }
             // Read our own copies as we go so the publisher never backs up.
@@ -563,8 +546,14 @@ async fn fanout_once(args: &FanoutArgs, rate: u64) -> Option<(u64, f64)> {
         }
         // The run starts only once the server has handled the whole prefill: our own copy of
         // a last marker message proves it, so the prefill's cost cannot leak into the run.
-        let marker = format!(r#"["2","done","{stall_topic}","new_msg",{{"prefill_done":true}}]"#);
-        if publisher.send(Message::text(marker)).await.is_err() {
+        let marker = frame(
+            Some("2"),
+            "done",
+            &stall_topic,
+            "new_msg",
+            &json!({ "prefill_done": true }),
+        );
+        if publisher.send(marker).await.is_err() {
             return eprint_none("publisher closed during the prefill".into());
         }
         let waited = tokio::time::timeout(Duration::from_secs(30), async {
@@ -592,11 +581,15 @@ async fn fanout_once(args: &FanoutArgs, rate: u64) -> Option<(u64, f64)> {
         // Latency counts from the scheduled time, so a stalled sender cannot hide delays.
         let at = start + seq * gap;
         tokio::time::sleep_until(t0 + Duration::from_nanos(seq * gap)).await;
-        let frame = format!(
-            r#"["1","p{seq}","{}","new_msg",{{"at":{at},"seq":{seq},"z":"{pad}"}}]"#,
-            args.topic
+        let payload = Stamped { at, seq, z: &pad };
+        let msg = frame(
+            Some("1"),
+            &format!("p{seq}"),
+            &args.topic,
+            "new_msg",
+            &payload,
         );
-        if tx.send(Message::text(frame)).await.is_err() {
+        if tx.send(msg).await.is_err() {
             eprintln!("publisher closed at seq {seq}");
             break;
         }
@@ -717,8 +710,14 @@ async fn rpc(args: RpcArgs) {
             while Instant::now() < deadline {
                 r += 1;
                 let started = Instant::now();
-                let frame = format!(r#"["1","{r}","{topic}","ping",{{"n":{r}}}]"#);
-                if ws.send(Message::text(frame)).await.is_err() {
+                let ping = frame(
+                    Some("1"),
+                    &r.to_string(),
+                    &topic,
+                    "ping",
+                    &json!({ "n": r }),
+                );
+                if ws.send(ping).await.is_err() {
                     break;
                 }
                 let want = format!(r#"["1","{r}","#);
@@ -759,54 +758,6 @@ async fn rpc(args: RpcArgs) {
     println!("load tool CPU: {:.1} s", cpu_seconds_self() - cpu_before);
 }
 
-/// A presence view maintained like phoenix.js: refs per key from state and diffs.
-#[derive(Default)]
-struct PresenceView {
-    refs: std::collections::HashMap<String, Vec<String>>,
-}
-
-impl PresenceView {
-    fn add(&mut self, presences: &serde_json::Value) {
-        for (key, p) in presences.as_object().into_iter().flatten() {
-            let refs = self.refs.entry(key.clone()).or_default();
-            for m in p["metas"].as_array().into_iter().flatten() {
-                if let Some(r) = m["phx_ref"].as_str() {
-                    if !refs.iter().any(|x| x == r) {
-                        refs.push(r.to_owned());
-                    }
-                }
-            }
-        }
-    }
-
-    fn apply(&mut self, frame: &serde_json::Value) {
-        match frame[3].as_str() {
-            Some("presence_state") => {
-                self.refs.clear();
-                self.add(&frame[4]);
-            }
-            Some("presence_diff") => {
-                self.add(&frame[4]["joins"]);
-                for (key, p) in frame[4]["leaves"].as_object().into_iter().flatten() {
-                    let gone: Vec<&str> = p["metas"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|m| m["phx_ref"].as_str())
-                        .collect();
-                    if let Some(refs) = self.refs.get_mut(key) {
-                        refs.retain(|r| !gone.contains(&r.as_str()));
-                        if refs.is_empty() {
-                            self.refs.remove(key);
-                        }
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-}
-
 async fn presence(args: PresenceArgs) {
     let mut watcher = match open(args.addrs[0], "127.0.0.1".parse().expect("ip"), "").await {
         Ok(ws) => ws,
@@ -822,7 +773,7 @@ async fn presence(args: PresenceArgs) {
             if let Message::Text(t) = msg {
                 if let Ok(v) = serde_json::from_str::<serde_json::Value>(&t) {
                     view.apply(&v);
-                    let _ = seen_tx.send(view.refs.len());
+                    let _ = seen_tx.send(view.len());
                 }
             }
         }

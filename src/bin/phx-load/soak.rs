@@ -13,13 +13,15 @@ use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use super::{join, join_as, open};
+use serde_json::json;
+
+use super::{frame, join, join_as, open};
 
 /// Topics per publisher socket (a socket may join at most 100 channels).
 const PER_PUBLISHER: usize = 50;
 
 #[derive(clap::Args)]
-pub struct SoakArgs {
+pub(crate) struct SoakArgs {
     /// Server addresses; sockets are spread over them.
     #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:4000")]
     addrs: Vec<SocketAddr>,
@@ -168,8 +170,8 @@ async fn slot(
                 _ = &mut churned => break false,
                 _ = hb.tick() => {
                     r += 1;
-                    let frame = format!(r#"[null,"{r}","phoenix","heartbeat",{{}}]"#);
-                    if ws.send(Message::text(frame)).await.is_err() {
+                    let hb = frame(None, &r.to_string(), "phoenix", "heartbeat", &json!({}));
+                    if ws.send(hb).await.is_err() {
                         counts.errors.fetch_add(1, Ordering::Relaxed);
                         break false;
                     }
@@ -234,7 +236,7 @@ async fn churn(
 }
 
 /// Runs the soak.
-pub async fn soak(args: SoakArgs) {
+pub(crate) async fn soak(args: SoakArgs) {
     let args = Arc::new(args);
     let counts = Arc::new(Counts::default());
     let stop = CancellationToken::new();
@@ -334,18 +336,21 @@ pub async fn soak(args: SoakArgs) {
                     _ = stop.cancelled() => break,
                     _ = hb.tick() => {
                         for tx in &mut senders {
-                            let _ = tx.send(Message::text(format!(r#"[null,"h{n}","phoenix","heartbeat",{{}}]"#))).await;
+                            let _ = tx.send(frame(None, &format!("h{n}"), "phoenix", "heartbeat", &json!({}))).await;
                         }
                     }
                     _ = tick.tick() => {
                         let t = (n % args.topics as u64) as usize;
-                        let frame = format!(
-                            r#"["j{t}","p{n}","{}{t}","new_msg",{{"n":{n}}}]"#,
-                            args.topic_prefix
+                        let msg = frame(
+                            Some(&format!("j{t}")),
+                            &format!("p{n}"),
+                            &format!("{}{t}", args.topic_prefix),
+                            "new_msg",
+                            &json!({ "n": n }),
                         );
                         n += 1;
                         let Some(tx) = senders.get_mut(t / PER_PUBLISHER) else { continue };
-                        if tx.send(Message::text(frame)).await.is_err() {
+                        if tx.send(msg).await.is_err() {
                             counts.errors.fetch_add(1, Ordering::Relaxed);
                         }
                     }

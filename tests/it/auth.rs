@@ -1,36 +1,22 @@
 //! Connect tokens: Phoenix.Token and JWT, via connect params and the phoenix.js authToken
 //! subprotocol; claim-based join authorization; the `token` subcommand.
 
-mod support;
-
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use phx_gateway::auth::{sign_hs256, PhoenixToken};
-use phx_gateway::config::{AuthMode, JoinPolicy, JwtAlgorithm, Settings};
+use phx_gateway::config::{AuthMode, Settings};
 use serde_json::json;
-use support::TestServer;
+
+use crate::support::client::ws_status;
+use crate::support::process::run_gateway;
+use crate::support::server::{jwt_claim_server, JWT_SECRET};
+use crate::support::{now_ms, TestServer};
 
 const SECRET: &str = "abcdefghijabcdefghijabcdefghijabcdefghijabcdefghijabcdefghijabcdefghij";
-const JWT_SECRET: &str = "jwt-test-secret-0123456789";
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 fn phoenix_server() -> TestServer {
     TestServer::start(|s: &mut Settings| {
         s.auth.mode = AuthMode::PhoenixToken;
         s.auth.secret_key_base = Some(SECRET.into());
     })
-}
-
-async fn refused(url: &str) -> u16 {
-    match tokio_tungstenite::connect_async(url).await {
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
-        other => panic!("expected an HTTP refusal, got {:?}", other.map(|_| ())),
-    }
 }
 
 #[tokio::test]
@@ -70,13 +56,13 @@ async fn phoenix_tokens_authenticate_and_name_the_user() {
         "",
     ] {
         assert_eq!(
-            refused(&srv.ws_url(&format!("vsn=2.0.0&token={bad}"))).await,
+            ws_status(&srv.ws_url(&format!("vsn=2.0.0&token={bad}")), &[]).await,
             403,
             "token {bad:?}"
         );
     }
     assert_eq!(
-        refused(&srv.ws_url("vsn=2.0.0")).await,
+        ws_status(&srv.ws_url("vsn=2.0.0"), &[]).await,
         403,
         "a missing token is refused"
     );
@@ -116,15 +102,7 @@ async fn the_auth_token_subprotocol_carries_the_token() {
 
 #[tokio::test]
 async fn jwts_authenticate_and_claims_authorize_joins() {
-    let srv = TestServer::start(|s: &mut Settings| {
-        s.auth.mode = AuthMode::Jwt;
-        s.auth.jwt_algorithm = JwtAlgorithm::HS256;
-        s.auth.jwt_secret = Some(JWT_SECRET.into());
-        let mut claimed = phx_gateway::config::default_routes().remove(2);
-        claimed.topic = "team:*".into();
-        claimed.join = JoinPolicy::Claim;
-        s.routes.insert(0, claimed);
-    });
+    let srv = jwt_claim_server();
     let exp = now_ms() / 1000 + 600;
     let token = sign_hs256(
         &json!({"sub": "u1", "exp": exp, "topics": ["team:red"], "role": "admin"}),
@@ -147,7 +125,7 @@ async fn jwts_authenticate_and_claims_authorize_joins() {
     let forged = sign_hs256(&json!({"sub": "u1", "exp": exp}), b"not-the-secret").expect("signs");
     for bad in [expired, forged] {
         assert_eq!(
-            refused(&srv.ws_url(&format!("vsn=2.0.0&token={bad}"))).await,
+            ws_status(&srv.ws_url(&format!("vsn=2.0.0&token={bad}")), &[]).await,
             403
         );
     }
@@ -156,19 +134,8 @@ async fn jwts_authenticate_and_claims_authorize_joins() {
 #[test]
 fn the_token_subcommand_mints_verifiable_tokens() {
     let run = |env: &[(&str, &str)], args: &[&str]| {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_phx-gateway"));
-        cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
-            .arg("token")
-            .args(args);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let out = cmd.output().expect("runs");
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let ran = run_gateway(&[&["token"], args].concat(), env);
+        (ran.code, ran.stdout.trim().to_owned(), ran.stderr)
     };
     let phoenix = [
         ("PHX_GATEWAY__AUTH__MODE", "phoenix_token"),

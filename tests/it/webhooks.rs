@@ -1,88 +1,31 @@
 //! Backend webhooks: join authorization and event handling against a real HTTP backend.
 
-mod support;
-
-use std::net::TcpListener;
 use std::time::Duration;
 
-use actix_web::{web, App, HttpResponse, HttpServer};
-use phx_gateway::config::{JoinPolicy, RouteSettings, Settings};
-use serde_json::{json, Value};
-use support::TestServer;
+use phx_gateway::config::{RouteSettings, Settings};
+use serde_json::json;
 
-/// A test backend: decides joins by topic and handles events by name.
-fn start_backend() -> u16 {
-    async fn join(body: web::Json<Value>) -> HttpResponse {
-        let user = body["user_id"].clone();
-        match body["topic"].as_str() {
-            Some("game:ok") => HttpResponse::Ok().json(json!({
-                "allow": true,
-                "reply": {"welcome": user, "params": body["params"]},
-                "assigns": {"role": "captain"},
-                "presence_meta": {"team": "red"}
-            })),
-            Some("game:no") => HttpResponse::Ok().json(json!({"allow": false, "reason": "banned"})),
-            Some("game:slow") => {
-                tokio::time::sleep(Duration::from_secs(3)).await;
-                HttpResponse::Ok().json(json!({"allow": true}))
-            }
-            _ => HttpResponse::InternalServerError().finish(),
-        }
-    }
-    async fn event(body: web::Json<Value>) -> HttpResponse {
-        match body["event"].as_str() {
-            Some("score") => HttpResponse::Ok().json(json!({
-                "reply": {"status": "ok", "response": {"accepted": body["payload"], "role": body["assigns"]["role"]}},
-                "broadcast": {"event": "scored", "payload": {"by": body["user_id"], "points": body["payload"]["points"]}}
-            })),
-            Some("quiet") => HttpResponse::Ok().json(json!({})),
-            Some("refuse") => HttpResponse::Ok().json(json!({"reply": {"status": "error", "response": {"reason": "not your turn"}}})),
-            _ => HttpResponse::BadGateway().finish(),
-        }
-    }
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let server = HttpServer::new(|| {
-        App::new()
-            .route("/join", web::post().to(join))
-            .route("/event", web::post().to(event))
-    })
-    .workers(1)
-    .disable_signals()
-    .listen(listener)
-    .expect("listen")
-    .run();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("rt");
-        let _ = rt.block_on(server);
-    });
-    port
-}
+use crate::support::backend::{webhook_route, Backend};
+use crate::support::{free_port, TestServer};
 
 fn route(topic: &str, backend: u16) -> RouteSettings {
-    let mut r = phx_gateway::config::default_routes().remove(2);
-    r.topic = topic.into();
-    r.join = JoinPolicy::Webhook;
-    r.join_webhook = Some(format!("http://127.0.0.1:{backend}/join"));
-    r.event_webhook = Some(format!("http://127.0.0.1:{backend}/event"));
+    let mut r = webhook_route(topic, backend);
     r.presence_meta = vec!["online_at".into()];
     r
 }
 
-fn server(backend: u16) -> TestServer {
-    let dead = support::redis_server::free_port();
+fn server(backend: &Backend) -> TestServer {
+    let dead = free_port();
     TestServer::start(move |s: &mut Settings| {
         s.webhook.timeout_ms = 500;
-        s.routes = vec![route("game:*", backend), route("down:*", dead)];
+        s.routes = vec![route("game:*", backend.port), route("down:*", dead)];
     })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_backend_allows_or_refuses_joins() {
-    let srv = server(start_backend());
+    let backend = Backend::start();
+    let srv = server(&backend);
     let mut c = srv.v2("user_id=ann").await;
     c.send_text(r#"["1","1","game:ok","phx_join",{"level":3}]"#)
         .await;
@@ -122,7 +65,8 @@ async fn the_backend_allows_or_refuses_joins() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_backend_handles_events_replies_and_broadcasts() {
-    let srv = server(start_backend());
+    let backend = Backend::start();
+    let srv = server(&backend);
     let mut ann = srv.v2("user_id=ann").await;
     let mut bob = srv.v2("user_id=bob").await;
     ann.join("1", "game:ok").await;

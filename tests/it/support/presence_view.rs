@@ -3,18 +3,16 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde_json::Value;
-
-use serde_json::json;
+use serde_json::{json, Value};
 
 use super::{Client, Received};
 
 /// Presence counts by key.
-pub type Counts = BTreeMap<String, usize>;
+pub(crate) type Counts = BTreeMap<String, usize>;
 
 /// A presence view maintained like phoenix.js does (by phx_ref, state then diffs).
 #[derive(Default)]
-pub struct View {
+pub(crate) struct View {
     refs: BTreeMap<String, Vec<String>>,
     /// Panics on a diff that does not follow from what the view holds: a join it already
     /// has, a leave of a meta it never had, or a diff before the first `presence_state`.
@@ -25,14 +23,14 @@ pub struct View {
 
 impl View {
     /// A view that checks that every diff holds exactly changes after what it has.
-    pub fn strict() -> Self {
+    pub(crate) fn strict() -> Self {
         Self {
             strict: true,
             ..Self::default()
         }
     }
 
-    pub fn apply(&mut self, frame: &Value) {
+    pub(crate) fn apply(&mut self, frame: &Value) {
         let (event, payload) = if frame.is_array() {
             (&frame[3], &frame[4])
         } else {
@@ -111,7 +109,7 @@ impl View {
         }
     }
 
-    pub fn counts(&self) -> Counts {
+    pub(crate) fn counts(&self) -> Counts {
         self.refs
             .iter()
             .map(|(k, v)| (k.clone(), v.len()))
@@ -119,13 +117,13 @@ impl View {
     }
 
     /// Applies frames from `client` until the counts equal `want` (within 5 s).
-    pub async fn wait_for(&mut self, client: &mut Client, want: &[(&str, usize)]) {
+    pub(crate) async fn wait_for(&mut self, client: &mut Client, want: &[(&str, usize)]) {
         self.converge(client, &counts(want), Duration::from_secs(5))
             .await;
     }
 
     /// Applies frames from `client` until the view equals `want`, within `timeout`.
-    pub async fn converge(&mut self, client: &mut Client, want: &Counts, timeout: Duration) {
+    pub(crate) async fn converge(&mut self, client: &mut Client, want: &Counts, timeout: Duration) {
         let deadline = tokio::time::Instant::now() + timeout;
         while self.counts() != *want {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -145,7 +143,7 @@ impl View {
 /// Connects `n` sockets (two per user) and sends their joins at once, so that every
 /// snapshot is taken while others' joins wait for the next diff; each one's view must then
 /// follow exactly from its presence_state and the diffs after it.
-pub async fn join_storm(
+pub(crate) async fn join_storm(
     urls: &[String],
     topic: &str,
     users: usize,
@@ -170,6 +168,6 @@ pub async fn join_storm(
     members
 }
 
-pub fn counts(pairs: &[(&str, usize)]) -> Counts {
+pub(crate) fn counts(pairs: &[(&str, usize)]) -> Counts {
     pairs.iter().map(|(k, n)| (k.to_string(), *n)).collect()
 }

@@ -1,10 +1,12 @@
 //! Hostile and broken input over a real socket: every class gets the documented reply or
 //! close code, is counted, and the server keeps serving everyone else.
 
-mod support;
+use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::{Client, Received, TestServer};
+
+use crate::support::logs::Recording;
+use crate::support::{process_metric, wait_until, Client, Received, TestServer, WAIT};
 
 /// What the gateway must do with an input.
 enum Expect {
@@ -159,72 +161,24 @@ fn logged_as(expect: &Expect) -> (&'static str, &'static [&'static str]) {
     }
 }
 
-/// The gateway's log lines, captured for the whole test process (no colours).
-#[derive(Clone, Default)]
-struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Logs {
-    fn install() -> Self {
-        let logs = Logs::default();
-        let writer = logs.clone();
-        tracing_subscriber::fmt()
-            .with_env_filter("phx_gateway=debug")
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .try_init()
-            .expect("the log capture is the process's only subscriber");
-        logs
-    }
-
-    /// Lines written since byte `from`.
-    fn since(&self, from: usize) -> String {
-        let all = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        String::from_utf8_lossy(&all[from.min(all.len())..]).into_owned()
-    }
-
-    fn len(&self) -> usize {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-}
-
-/// The current value of `series` in this process's metrics (0 if absent).
-fn metric(series: &str) -> f64 {
-    phx_gateway::metrics::render()
-        .lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_class_of_bad_input_gets_its_answer_and_others_are_unaffected() {
     phx_gateway::metrics::init();
-    let logs = Logs::install();
+    // Every test of the binary logs into the one subscriber: a line counts only if it comes
+    // from the socket of the case (its span names the socket id).
+    let logs = Recording::start();
     let srv = TestServer::start(|s| s.socket.max_frame_bytes = 64 * 1024);
     // A bystander on a joined topic must keep being served throughout.
     let mut bystander = srv.v2("").await;
     bystander.join("1", "room:by").await;
-    for (name, input, expect) in cases() {
+    for (i, (name, input, expect)) in cases().into_iter().enumerate() {
         // Counters are process-wide and other tests run alongside: compare with before.
         let series = counted_by(&expect);
-        let before = metric(&series);
+        let before = process_metric(&series);
         let (level, messages) = logged_as(&expect);
         let logged_from = logs.len();
-        let mut c = srv.v2("").await;
+        let mut c = srv.v2(&format!("user_id=hostile{i}")).await;
+        let span = format!("socket{{id=\"users_socket:hostile{i}\"}}");
         match input {
             Input::Text(t) => c.send_text(&t).await,
             Input::Binary(b) => c.send_binary(b).await,
@@ -251,18 +205,20 @@ async fn every_class_of_bad_input_gets_its_answer_and_others_are_unaffected() {
                 );
             }
         }
-        support::redis_server::wait_until(
+        wait_until(
             &format!("{name} counted in {series}"),
-            std::time::Duration::from_secs(2),
-            || metric(&series) > before,
+            Duration::from_secs(2),
+            async || process_metric(&series) > before,
         )
         .await;
-        support::redis_server::wait_until(
+        wait_until(
             &format!("{name} logged at {level}"),
-            std::time::Duration::from_secs(2),
-            || {
+            Duration::from_secs(2),
+            async || {
                 logs.since(logged_from).lines().any(|l| {
-                    l.contains(&format!(" {level} ")) && messages.iter().any(|m| l.contains(m))
+                    l.contains(&format!(" {level} "))
+                        && l.contains(&span)
+                        && messages.iter().any(|m| l.contains(m))
                 })
             },
         )
@@ -308,7 +264,7 @@ async fn invalid_utf8_in_a_text_frame_closes_the_socket() {
     frame.extend_from_slice(&mask);
     frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
     s.write_all(&frame).await.expect("frame");
-    let n = tokio::time::timeout(support::WAIT, s.read(&mut buf))
+    let n = tokio::time::timeout(WAIT, s.read(&mut buf))
         .await
         .expect("answer in time")
         .expect("read");

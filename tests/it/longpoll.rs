@@ -1,40 +1,22 @@
 //! The long-poll transport: sessions, polls, POST batches, timeouts, and relaying across
 //! nodes without sticky sessions.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::redis_server::RedisServer;
-use support::TestServer;
+
+use crate::support::http::http_raw;
+use crate::support::redis_server::RedisServer;
+use crate::support::{wait_until, TestServer};
 
 /// One HTTP request; returns the JSON body (long-poll always answers HTTP 200).
 async fn lp(addr: SocketAddr, method: &str, query: &str, body: Option<(&str, &str)>) -> Value {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let (ctype, body) = body.unwrap_or(("application/json", ""));
-    let req = format!(
-        "{method} /socket/longpoll?{query} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.expect("write");
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut raw))
-        .await
-        .expect("answer in time")
-        .expect("read");
-    let raw = String::from_utf8_lossy(&raw).into_owned();
-    assert!(
-        raw.starts_with("HTTP/1.0 200") || raw.starts_with("HTTP/1.1 200"),
-        "long-poll always answers 200: {raw}"
-    );
-    let text = raw
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b)
-        .unwrap_or_default();
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("JSON body ({e}): {text}"))
+    let path = format!("/socket/longpoll?{query}");
+    let (status, text) = http_raw(addr, method, &path, &[("Content-Type", ctype)], body).await;
+    assert_eq!(status, 200, "long-poll always answers 200: {text}");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("JSON body ({e}): {text}"))
 }
 
 /// Polls until `pred` holds on a received frame; returns the frames seen.
@@ -140,8 +122,8 @@ async fn refused_connects_and_inactive_sessions() {
     let open = lp(srv.addr, "GET", "vsn=2.0.0", None).await;
     let token = open["token"].as_str().expect("token").to_owned();
     // No poll for 1.5 windows: the session is reaped, POSTs get 410.
-    support::redis_server::wait_until("session reaped", Duration::from_secs(5), || {
-        srv.gateway.longpoll.is_empty()
+    wait_until("session reaped", Duration::from_secs(5), async || {
+        srv.gateway.longpoll_sessions() == 0
     })
     .await;
     let r = lp(
@@ -186,12 +168,11 @@ async fn v1_sessions_post_single_json_objects() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn polls_and_posts_landing_on_another_node_reach_the_owner() {
     let redis = RedisServer::start();
-    let a = TestServer::start_node(&redis.url(), |s| s.longpoll.window_ms = 500).await;
-    let b = TestServer::start_node(&redis.url(), |s| s.longpoll.window_ms = 500).await;
+    let [a, b] = TestServer::cluster(&redis, |s| s.longpoll.window_ms = 500).await;
     let open = lp(a.addr, "GET", "vsn=2.0.0&user_id=roamer", None).await;
     let token = open["token"].as_str().expect("token").to_owned();
     assert!(
-        token.starts_with(&a.gateway.node_id()),
+        token.starts_with(a.gateway.node_id()),
         "the token names its owner: {token}"
     );
     // The POST lands on B, the polls alternate between B and A.
@@ -227,7 +208,10 @@ async fn polls_and_posts_landing_on_another_node_reach_the_owner() {
     })
     .await;
     // Sessions exist only on their owner.
-    assert_eq!((a.gateway.longpoll.len(), b.gateway.longpoll.len()), (1, 0));
+    assert_eq!(
+        (a.gateway.longpoll_sessions(), b.gateway.longpoll_sessions()),
+        (1, 0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,18 +10,17 @@
 //!   cross-node delivery is at-most-once during the freeze and complete after it, presence
 //!   converges, and no socket, channel task, presence, Redis key or memory is left behind.
 
-mod support;
-
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_web::{web, App, HttpResponse, HttpServer};
-use phx_gateway::config::{JoinPolicy, RouteSettings, Settings};
-use serde_json::{json, Value};
-use support::presence_view::{counts, View};
-use support::redis_server::{metric, wait_until, NodeProcess, RedisServer};
-use support::{Client, Received, TestServer};
+use phx_gateway::config::{RouteSettings, Settings};
+use serde_json::json;
+
+use crate::support::backend::Backend;
+use crate::support::load::{spawn_load, LoadRun};
+use crate::support::presence_view::{counts, View};
+use crate::support::process::NodeProcess;
+use crate::support::redis_server::RedisServer;
+use crate::support::{metric, wait_until, Client, TestServer};
 
 /// A `fan:*` route as in config/bench.toml: `new_msg` broadcast to all, no presence.
 fn fan_route() -> RouteSettings {
@@ -44,45 +43,15 @@ struct Run {
 }
 
 fn fanout(addr: std::net::SocketAddr, stalled: usize) -> Run {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_phx-load"))
-        .args([
-            "fanout",
-            "--addrs",
-            &addr.to_string(),
-            "-n",
-            "1000",
-            "--rate",
-            "20",
-        ])
-        .args(["--duration", "3", "--sources", "2", "--threads", "1"])
-        .args([
-            "--stalled",
-            &stalled.to_string(),
-            "--stalled-prefill-kib",
-            "8192",
-        ])
-        .output()
-        .expect("run phx-load");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "phx-load failed: {text}");
-    let line = |prefix: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(prefix))
-            .unwrap_or_default()
-            .to_owned()
-    };
-    let result = line("result: ");
-    let field = |name: &str| -> f64 {
-        result
-            .split(' ')
-            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in phx-load output: {text}"))
-    };
+    let run = LoadRun::wait(spawn_load(&format!(
+        "fanout --addrs {addr} -n 1000 --rate 20 --duration 3 --sources 2 --threads 1 \
+         --stalled {stalled} --stalled-prefill-kib 8192"
+    )));
+    assert!(run.success, "phx-load failed: {}", run.stdout);
     Run {
-        lost: field("lost") as u64,
-        p99_ms: field("p99_ms"),
-        stalled: line("stalled subscribers: "),
+        lost: run.figure("lost") as u64,
+        p99_ms: run.figure("p99_ms"),
+        stalled: run.line("stalled subscribers: ").to_owned(),
     }
 }
 
@@ -126,42 +95,6 @@ async fn one_stalled_reader_does_not_slow_down_a_thousand_fast_ones() {
     assert_eq!(stalled.stalled, "not closed, sent 60 of 60 messages");
 }
 
-/// A backend whose handlers wait while `hang` is set (up to a minute), then allow and reply.
-fn hanging_backend(hang: Arc<AtomicBool>) -> u16 {
-    async fn answer(hang: web::Data<Arc<AtomicBool>>, body: web::Json<Value>) -> HttpResponse {
-        let started = Instant::now();
-        while hang.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(60) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        match body.get("event") {
-            Some(_) => HttpResponse::Ok()
-                .json(json!({"reply": {"status": "ok", "response": {"handled": body["event"]}}})),
-            None => HttpResponse::Ok().json(json!({"allow": true})),
-        }
-    }
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let server = HttpServer::new(move || {
-        App::new()
-            .app_data(web::Data::new(hang.clone()))
-            .route("/join", web::post().to(answer))
-            .route("/event", web::post().to(answer))
-    })
-    .workers(1)
-    .disable_signals()
-    .listen(listener)
-    .expect("listen")
-    .run();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("rt");
-        let _ = rt.block_on(server);
-    });
-    port
-}
-
 /// Sends an echo `ping` on the channel joined as `join_ref` and asserts the reply comes
 /// within `within`.
 async fn assert_served(c: &mut Client, join_ref: &str, topic: &str, r: &str, within: Duration) {
@@ -177,17 +110,12 @@ async fn assert_served(c: &mut Client, join_ref: &str, topic: &str, r: &str, wit
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hanging_webhook_backend_costs_its_callers_a_timeout_and_nothing_else() {
-    let hang = Arc::new(AtomicBool::new(true));
-    let backend = hanging_backend(hang.clone());
-    let srv = TestServer::start(move |s: &mut Settings| {
+    let backend = Backend::start();
+    backend.hang(true);
+    let srv = TestServer::start(|s: &mut Settings| {
         s.webhook.timeout_ms = 300;
         s.webhook.max_concurrency = 4;
-        let mut game = phx_gateway::config::default_routes().remove(2);
-        game.topic = "game:*".into();
-        game.join = JoinPolicy::Webhook;
-        game.join_webhook = Some(format!("http://127.0.0.1:{backend}/join"));
-        game.event_webhook = Some(format!("http://127.0.0.1:{backend}/event"));
-        s.routes.insert(0, game);
+        s.routes.insert(0, backend.route("game:*"));
     });
     let mut bystander = srv.v2("user_id=by").await;
     bystander.join("1", "room:lobby").await;
@@ -227,13 +155,13 @@ async fn a_hanging_webhook_backend_costs_its_callers_a_timeout_and_nothing_else(
     );
 
     // The backend recovers: so does the gateway, with nothing to reset.
-    hang.store(false, Ordering::SeqCst);
+    backend.hang(false);
     let mut player = srv.v2("user_id=p").await;
     player.join("1", "game:ok").await;
 
     // Events on a joined channel while the backend hangs again: an error reply per event,
     // and the socket itself (heartbeats, other channels) is never blocked by them.
-    hang.store(true, Ordering::SeqCst);
+    backend.hang(true);
     player.join("2", "room:side").await;
     let sent = Instant::now();
     for i in 0..3 {
@@ -267,7 +195,7 @@ async fn a_hanging_webhook_backend_costs_its_callers_a_timeout_and_nothing_else(
         "{:?}",
         sent.elapsed()
     );
-    hang.store(false, Ordering::SeqCst);
+    backend.hang(false);
     player
         .send(json!(["1", "after", "game:ok", "move", {}]))
         .await;
@@ -278,7 +206,7 @@ async fn a_hanging_webhook_backend_costs_its_callers_a_timeout_and_nothing_else(
     wait_until(
         "no subscriber left on game topics",
         Duration::from_secs(3),
-        || {
+        async || {
             (0..12).all(|i| srv.gateway.pubsub.local_subscribers(&format!("game:h{i}")) == 0)
                 && srv.gateway.pubsub.local_subscribers("game:ok") == 0
         },
@@ -341,32 +269,9 @@ async fn a_client_behind_a_stalled_network_is_dropped_and_its_presence_leaves() 
     wait_until(
         "the stalled socket's subscription gone",
         Duration::from_secs(3),
-        || srv.gateway.pubsub.local_subscribers("room:stall") == 1,
+        async || srv.gateway.pubsub.local_subscribers("room:stall") == 1,
     )
     .await;
-}
-
-/// Reads frames until `pred` matches one or `wait` passes.
-async fn recv_match(
-    c: &mut Client,
-    wait: Duration,
-    pred: impl Fn(&Value) -> bool,
-) -> Option<Value> {
-    let deadline = Instant::now() + wait;
-    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        match c.recv_within(left).await {
-            Some(Received::Text(t)) => {
-                let v: Value = serde_json::from_str(&t).expect("json frame");
-                if pred(&v) {
-                    return Some(v);
-                }
-            }
-            Some(Received::Closed(c)) => panic!("closed: {c:?}"),
-            Some(Received::Binary(_)) => {}
-            None => return None,
-        }
-    }
-    None
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -381,13 +286,13 @@ async fn redis_frozen_for_twenty_seconds_under_load_loses_only_cross_node_messag
     let n1 = NodeProcess::start(&redis.url(), "f1", &env);
     let n2 = NodeProcess::start(&redis.url(), "f2", &env);
     let baseline_keys: Vec<String> = redis.cmd(&["KEYS", "*"]);
-    let rss = |n: &NodeProcess| {
+    let rss = async |n: &NodeProcess| {
         metric(
-            &n.admin("/metrics").expect("metrics").1,
+            &n.admin("/metrics").await.expect("metrics").1,
             "process_resident_memory_bytes",
         )
     };
-    let rss_before = [rss(&n1), rss(&n2)];
+    let rss_before = [rss(&n1).await, rss(&n2).await];
 
     let mut a = Client::connect(&n1.ws_url("vsn=2.0.0&user_id=alice")).await;
     let mut a2 = Client::connect(&n1.ws_url("vsn=2.0.0&user_id=carol")).await;
@@ -412,10 +317,11 @@ async fn redis_frozen_for_twenty_seconds_under_load_loses_only_cross_node_messag
         let sent = Instant::now();
         a.send(json!(["1", format!("f{seq}"), "room:freeze", "new_msg", {"seq": seq}]))
             .await;
-        let got = recv_match(&mut a2, Duration::from_secs(2), |v| {
-            v[3] == "new_msg" && v[4]["seq"] == seq
-        })
-        .await;
+        let got = a2
+            .recv_match("the local message", Duration::from_secs(2), |v| {
+                v[3] == "new_msg" && v[4]["seq"] == seq
+            })
+            .await;
         assert!(
             got.is_some(),
             "local subscriber missed message {seq} during the freeze"
@@ -448,10 +354,11 @@ async fn redis_frozen_for_twenty_seconds_under_load_loses_only_cross_node_messag
         seq += 1;
         a.send(json!(["1", format!("r{seq}"), "room:freeze", "new_msg", {"seq": seq}]))
             .await;
-        while let Some(v) = recv_match(&mut b, Duration::from_millis(200), |v| {
-            v[3] == "new_msg" || v[3] == "presence_diff" || v[3] == "presence_state"
-        })
-        .await
+        while let Some(v) = b
+            .recv_match("messages and presence", Duration::from_millis(200), |v| {
+                v[3] == "new_msg" || v[3] == "presence_diff" || v[3] == "presence_state"
+            })
+            .await
         {
             view_b.apply(&v);
             if let Some(s) = v[4]["seq"].as_u64() {
@@ -474,11 +381,12 @@ async fn redis_frozen_for_twenty_seconds_under_load_loses_only_cross_node_messag
     }
     let mut got_after = Vec::new();
     while last_seen < seq {
-        let v = recv_match(&mut b, Duration::from_secs(5), |v| {
-            v[3] == "new_msg" || v[3].as_str().is_some_and(|e| e.starts_with("presence_"))
-        })
-        .await
-        .unwrap_or_else(|| panic!("bob stopped at {last_seen} of {seq}"));
+        let v = b
+            .recv_match("messages and presence", Duration::from_secs(5), |v| {
+                v[3] == "new_msg" || v[3].as_str().is_some_and(|e| e.starts_with("presence_"))
+            })
+            .await
+            .unwrap_or_else(|| panic!("bob stopped at {last_seen} of {seq}"));
         view_b.apply(&v);
         if let Some(s) = v[4]["seq"].as_u64() {
             assert!(
@@ -510,14 +418,14 @@ async fn redis_frozen_for_twenty_seconds_under_load_loses_only_cross_node_messag
     wait_until(
         "no presence key left in Redis",
         Duration::from_secs(10),
-        || {
+        async || {
             let keys: Vec<String> = redis.cmd(&["KEYS", "*"]);
             !keys.iter().any(|k| k.contains(":p:")) && keys.len() <= baseline_keys.len() + 2
         },
     )
     .await;
     for (node, before) in [(&n1, rss_before[0]), (&n2, rss_before[1])] {
-        let after = rss(node);
+        let after = rss(node).await;
         assert!(
             after < before + 32.0 * 1024.0 * 1024.0,
             "memory grew from {before} to {after} bytes"

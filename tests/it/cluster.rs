@@ -1,20 +1,20 @@
 //! Several gateway nodes on one real Redis: cross-node broadcasts, presence, subscription
 //! bookkeeping, node death, Redis restarts and key-layout migrations.
 
-mod support;
-
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::presence_view::{counts, join_storm, Counts, View};
-use support::redis_server::{wait_until, NodeProcess, RedisServer};
-use support::{Client, TestServer};
+
+use crate::support::load::{spawn_load, LoadRun};
+use crate::support::presence_view::{counts, join_storm, Counts, View};
+use crate::support::process::{run_gateway, NodeProcess};
+use crate::support::redis_server::RedisServer;
+use crate::support::{free_port, wait_until, Client, TestServer, WAIT};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broadcasts_cross_nodes_once_in_order_and_broadcast_from_skips_only_the_sender() {
     let redis = RedisServer::start();
-    let n1 = TestServer::start_node(&redis.url(), |_| {}).await;
-    let n2 = TestServer::start_node(&redis.url(), |_| {}).await;
+    let [n1, n2] = TestServer::cluster(&redis, |_| {}).await;
     let mut a = n1.v2("").await;
     let mut a2 = n1.v2("").await;
     let mut b = n2.v2("").await;
@@ -115,34 +115,38 @@ async fn a_node_subscribes_a_topic_once_and_unsubscribes_after_the_last_leave() 
     c2.send_text(r#"["1","2","room:subs","phx_leave",{}]"#)
         .await;
     c2.recv_until("close", |v| v[3] == "phx_close").await;
-    wait_until("the node to unsubscribe", Duration::from_secs(5), || {
-        numsub(&redis) == 0
-    })
+    wait_until(
+        "the node to unsubscribe",
+        Duration::from_secs(5),
+        async || numsub(&redis) == 0,
+    )
     .await;
     // A socket id subscription goes away with its socket too.
     let idsub = n1.v2("user_id=77").await;
     let ch = "phx:b:{users_socket:77}";
-    wait_until("socket id subscription", Duration::from_secs(5), || {
-        redis.cmd::<Vec<String>>(&["PUBSUB", "CHANNELS", ch]).len() == 1
-    })
+    wait_until(
+        "socket id subscription",
+        Duration::from_secs(5),
+        async || redis.cmd::<Vec<String>>(&["PUBSUB", "CHANNELS", ch]).len() == 1,
+    )
     .await;
     idsub.close().await;
-    wait_until("socket id unsubscription", Duration::from_secs(5), || {
-        redis
-            .cmd::<Vec<String>>(&["PUBSUB", "CHANNELS", ch])
-            .is_empty()
-    })
+    wait_until(
+        "socket id unsubscription",
+        Duration::from_secs(5),
+        async || {
+            redis
+                .cmd::<Vec<String>>(&["PUBSUB", "CHANNELS", ch])
+                .is_empty()
+        },
+    )
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_guides_presence_scenario_over_three_nodes() {
     let redis = RedisServer::start();
-    let nodes = [
-        TestServer::start_node(&redis.url(), |_| {}).await,
-        TestServer::start_node(&redis.url(), |_| {}).await,
-        TestServer::start_node(&redis.url(), |_| {}).await,
-    ];
+    let nodes: [_; 3] = TestServer::cluster(&redis, |_| {}).await;
     let mut watchers = Vec::new();
     for n in &nodes {
         let mut w = n.v2("").await;
@@ -184,11 +188,7 @@ async fn the_guides_presence_scenario_over_three_nodes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_hundred_clients_joining_and_leaving_concurrently_converge_everywhere() {
     let redis = RedisServer::start();
-    let nodes = [
-        TestServer::start_node(&redis.url(), |_| {}).await,
-        TestServer::start_node(&redis.url(), |_| {}).await,
-        TestServer::start_node(&redis.url(), |_| {}).await,
-    ];
+    let nodes: [_; 3] = TestServer::cluster(&redis, |_| {}).await;
     let mut watchers = Vec::new();
     for n in &nodes {
         let mut w = n.v2("").await;
@@ -249,55 +249,34 @@ async fn three_hundred_clients_joining_and_leaving_concurrently_converge_everywh
 /// over `ws_ports`, publishing 100 messages a second on `room:load` for `secs` seconds.
 fn background_load(ws_ports: &[u16], secs: u64) -> std::process::Child {
     let addrs: Vec<String> = ws_ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-    std::process::Command::new(env!("CARGO_BIN_EXE_phx-load"))
-        .args([
-            "fanout",
-            "--addrs",
-            &addrs.join(","),
-            "-n",
-            "100",
-            "--topic",
-            "room:load",
-        ])
-        .args([
-            "--rate",
-            "100",
-            "--duration",
-            &secs.to_string(),
-            "--threads",
-            "1",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start phx-load")
+    spawn_load(&format!(
+        "fanout --addrs {} -n 100 --topic room:load --rate 100 --duration {secs} --threads 1",
+        addrs.join(",")
+    ))
 }
 
 /// Waits for the background load to finish; asserts the at-most-once guarantees (no
-/// duplicate, no reordering) and that traffic flowed; returns its `result:` line.
-fn finish_load(load: std::process::Child) -> String {
-    let out = load.wait_with_output().expect("phx-load ran");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let result = text
-        .lines()
-        .find_map(|l| l.strip_prefix("result: "))
-        .unwrap_or_else(|| panic!("no result from phx-load: {text}"))
-        .to_owned();
-    let field = |name: &str| -> u64 {
-        result
-            .split(' ')
-            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in {result}"))
-    };
-    assert_eq!(field("dups"), 0, "duplicates under the fault: {result}");
+/// duplicate, no reordering) and that traffic flowed.
+fn finish_load(load: std::process::Child) -> LoadRun {
+    let run = LoadRun::wait(load);
+    let result = run.result();
+    assert!(
+        !result.is_empty(),
+        "no result from phx-load: {}",
+        run.stdout
+    );
     assert_eq!(
-        field("reordered"),
-        0,
+        run.figure("dups"),
+        0.0,
+        "duplicates under the fault: {result}"
+    );
+    assert_eq!(
+        run.figure("reordered"),
+        0.0,
         "reordering under the fault: {result}"
     );
-    assert!(field("received") > 0, "no traffic flowed: {result}");
-    result
+    assert!(run.figure("received") > 0.0, "no traffic flowed: {result}");
+    run
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -342,33 +321,33 @@ async fn a_killed_node_s_users_leave_everywhere_and_its_keys_go() {
         "users must not leave before the down period ({took:?})"
     );
 
-    let nodes: Vec<String> = redis.cmd(&["SMEMBERS", "phx:nodes"]);
-    assert!(
-        nodes.iter().all(|n| !n.starts_with("doomed")),
-        "dead node still registered: {nodes:?}"
-    );
+    // The reaper broadcasts the leaves, then unregisters the node.
+    wait_until("the dead node unregistered", WAIT, async || {
+        let nodes: Vec<String> = redis.cmd(&["SMEMBERS", "phx:nodes"]);
+        nodes.iter().all(|n| !n.starts_with("doomed"))
+    })
+    .await;
     let fields: Vec<String> = redis.cmd(&["HKEYS", "phx:p:{room:lobby}"]);
     assert!(
         fields.iter().all(|f| !f.starts_with("doomed")),
         "dead node's presences remain: {fields:?}"
     );
     // After the reap lock's TTL nothing of the dead node is left.
-    wait_until("no key of the dead node", Duration::from_secs(5), || {
-        redis.cmd::<Vec<String>>(&["KEYS", "*doomed*"]).is_empty()
-    })
+    wait_until(
+        "no key of the dead node",
+        Duration::from_secs(5),
+        async || redis.cmd::<Vec<String>>(&["KEYS", "*doomed*"]).is_empty(),
+    )
     .await;
     // The dead node's subscribers lost what came after the kill (at-most-once); nobody got
     // a message twice or out of order.
-    let result = tokio::task::spawn_blocking(move || finish_load(load))
+    let run = tokio::task::spawn_blocking(move || finish_load(load))
         .await
         .expect("load");
+    let result = run.result();
     eprintln!("load through the node kill: {result}");
     // The 50 subscribers on the survivor got all 400 messages.
-    let received: u64 = result
-        .split(' ')
-        .find_map(|kv| kv.strip_prefix("received="))
-        .and_then(|v| v.parse().ok())
-        .expect("received");
+    let received = run.figure("received") as u64;
     assert!(received >= 50 * 400, "survivors lost messages: {result}");
 }
 
@@ -423,7 +402,7 @@ async fn redis_restarted_empty_resumes_broadcasts_and_restores_presence() {
     wait_until(
         "presences restored in redis",
         Duration::from_secs(10),
-        || {
+        async || {
             redis
                 .cmd::<Vec<String>>(&["HKEYS", "phx:p:{room:lobby}"])
                 .len()
@@ -457,10 +436,10 @@ async fn redis_restarted_empty_resumes_broadcasts_and_restores_presence() {
         .await;
     assert!(n1.is_running() && n2.is_running());
     // Cross-node messages of the outage are lost (at-most-once); none twice, none reordered.
-    let result = tokio::task::spawn_blocking(move || finish_load(load))
+    let run = tokio::task::spawn_blocking(move || finish_load(load))
         .await
         .expect("load");
-    eprintln!("load through the Redis outage: {result}");
+    eprintln!("load through the Redis outage: {}", run.result());
     // Once everyone left, nothing of the outage is left behind on the nodes or in Redis.
     a.close().await;
     b.close().await;
@@ -470,50 +449,34 @@ async fn redis_restarted_empty_resumes_broadcasts_and_restores_presence() {
     wait_until(
         "no presence hash left in Redis",
         Duration::from_secs(10),
-        || redis.cmd::<Vec<String>>(&["KEYS", "phx:p:*"]).is_empty(),
+        async || redis.cmd::<Vec<String>>(&["KEYS", "phx:p:*"]).is_empty(),
     )
     .await;
 }
 
 /// Waits for `event` on a V2 client, feeding presence frames to `view` on the way.
 async fn recv_event(c: &mut Client, event: &str, wait: Duration, view: &mut View) -> Option<Value> {
-    let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match c.recv_within(left).await? {
-            support::Received::Text(t) => {
-                let v: Value = serde_json::from_str(&t).expect("json");
-                if v[3] == event {
-                    return Some(v);
-                }
-                view.apply(&v);
-            }
-            other => panic!("unexpected {other:?}"),
+    c.recv_match(event, wait, |v| {
+        v[3] == event || {
+            view.apply(v);
+            false
         }
-    }
+    })
+    .await
 }
 
 #[test]
 fn migrate_fresh_already_migrated_and_newer_layouts() {
     let redis = RedisServer::start();
     let run = |args: &[&str], env: &[(&str, &str)]| {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_phx-gateway"));
-        cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
-            .env("PHX_GATEWAY__REDIS__URL", redis.url())
-            .args(args);
-        cmd.env(
-            "PHX_GATEWAY__HTTP__PORT",
-            support::redis_server::free_port().to_string(),
-        );
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let out = cmd.output().expect("runs");
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr),
-        )
+        let (url, port) = (redis.url(), free_port().to_string());
+        let mut all = vec![
+            ("PHX_GATEWAY__REDIS__URL", url.as_str()),
+            ("PHX_GATEWAY__HTTP__PORT", port.as_str()),
+        ];
+        all.extend_from_slice(env);
+        let ran = run_gateway(args, &all);
+        (ran.code, ran.output())
     };
     let (code, out) = run(&["migrate"], &[]);
     assert_eq!(code, Some(0), "{out}");
@@ -546,7 +509,7 @@ fn migrate_fresh_already_migrated_and_newer_layouts() {
 async fn nodes_starting_together_on_a_fresh_redis_all_migrate() {
     let redis = RedisServer::start();
     let mut settings = phx_gateway::config::Settings::defaults();
-    settings.redis.url = Some(redis.url());
+    settings.redis.url = Some(redis.url().into());
     let mut clients = Vec::new();
     for _ in 0..8 {
         clients.push(
@@ -573,10 +536,9 @@ async fn nodes_starting_together_on_a_fresh_redis_all_migrate() {
 /// broadcast from one reaches the other.
 async fn assert_cross_node_broadcast(
     redis: &RedisServer,
-    tweak: impl Fn(&mut phx_gateway::config::Settings) + Copy,
+    tweak: impl Fn(&mut phx_gateway::config::Settings),
 ) -> (TestServer, TestServer, Client, Client) {
-    let n1 = TestServer::start_node(&redis.url(), tweak).await;
-    let n2 = TestServer::start_node(&redis.url(), tweak).await;
+    let [n1, n2] = TestServer::cluster(redis, tweak).await;
     let mut a = n1.v2("user_id=a").await;
     let mut b = n2.v2("user_id=b").await;
     a.join("1", "room:sec").await;
@@ -602,16 +564,20 @@ async fn acl_user_password_and_database_number() {
     );
     let _cluster = assert_cross_node_broadcast(&redis, |_| {}).await;
     // The presence keys went to database 3.
-    wait_until("presence hash in db 3", Duration::from_secs(5), || {
-        redis
-            .cmd::<Vec<String>>(&["HKEYS", "phx:p:{room:sec}"])
-            .len()
-            == 2
-    })
+    wait_until(
+        "presence hash in db 3",
+        Duration::from_secs(5),
+        async || {
+            redis
+                .cmd::<Vec<String>>(&["HKEYS", "phx:p:{room:sec}"])
+                .len()
+                == 2
+        },
+    )
     .await;
     // A wrong password refuses to start, with an error and no secret in it.
     let mut settings = phx_gateway::config::Settings::defaults();
-    settings.redis.url = Some(format!("redis://gw:wrong@127.0.0.1:{}/3", redis.port));
+    settings.redis.url = Some(format!("redis://gw:wrong@127.0.0.1:{}/3", redis.port).into());
     let err = phx_gateway::Gateway::start(settings)
         .await
         .err()
@@ -670,8 +636,7 @@ async fn rediss_with_a_private_ca() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_topic_names_never_reach_redis_raw() {
     let redis = RedisServer::start();
-    let n1 = TestServer::start_node(&redis.url(), |_| {}).await;
-    let n2 = TestServer::start_node(&redis.url(), |_| {}).await;
+    let [n1, n2] = TestServer::cluster(&redis, |_| {}).await;
     let long = format!("room:{}", "x*{}".repeat(61)); // 249 bytes, just under the topic limit
     for topic in [
         "room:a*b?c[d]",
@@ -708,7 +673,7 @@ async fn hostile_topic_names_never_reach_redis_raw() {
         let escaped = phx_gateway::cluster::keys::escape(topic);
         let presence_key = format!("phx:p:{{{escaped}}}");
         // Presence is written with the topic's next diff, a batch window later.
-        wait_until("the presence hash", support::WAIT, || {
+        wait_until("the presence hash", WAIT, async || {
             redis
                 .cmd::<Vec<String>>(&["KEYS", "*"])
                 .contains(&presence_key)
@@ -817,8 +782,7 @@ async fn a_paused_redis_does_not_stop_local_traffic_and_everything_resumes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn joiners_on_two_nodes_get_exactly_the_changes_after_their_snapshots() {
     let redis = RedisServer::start();
-    let n1 = TestServer::start_node(&redis.url(), |s| s.presence.diff_batch_ms = 200).await;
-    let n2 = TestServer::start_node(&redis.url(), |s| s.presence.diff_batch_ms = 200).await;
+    let [n1, n2] = TestServer::cluster(&redis, |s| s.presence.diff_batch_ms = 200).await;
     let urls = [n1.ws_url("vsn=2.0.0"), n2.ws_url("vsn=2.0.0")];
     let mut members = join_storm(&urls, "room:storm2", 6, Duration::ZERO).await;
     let mut marker = n2.v2("user_id=zz").await;
@@ -833,8 +797,7 @@ async fn joiners_on_two_nodes_get_exactly_the_changes_after_their_snapshots() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn joiners_spread_over_many_diffs_on_two_nodes_never_get_a_change_twice() {
     let redis = RedisServer::start();
-    let n1 = TestServer::start_node(&redis.url(), |s| s.presence.diff_batch_ms = 20).await;
-    let n2 = TestServer::start_node(&redis.url(), |s| s.presence.diff_batch_ms = 20).await;
+    let [n1, n2] = TestServer::cluster(&redis, |s| s.presence.diff_batch_ms = 20).await;
     let urls = [n1.ws_url("vsn=2.0.0"), n2.ws_url("vsn=2.0.0")];
     // Each snapshot is read while other nodes' diffs are on their way: the ones it already
     // holds must not reach the joiner after it.

@@ -1,11 +1,11 @@
 //! Protocol behaviour over a real WebSocket, checked frame by frame against what Phoenix sends.
 
-mod support;
-
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::{Client, Received, TestServer};
+
+use crate::support::client::ws_status;
+use crate::support::{process_metric, Client, Received, TestServer};
 
 #[tokio::test]
 async fn join_heartbeat_echo_broadcast_exact_v2_frames() {
@@ -110,7 +110,7 @@ async fn v1_objects_never_carry_join_ref() {
 #[tokio::test]
 async fn missing_vsn_means_v1_and_unsupported_vsn_is_refused() {
     let srv = TestServer::start(|_| {});
-    let mut c = support::Client::connect(&srv.ws_url("user_id=novsn")).await;
+    let mut c = Client::connect(&srv.ws_url("user_id=novsn")).await;
     c.send_text(r#"{"topic":"phoenix","event":"heartbeat","payload":{},"ref":"2"}"#)
         .await;
     assert_frame!(
@@ -119,15 +119,11 @@ async fn missing_vsn_means_v1_and_unsupported_vsn_is_refused() {
     );
 
     for vsn in ["3.0.0", "2.1.0", "2.0", "123.1.1"] {
-        let err = tokio_tungstenite::connect_async(srv.ws_url(&format!("vsn={vsn}")))
-            .await
-            .expect_err("refused");
-        match err {
-            tokio_tungstenite::tungstenite::Error::Http(resp) => {
-                assert_eq!(resp.status(), 403, "vsn {vsn}")
-            }
-            other => panic!("vsn {vsn}: expected HTTP 403, got {other}"),
-        }
+        assert_eq!(
+            ws_status(&srv.ws_url(&format!("vsn={vsn}")), &[]).await,
+            403,
+            "vsn {vsn}"
+        );
     }
 }
 
@@ -402,10 +398,8 @@ async fn binary_push_gets_binary_reply_and_broadcasts_reach_v2_only() {
         .await;
 
     // Recorded from Phoenix: push "ping" with de ad be ef -> reply kind 1 with the same bytes.
-    let mut push = vec![0u8, 1, 1, 10, 4];
-    push.extend_from_slice(b"19room:lobbyping");
-    push.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
-    a.send_binary(push).await;
+    let push = include_bytes!("../fixtures/phoenix-push-ping.bin");
+    a.send_binary(push.to_vec()).await;
     let reply = loop {
         match a.recv().await {
             Received::Binary(b) => break b,
@@ -413,10 +407,7 @@ async fn binary_push_gets_binary_reply_and_broadcasts_reach_v2_only() {
             other => panic!("{other:?}"),
         }
     };
-    let mut expected = vec![1u8, 1, 1, 10, 2];
-    expected.extend_from_slice(b"19room:lobbyok");
-    expected.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
-    assert_eq!(reply, expected);
+    assert_eq!(reply, include_bytes!("../fixtures/phoenix-reply-ok.bin"));
 
     let mut push = vec![0u8, 1, 2, 10, 7];
     push.extend_from_slice(b"110room:lobbynew_msg");
@@ -470,7 +461,7 @@ async fn origins_are_checked_and_the_auth_token_subprotocol_is_answered() {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let srv = TestServer::start(|s| {
         s.socket.check_origin =
-            phx_gateway::socket::origin::CheckOrigin::List(vec!["https://app.example.com".into()])
+            phx_gateway::config::CheckOrigin::List(vec!["https://app.example.com".into()])
     });
     let url = srv.ws_url("vsn=2.0.0");
     let with = |origin: &str, protocols: Option<&str>| {
@@ -483,13 +474,11 @@ async fn origins_are_checked_and_the_auth_token_subprotocol_is_answered() {
         }
         req
     };
-    match tokio_tungstenite::connect_async(with("https://evil.example.com", None)).await {
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 403),
-        other => panic!(
-            "a foreign origin must be refused, got {:?}",
-            other.map(|_| ())
-        ),
-    }
+    assert_eq!(
+        ws_status(&url, &[("Origin", "https://evil.example.com")]).await,
+        403,
+        "a foreign origin must be refused"
+    );
     let (_ws, resp) = tokio_tungstenite::connect_async(with("https://app.example.com", None))
         .await
         .expect("allowed origin");
@@ -508,10 +497,11 @@ async fn origins_are_checked_and_the_auth_token_subprotocol_is_answered() {
         Some("phoenix")
     );
     // A client that offers only unknown subprotocols is refused, as Phoenix does.
-    match tokio_tungstenite::connect_async(with("https://app.example.com", Some("mqtt"))).await {
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 403),
-        other => panic!("expected 403, got {:?}", other.map(|_| ())),
-    }
+    let mqtt = [
+        ("Origin", "https://app.example.com"),
+        ("Sec-WebSocket-Protocol", "mqtt"),
+    ];
+    assert_eq!(ws_status(&url, &mqtt).await, 403);
 }
 
 #[tokio::test]
@@ -522,22 +512,16 @@ async fn admission_limits_refuse_cleanly_and_count() {
         s.limits.messages_per_second = 5;
         s.limits.messages_burst = 5;
     });
-    let refused = |url: String| async move {
-        match tokio_tungstenite::connect_async(url).await {
-            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
-            other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
-        }
-    };
     let mut a = srv.v2("user_id=7").await;
     assert_eq!(
-        refused(srv.ws_url("vsn=2.0.0&user_id=7")).await,
+        ws_status(&srv.ws_url("vsn=2.0.0&user_id=7"), &[]).await,
         429,
         "one socket per user"
     );
     let _b = srv.v2("user_id=8").await;
     let _c = srv.v2("").await;
     assert_eq!(
-        refused(srv.ws_url("vsn=2.0.0")).await,
+        ws_status(&srv.ws_url("vsn=2.0.0"), &[]).await,
         503,
         "the node is full"
     );
@@ -582,15 +566,8 @@ async fn admission_limits_refuse_cleanly_and_count() {
 #[tokio::test]
 async fn connect_and_join_rates_are_limited_per_node_and_per_ip() {
     phx_gateway::metrics::init();
-    let limited = |limit: &str| {
-        let series = format!("phx_gateway_limited_total{{limit=\"{limit}\"}}");
-        phx_gateway::metrics::render()
-            .lines()
-            .find(|l| l.starts_with(&series))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
+    let limited =
+        |limit: &str| process_metric(&format!("phx_gateway_limited_total{{limit=\"{limit}\"}}"));
     // Joins: at most 3 at once from one IP (all test clients are 127.0.0.1), refilled slowly.
     let srv = TestServer::start(|s| {
         s.limits.joins_per_ip_per_second = 1;
@@ -642,10 +619,7 @@ async fn connect_and_join_rates_are_limited_per_node_and_per_ip() {
     });
     let _a = srv.v2("").await;
     let _b = srv.v2("").await;
-    match tokio_tungstenite::connect_async(srv.ws_url("vsn=2.0.0")).await {
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 503),
-        other => panic!("expected 503, got {:?}", other.map(|_| ())),
-    }
+    assert_eq!(ws_status(&srv.ws_url("vsn=2.0.0"), &[]).await, 503);
 }
 
 /// The frames a V1 (or vsn-less) client sent as binary: join, push, leave.

@@ -7,14 +7,14 @@ use actix_web::http::header;
 use actix_web::HttpRequest;
 use serde_json::{Map, Value};
 
-use crate::gateway::Gateway;
-use crate::limits::{Admission, Refusal};
+use super::Env;
+use crate::limits::{Admission, Limit};
 use crate::protocol::Serializer;
 use crate::socket::{ConnectInfo, Connected};
 
 /// An accepted connection: its serializer, what the connect policy decided, and its place
 /// in the admission limits (released when dropped).
-pub struct Accepted {
+pub(crate) struct Accepted {
     /// Negotiated from `vsn`.
     pub serializer: Serializer,
     /// Socket id and assigns.
@@ -27,14 +27,14 @@ pub struct Accepted {
 
 /// Why a connection was refused. Transports map it to their own answer.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Refused {
+pub(crate) enum Rejected {
     /// The node is draining.
     Draining,
     /// Missing support for the requested `vsn`, or a disallowed origin, or the connect
     /// policy said no.
     Forbidden,
     /// An admission limit.
-    Limited(Refusal),
+    Limited(Limit),
 }
 
 fn counted(result: &'static str) {
@@ -42,36 +42,36 @@ fn counted(result: &'static str) {
 }
 
 /// Counts a connection that failed after the checks (e.g. a broken WebSocket handshake).
-pub fn count_error() {
+pub(crate) fn count_error() {
     counted("error");
 }
 
 /// Runs the checks for a connect request with query `params` and `auth_token`.
-pub async fn accept(
+pub(crate) async fn accept(
     req: &HttpRequest,
-    gateway: &Arc<Gateway>,
+    env: &Arc<Env>,
     params: Map<String, Value>,
     auth_token: Option<String>,
-) -> Result<Accepted, Refused> {
-    let refused = |why: Refused| {
+) -> Result<Accepted, Rejected> {
+    let rejected = |why: Rejected| {
         counted("refused");
-        if let Refused::Limited(r) = &why {
+        if let Rejected::Limited(r) = &why {
             tracing::info!(limit = r.label(), "connect refused by a limit");
             ::metrics::counter!(crate::metrics::LIMITED, "limit" => r.label()).increment(1);
         }
         Err(why)
     };
-    if gateway.shutdown.is_cancelled() {
-        return refused(Refused::Draining);
+    if env.drain.is_draining() {
+        return rejected(Rejected::Draining);
     }
     let vsn = match params.get("vsn") {
         None => None,
         Some(Value::String(v)) => Some(v.as_str()),
-        Some(_) => return refused(Refused::Forbidden),
+        Some(_) => return rejected(Rejected::Forbidden),
     };
     let Some(serializer) = Serializer::negotiate(vsn) else {
         tracing::warn!(vsn = ?vsn, "connect refused: unsupported vsn");
-        return refused(Refused::Forbidden);
+        return rejected(Rejected::Forbidden);
     };
     let origin = req
         .headers()
@@ -82,17 +82,12 @@ pub async fn accept(
         .headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok());
-    if !gateway
-        .settings
-        .socket
-        .check_origin
-        .allows(origin.as_deref(), host)
-    {
+    if !crate::socket::origin::allows(&env.socket.settings.check_origin, origin.as_deref(), host) {
         tracing::info!(origin = ?origin, "connect refused: origin not allowed");
-        return refused(Refused::Forbidden);
+        return rejected(Rejected::Forbidden);
     }
-    if let Err(r) = gateway.limits.check_rate(req.peer_addr().map(|a| a.ip())) {
-        return refused(Refused::Limited(r));
+    if let Err(r) = env.limits.check_rate(req.peer_addr().map(|a| a.ip())) {
+        return rejected(Rejected::Limited(r));
     }
     let info = ConnectInfo {
         params,
@@ -100,16 +95,16 @@ pub async fn accept(
         origin,
         auth_token,
     };
-    let connected = match gateway.connector.connect(&info).await {
+    let connected = match env.connector.connect(&info).await {
         Ok(c) => c,
         Err(e) => {
             tracing::info!(reason = %e.0, "connect refused");
-            return refused(Refused::Forbidden);
+            return rejected(Rejected::Forbidden);
         }
     };
-    let admission = match gateway.limits.admit(connected.id.as_deref()) {
+    let admission = match env.limits.admit(connected.id.as_deref()) {
         Ok(a) => a,
-        Err(r) => return refused(Refused::Limited(r)),
+        Err(r) => return rejected(Rejected::Limited(r)),
     };
     counted("ok");
     Ok(Accepted {

@@ -1,19 +1,19 @@
 //! The server API (/api/v1): auth, each endpoint, responses checked against docs/openapi.json.
 
-mod support;
-
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::redis_server::RedisServer;
-use support::{http, http_head, TestServer};
+
+use crate::support::http::{http, request};
+use crate::support::redis_server::RedisServer;
+use crate::support::TestServer;
 
 const KEY: &str = "test-api-key";
 
 /// Asserts `body` matches the named schema of docs/openapi.json.
 fn assert_schema(name: &str, body: &Value) {
-    let doc: Value =
-        serde_json::from_str(include_str!("../docs/openapi.json")).expect("openapi.json is JSON");
+    let doc: Value = serde_json::from_str(include_str!("../../docs/openapi.json"))
+        .expect("openapi.json is JSON");
     let wrapper =
         json!({"$ref": format!("#/components/schemas/{name}"), "components": doc["components"]});
     let validator = jsonschema::validator_for(&wrapper).expect("schema compiles");
@@ -50,7 +50,10 @@ async fn missing_or_wrong_keys_get_401() {
         assert_eq!(status, 401, "key {key:?}");
         assert_schema("Error", &body);
     }
-    let head = http_head(srv.addr, "GET", "/api/v1/info").await;
+    let head = request(srv.addr, "GET", "/api/v1/info", &[], "")
+        .await
+        .expect("an answer")
+        .head;
     assert!(
         head.to_ascii_lowercase()
             .contains("www-authenticate: bearer"),
@@ -178,8 +181,7 @@ async fn presence_disconnect_and_info() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_acts_cluster_wide() {
     let redis = RedisServer::start();
-    let n1 = TestServer::start_node(&redis.url(), with_key).await;
-    let n2 = TestServer::start_node(&redis.url(), with_key).await;
+    let [n1, n2] = TestServer::cluster(&redis, with_key).await;
     let mut bob = n2.v2("user_id=bob").await;
     bob.join("1", "room:c").await;
     bob.recv_until("own join", |v| v[3] == "presence_diff")

@@ -1,7 +1,6 @@
 //! Channels written in Rust: intercept/handle_out, stop, crash isolation, push, slow consumers.
 
-mod support;
-
+use futures_util::FutureExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +11,9 @@ use phx_gateway::protocol::Payload;
 use phx_gateway::pubsub::Broadcast;
 use phx_gateway::Gateway;
 use serde_json::{json, Value};
-use support::{Received, TestServer};
+
+use crate::support::client::ws_status;
+use crate::support::{Received, TestServer};
 
 #[derive(Default)]
 struct TestChannel {
@@ -88,7 +89,12 @@ fn server(tweak: impl FnOnce(&mut Settings)) -> TestServer {
             Box::new(TestChannel::default())
         })
         .expect("route");
-    let gateway = Gateway::new(settings).expect("gateway").with_router(router);
+    let gateway = Gateway::builder(settings)
+        .router(router)
+        .start()
+        .now_or_never()
+        .expect("a single-node gateway starts without waiting")
+        .expect("gateway");
     TestServer::start_gateway(gateway)
 }
 
@@ -276,14 +282,17 @@ impl phx_gateway::socket::Connector for RefuseAll {
 async fn a_connector_can_refuse_sockets_with_403() {
     let mut settings = Settings::defaults();
     settings.http.workers = 1;
-    let gateway = Gateway::new(settings)
-        .expect("gateway")
-        .with_connector(Arc::new(RefuseAll));
+    let gateway = Gateway::builder(settings)
+        .connector(Arc::new(RefuseAll))
+        .start()
+        .now_or_never()
+        .expect("a single-node gateway starts without waiting")
+        .expect("gateway");
     let srv = TestServer::start_gateway(gateway);
-    match tokio_tungstenite::connect_async(srv.ws_url("vsn=2.0.0&token=bad")).await {
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 403),
-        other => panic!("expected 403, got {:?}", other.map(|_| ())),
-    }
+    assert_eq!(
+        ws_status(&srv.ws_url("vsn=2.0.0&token=bad"), &[]).await,
+        403
+    );
     let mut ok = srv.v2("token=good").await;
     ok.send_text(r#"[null,"1","phoenix","heartbeat",{}]"#).await;
     assert_eq!(ok.recv_json().await[4]["status"], "ok");

@@ -3,58 +3,21 @@
 //! secret, reserved topics, and that no secret, token or key ever reaches the logs, the
 //! `config check` output or the settings' `Debug` text.
 
-mod support;
-
-use std::io::{BufRead, BufReader, Read};
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use phx_gateway::auth::sign_hs256;
-use phx_gateway::config::{AuthMode, JoinPolicy, JwtAlgorithm, Settings};
-use phx_gateway::socket::origin::CheckOrigin;
+use phx_gateway::config::CheckOrigin;
+use phx_gateway::config::Settings;
 use serde_json::{json, Value};
-use support::redis_server::{free_port, RedisServer};
-use support::{http, Client, TestServer, WAIT};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-fn now_s() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-/// A raw HTTP/1.0 request with extra header lines and no body; returns (status, body).
-async fn raw_http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> (u16, String) {
-    support::http_raw(addr, method, path, headers, "").await
-}
-
-/// The HTTP status of a WebSocket upgrade (101 when it succeeded).
-async fn ws_status(url: &str, headers: &[(&str, &str)]) -> u16 {
-    let mut req = url.into_client_request().expect("request");
-    for (k, v) in headers {
-        let name = tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes())
-            .expect("header name");
-        req.headers_mut()
-            .insert(name, v.parse().expect("header value"));
-    }
-    match tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
-        .await
-        .expect("upgrade answered in time")
-    {
-        Ok((_, resp)) => resp.status().as_u16(),
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
-        Err(e) => panic!("upgrade failed without an HTTP answer: {e}"),
-    }
-}
+use crate::support::backend::Backend;
+use crate::support::client::ws_status;
+use crate::support::http::{http, http_raw};
+use crate::support::process::{run_gateway, NodeProcess};
+use crate::support::redis_server::RedisServer;
+use crate::support::server::{jwt_claim_server, JWT_SECRET};
+use crate::support::{free_port, now_ms, Client, TestServer};
 
 // ---------------------------------------------------------------------------------------
 // Safe defaults.
@@ -89,11 +52,12 @@ async fn the_default_origin_check_refuses_cross_origin_browsers() {
 
     // Long-poll runs the same connect checks: a foreign origin cannot open a session.
     let path = "/socket/longpoll?vsn=2.0.0";
-    let (status, body) = raw_http(
+    let (status, body) = http_raw(
         srv.addr,
         "GET",
         path,
         &[("Origin", "https://evil.example.com")],
+        "",
     )
     .await;
     assert_eq!(
@@ -105,7 +69,7 @@ async fn the_default_origin_check_refuses_cross_origin_browsers() {
         403,
         "{body}"
     );
-    let (_, body) = raw_http(srv.addr, "GET", path, &[("Origin", &same)]).await;
+    let (_, body) = http_raw(srv.addr, "GET", path, &[("Origin", &same)], "").await;
     let opened: Value = serde_json::from_str(&body).expect("JSON");
     assert_eq!(opened["status"], 410, "same origin opens a session: {body}");
 }
@@ -126,7 +90,7 @@ async fn listeners_default_to_loopback_and_admin_endpoints_are_not_public() {
     // /metrics, /healthz and /readyz live only on the admin listener.
     let srv = TestServer::start(|_| {});
     for path in ["/metrics", "/healthz", "/readyz"] {
-        let (status, body) = raw_http(srv.addr, "GET", path, &[]).await;
+        let (status, body) = http_raw(srv.addr, "GET", path, &[], "").await;
         assert_eq!(status, 404, "{path} on the public port: {body}");
     }
 }
@@ -136,7 +100,7 @@ async fn long_poll_session_tokens_are_128_random_bits() {
     let srv = TestServer::start(|_| {});
     let mut seen = std::collections::HashSet::new();
     for _ in 0..4 {
-        let (_, body) = raw_http(srv.addr, "GET", "/socket/longpoll?vsn=2.0.0", &[]).await;
+        let (_, body) = http_raw(srv.addr, "GET", "/socket/longpoll?vsn=2.0.0", &[], "").await;
         let opened: Value = serde_json::from_str(&body).expect("JSON");
         let token = opened["token"].as_str().expect("session token");
         let (node, random) = token.rsplit_once('.').expect("<node>.<random>");
@@ -151,11 +115,12 @@ async fn long_poll_session_tokens_are_128_random_bits() {
         );
     }
     // A made-up token opens a new session of its own; it never reaches someone else's.
-    let (_, body) = raw_http(
+    let (_, body) = http_raw(
         srv.addr,
         "GET",
         "/socket/longpoll?vsn=2.0.0&token=local.00000000000000000000000000000000",
         &[],
+        "",
     )
     .await;
     let answer: Value = serde_json::from_str(&body).expect("JSON");
@@ -166,7 +131,7 @@ async fn long_poll_session_tokens_are_128_random_bits() {
 #[tokio::test]
 async fn the_demo_serves_only_plain_file_names_from_its_directory() {
     let srv = TestServer::start(|_| {});
-    let (status, _) = raw_http(srv.addr, "GET", "/demo/app.js", &[]).await;
+    let (status, _) = http_raw(srv.addr, "GET", "/demo/app.js", &[], "").await;
     assert_eq!(status, 200, "the demo is on by default");
     for path in [
         "/demo/..%2FCargo.toml",
@@ -176,7 +141,7 @@ async fn the_demo_serves_only_plain_file_names_from_its_directory() {
         "/demo/../Cargo.toml",
         "/demo/%2Fetc%2Fpasswd",
     ] {
-        let (status, body) = raw_http(srv.addr, "GET", path, &[]).await;
+        let (status, body) = http_raw(srv.addr, "GET", path, &[], "").await;
         assert_eq!(status, 404, "{path}: {body}");
         assert!(
             !body.contains("[package]") && !body.contains("root:"),
@@ -184,7 +149,7 @@ async fn the_demo_serves_only_plain_file_names_from_its_directory() {
         );
     }
     let srv = TestServer::start(|s| s.demo.enabled = false);
-    let (status, _) = raw_http(srv.addr, "GET", "/demo/app.js", &[]).await;
+    let (status, _) = http_raw(srv.addr, "GET", "/demo/app.js", &[], "").await;
     assert_eq!(status, 404, "demo.enabled = false removes it");
 }
 
@@ -225,28 +190,30 @@ fn protective_limits_are_on_by_default() {
 
 #[tokio::test]
 async fn an_empty_api_key_disables_the_api_instead_of_matching_an_empty_bearer() {
-    let srv = TestServer::start(|s| s.api.key = Some(String::new()));
+    let srv = TestServer::start(|s| s.api.key = Some(String::new().into()));
     for bearer in [None, Some("")] {
         let (status, _) = http(srv.addr, "GET", "/api/v1/info", bearer, None).await;
         assert_eq!(status, 404, "bearer {bearer:?}");
     }
     // A header with nothing after "Bearer " is not a match for a configured key either.
     let srv = TestServer::start(|s| s.api.key = Some("k-123".into()));
-    let (status, _) = raw_http(
+    let (status, _) = http_raw(
         srv.addr,
         "GET",
         "/api/v1/info",
         &[("Authorization", "Bearer ")],
+        "",
     )
     .await;
     assert_eq!(status, 401);
     // The key is compared whole: a prefix, another scheme or the bare key do not pass.
     for header in ["Bearer k-12", "Bearer k-1234", "Basic k-123", "k-123"] {
-        let (status, _) = raw_http(
+        let (status, _) = http_raw(
             srv.addr,
             "GET",
             "/api/v1/info",
             &[("Authorization", header)],
+            "",
         )
         .await;
         assert_eq!(status, 401, "{header:?}");
@@ -315,27 +282,13 @@ async fn the_api_cannot_publish_to_reserved_internal_topics() {
 // ---------------------------------------------------------------------------------------
 // Join authorization with tokens.
 
-const JWT_SECRET: &str = "jwt-secret-for-the-security-tests";
-
-fn jwt_claim_server() -> TestServer {
-    TestServer::start(|s: &mut Settings| {
-        s.auth.mode = AuthMode::Jwt;
-        s.auth.jwt_algorithm = JwtAlgorithm::HS256;
-        s.auth.jwt_secret = Some(JWT_SECRET.into());
-        let mut claimed = phx_gateway::config::default_routes().remove(2);
-        claimed.topic = "team:*".into();
-        claimed.join = JoinPolicy::Claim;
-        s.routes.insert(0, claimed);
-    })
-}
-
 /// With token auth, assigns come from the token's claims only: a connect param cannot supply
 /// a claim the token does not carry (it is kept under the `params` assign instead).
 #[tokio::test]
 async fn connect_params_cannot_stand_in_for_token_claims() {
     let srv = jwt_claim_server();
     let token = sign_hs256(
-        &json!({"sub": "u1", "exp": now_s() + 600}),
+        &json!({"sub": "u1", "exp": (now_ms() / 1000) + 600}),
         JWT_SECRET.as_bytes(),
     )
     .expect("signs");
@@ -350,66 +303,17 @@ async fn connect_params_cannot_stand_in_for_token_claims() {
 // ---------------------------------------------------------------------------------------
 // Webhooks: how the backend recognises the gateway.
 
-/// A backend that records the Authorization header of each join call and allows the join.
-fn recording_backend() -> (u16, Arc<Mutex<Vec<Option<String>>>>) {
-    use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
-    let seen: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
-    let data = web::Data::new(seen.clone());
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let server = HttpServer::new(move || {
-        App::new().app_data(data.clone()).route(
-            "/join",
-            web::post().to(
-                |req: HttpRequest, seen: web::Data<Arc<Mutex<Vec<Option<String>>>>>| async move {
-                    let auth = req
-                        .headers()
-                        .get("authorization")
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_owned);
-                    seen.lock().expect("lock").push(auth);
-                    HttpResponse::Ok().json(json!({"allow": true}))
-                },
-            ),
-        )
-    })
-    .workers(1)
-    .disable_signals()
-    .listen(listener)
-    .expect("listen")
-    .run();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("rt");
-        let _ = rt.block_on(server);
-    });
-    (port, seen)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_calls_carry_the_shared_secret_as_a_bearer_token() {
-    let (backend, seen) = recording_backend();
-    let hook_route = move |s: &mut Settings| {
-        let mut r = phx_gateway::config::default_routes().remove(2);
-        r.topic = "hook:*".into();
-        r.join = JoinPolicy::Webhook;
-        r.join_webhook = Some(format!("http://127.0.0.1:{backend}/join"));
-        s.routes = vec![r];
-    };
+    let backend = Backend::start();
     for secret in [Some("hook-secret-1"), None] {
         let srv = TestServer::start(|s| {
-            hook_route(s);
-            s.webhook.secret = secret.map(str::to_owned);
+            s.routes = vec![backend.route("hook:*")];
+            s.webhook.secret = secret.map(Into::into);
         });
         let mut c = srv.v2("user_id=w").await;
         assert_eq!(c.join("1", "hook:1").await[4]["status"], "ok");
-        let got = seen
-            .lock()
-            .expect("lock")
-            .pop()
-            .expect("the backend was called");
+        let got = backend.pop_authorization().expect("the backend was called");
         assert_eq!(
             got,
             secret.map(|s| format!("Bearer {s}")),
@@ -442,7 +346,7 @@ fn settings_debug_output_redacts_every_secret() {
             "{secret} leaked into Debug:\n{text}"
         );
     }
-    assert!(text.matches("<redacted>").count() >= 5, "{text}");
+    assert!(text.matches("[REDACTED]").count() >= 5, "{text}");
     // The non-secret settings next to them are still shown.
     assert!(
         text.contains("user socket") && text.contains("HS256"),
@@ -452,21 +356,6 @@ fn settings_debug_output_redacts_every_secret() {
 
 /// One environment variable.
 type Env<'a> = (&'a str, &'a str);
-
-fn gateway_cli(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_phx-gateway"));
-    cmd.current_dir(env!("CARGO_MANIFEST_DIR")).args(args);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().expect("runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code(), text)
-}
 
 #[test]
 fn config_check_never_prints_secrets_valid_or_not() {
@@ -480,7 +369,8 @@ fn config_check_never_prints_secrets_valid_or_not() {
         ("PHX_GATEWAY__API__KEY", "API-cli-secret-0123456789"),
         ("PHX_GATEWAY__WEBHOOK__SECRET", "HOOK-cli-secret-0123456789"),
     ];
-    let (code, out) = gateway_cli(&["config", "check"], &secrets);
+    let ran = run_gateway(&["config", "check"], &secrets);
+    let (code, out) = (ran.code, ran.output());
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("configuration is valid"), "{out}");
     for (_, v) in &secrets[1..] {
@@ -515,159 +405,20 @@ fn config_check_never_prints_secrets_valid_or_not() {
         ),
     ];
     for (env, names, secret) in invalid {
-        let (code, out) = gateway_cli(&["config", "check"], env);
+        let ran = run_gateway(&["config", "check"], env);
+        let (code, out) = (ran.code, ran.output());
         assert_eq!(code, Some(2), "{env:?}: {out}");
         assert!(out.contains(names), "the error names {names}: {out}");
         assert!(!out.contains(secret), "{secret} printed: {out}");
     }
 
     // A config file with a secret next to a typo: the error names the typo only.
-    let dir =
-        std::env::temp_dir().join(format!("phx-gw-sec-{}-{}", std::process::id(), free_port()));
-    std::fs::create_dir_all(&dir).expect("tmp dir");
-    let file = dir.join("bad.toml");
-    std::fs::write(
-        &file,
-        "[api]\nkey = \"API-file-secret-0123\"\nkye = \"x\"\n",
-    )
-    .expect("write");
-    let (code, out) = gateway_cli(
-        &[
-            "--config",
-            file.to_str().expect("utf-8 path"),
-            "config",
-            "check",
-        ],
-        &[],
-    );
+    let file = "tests/fixtures/secret-next-to-a-typo.toml";
+    let ran = run_gateway(&["--config", file, "config", "check"], &[]);
+    let (code, out) = (ran.code, ran.output());
     assert_eq!(code, Some(2), "{out}");
     assert!(out.contains("kye"), "{out}");
     assert!(!out.contains("API-file-secret"), "{out}");
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// A gateway process whose stdout and stderr are captured.
-struct LoggedGateway {
-    child: Child,
-    port: u16,
-    output: Arc<Mutex<String>>,
-    readers: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl LoggedGateway {
-    fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
-        for _ in 0..3 {
-            let port = free_port();
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_phx-gateway"));
-            cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
-                .args(args)
-                .env("PHX_GATEWAY__HTTP__PORT", port.to_string())
-                .env("PHX_GATEWAY__ADMIN__PORT", free_port().to_string())
-                .env("NO_COLOR", "1")
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped());
-            for (k, v) in env {
-                cmd.env(k, v);
-            }
-            let mut child = cmd.spawn().expect("spawn phx-gateway");
-            let output: Arc<Mutex<String>> = Arc::default();
-            let mut readers = Vec::new();
-            let streams: [Box<dyn Read + Send>; 2] = [
-                Box::new(child.stdout.take().expect("stdout")),
-                Box::new(child.stderr.take().expect("stderr")),
-            ];
-            for stream in streams {
-                let output = output.clone();
-                readers.push(std::thread::spawn(move || {
-                    let mut reader = BufReader::new(stream);
-                    let mut line = Vec::new();
-                    while reader.read_until(b'\n', &mut line).unwrap_or(0) > 0 {
-                        output
-                            .lock()
-                            .expect("lock")
-                            .push_str(&String::from_utf8_lossy(&line));
-                        line.clear();
-                    }
-                }));
-            }
-            let started = Instant::now();
-            while started.elapsed() < Duration::from_secs(15) {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Self {
-                        child,
-                        port,
-                        output,
-                        readers,
-                    };
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-            for r in readers {
-                let _ = r.join();
-            }
-            eprintln!("gateway did not start:\n{}", output.lock().expect("lock"));
-        }
-        panic!("the gateway process did not start");
-    }
-
-    fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
-    }
-
-    fn ws_url(&self, query: &str) -> String {
-        format!("ws://{}/socket/websocket?{query}", self.addr())
-    }
-
-    /// Waits (bounded) until the output contains `needle`.
-    async fn wait_for(&self, needle: &str) {
-        let started = Instant::now();
-        loop {
-            if self.output.lock().expect("lock").contains(needle) {
-                return;
-            }
-            assert!(
-                started.elapsed() < WAIT,
-                "no log line with {needle:?} within {WAIT:?}:\n{}",
-                self.output.lock().expect("lock")
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// SIGTERM, waits (bounded) for the exit, and returns everything the process printed.
-    async fn stop(mut self) -> String {
-        let ok = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "kill -TERM failed");
-        let started = Instant::now();
-        while !matches!(self.child.try_wait(), Ok(Some(_))) {
-            assert!(
-                started.elapsed() < Duration::from_secs(15),
-                "the gateway did not exit after SIGTERM"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        for r in std::mem::take(&mut self.readers) {
-            let _ = r.join();
-        }
-        let output = self.output.lock().expect("lock").clone();
-        output
-    }
-}
-
-impl Drop for LoggedGateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// The last `.`-separated segment of a token (its signature).
@@ -719,7 +470,7 @@ async fn no_secret_token_or_key_reaches_the_logs_even_at_trace_level() {
     )
     .expect("write config");
     let redis_url = redis.url();
-    let node = LoggedGateway::start(
+    let node = NodeProcess::start_logged(
         &["--config", config.to_str().expect("utf-8 path")],
         &[
             ("RUST_LOG", "trace"),
@@ -733,7 +484,7 @@ async fn no_secret_token_or_key_reaches_the_logs_even_at_trace_level() {
             ("PHX_GATEWAY__SHUTDOWN__DRAIN_MS", "100"),
         ],
     );
-    let exp = now_s() + 600;
+    let exp = (now_ms() / 1000) + 600;
     let mint =
         |user: &str| sign_hs256(&json!({"sub": user, "exp": exp}), JWT.as_bytes()).expect("signs");
     let in_query = mint("sec-query");
@@ -745,7 +496,7 @@ async fn no_secret_token_or_key_reaches_the_logs_even_at_trace_level() {
     )
     .expect("signs");
     let expired = sign_hs256(
-        &json!({"sub": "sec-expired", "exp": now_s() - 3600}),
+        &json!({"sub": "sec-expired", "exp": (now_ms() / 1000) - 3600}),
         JWT.as_bytes(),
     )
     .expect("signs");
@@ -757,7 +508,7 @@ async fn no_secret_token_or_key_reaches_the_logs_even_at_trace_level() {
         reply[4]["response"]["reason"], "backend unavailable",
         "{reply}"
     );
-    node.wait_for("webhook call failed").await;
+    node.wait_for_log("webhook call failed").await;
     c.join("2", "room:1").await;
 
     // A token in the authToken subprotocol, as phoenix.js sends it.
@@ -784,24 +535,26 @@ async fn no_secret_token_or_key_reaches_the_logs_even_at_trace_level() {
             403
         );
     }
-    node.wait_for("connect refused").await;
+    node.wait_for_log("connect refused").await;
 
     // Long-poll: the connect token in its header, then the session token in the query.
-    let (_, body) = raw_http(
+    let (_, body) = http_raw(
         node.addr(),
         "GET",
         "/socket/longpoll?vsn=2.0.0",
         &[("x-phoenix-authtoken", &in_longpoll_header)],
+        "",
     )
     .await;
     let opened: Value = serde_json::from_str(&body).expect("JSON");
     assert_eq!(opened["status"], 410, "{body}");
     let session = opened["token"].as_str().expect("session token").to_owned();
-    let (_, body) = raw_http(
+    let (_, body) = http_raw(
         node.addr(),
         "GET",
         &format!("/socket/longpoll?vsn=2.0.0&token={session}"),
         &[],
+        "",
     )
     .await;
     let polled: Value = serde_json::from_str(&body).expect("JSON");
@@ -815,7 +568,7 @@ async fn no_secret_token_or_key_reaches_the_logs_even_at_trace_level() {
     assert_eq!(status, 401);
     let (status, _) = http(node.addr(), "GET", "/api/v1/info", Some(API), None).await;
     assert_eq!(status, 200);
-    node.wait_for("server API: missing or wrong key").await;
+    node.wait_for_log("server API: missing or wrong key").await;
 
     c.close().await;
     let output = node.stop().await;

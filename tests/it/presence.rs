@@ -1,12 +1,11 @@
 //! Presence over real sockets: the guide's Alice/Bob scenario, updates and departures.
 
-mod support;
-
 use std::time::Duration;
 
 use serde_json::json;
-use support::presence_view::{join_storm, View};
-use support::{Client, TestServer};
+
+use crate::support::presence_view::{join_storm, View};
+use crate::support::{Client, TestServer};
 
 async fn join_lobby(c: &mut Client) {
     c.join("1", "room:lobby").await;

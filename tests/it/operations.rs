@@ -1,18 +1,17 @@
 //! Operating a node: admin endpoints, metrics, readiness, and draining on SIGTERM.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::presence_view::{Counts, View};
-use support::redis_server::{metric, wait_until, NodeProcess, RedisServer};
-use support::Client;
+use crate::support::presence_view::{Counts, View};
+use crate::support::process::NodeProcess;
+use crate::support::redis_server::RedisServer;
+use crate::support::{client::ws_status, metric, wait_until, Client};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_port_serves_health_readiness_and_metrics() {
     let node = NodeProcess::start("", "solo", &[]);
-    assert_eq!(node.admin("/healthz").map(|r| r.0), Some(200));
-    assert_eq!(node.admin("/readyz").map(|r| r.0), Some(200));
+    assert_eq!(node.admin("/healthz").await.map(|r| r.0), Some(200));
+    assert_eq!(node.admin("/readyz").await.map(|r| r.0), Some(200));
     let mut c = Client::connect(&node.ws_url("vsn=2.0.0&user_id=m1")).await;
     c.join("1", "room:metrics").await;
     c.send_text(r#"["1","2","room:metrics","new_msg",{"x":1}]"#)
@@ -20,7 +19,7 @@ async fn admin_port_serves_health_readiness_and_metrics() {
     c.recv_until("reply", |v| v[1] == "2").await;
     c.send_text("garbage").await;
     c.expect_close().await;
-    let (status, body) = node.admin("/metrics").expect("metrics");
+    let (status, body) = node.admin("/metrics").await.expect("metrics");
     assert_eq!(status, 200);
     for needle in [
         "phx_gateway_connects_total{result=\"ok\"}",
@@ -58,8 +57,8 @@ async fn sigterm_drains_sockets_over_the_drain_period_then_exits_zero() {
     }
     let started = Instant::now();
     node.signal("TERM");
-    wait_until("readiness off", Duration::from_secs(2), || {
-        node.admin("/readyz").map(|r| r.0) == Some(503)
+    wait_until("readiness off", Duration::from_secs(2), async || {
+        node.admin("/readyz").await.map(|r| r.0) == Some(503)
     })
     .await;
     assert!(
@@ -67,13 +66,11 @@ async fn sigterm_drains_sockets_over_the_drain_period_then_exits_zero() {
         "readiness must go false at once"
     );
     // New sockets are refused while draining.
-    match tokio_tungstenite::connect_async(node.ws_url("vsn=2.0.0")).await {
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 503),
-        other => panic!(
-            "a new socket during the drain must be refused, got {:?}",
-            other.map(|_| ())
-        ),
-    }
+    assert_eq!(
+        ws_status(&node.ws_url("vsn=2.0.0"), &[]).await,
+        503,
+        "a new socket during the drain must be refused"
+    );
     // Every socket is closed with 1012 (phoenix.js reconnects), at moments spread over the drain.
     let tasks: Vec<_> = clients
         .into_iter()
@@ -172,28 +169,27 @@ async fn readiness_follows_redis_after_a_grace_period() {
         ("PHX_GATEWAY__REDIS__READY_GRACE_MS", "500"),
     ];
     let mut node = NodeProcess::start(&redis.url(), "ready", &env);
-    assert_eq!(node.admin("/readyz").map(|r| r.0), Some(200));
+    assert_eq!(node.admin("/readyz").await.map(|r| r.0), Some(200));
     redis.kill();
     wait_until(
         "not ready after the grace period",
         Duration::from_secs(10),
-        || node.admin("/readyz").map(|r| r.0) == Some(503),
+        async || node.admin("/readyz").await.map(|r| r.0) == Some(503),
     )
     .await;
     assert_eq!(
-        node.admin("/healthz").map(|r| r.0),
+        node.admin("/healthz").await.map(|r| r.0),
         Some(200),
         "still alive"
     );
     redis.restart();
-    wait_until("ready again", Duration::from_secs(10), || {
-        node.admin("/readyz").map(|r| r.0) == Some(200)
+    wait_until("ready again", Duration::from_secs(10), async || {
+        node.admin("/readyz").await.map(|r| r.0) == Some(200)
     })
     .await;
     assert!(node.is_running());
 }
 
-/// The value of a metric line (`name{labels} value`) in a /metrics page; 0 when absent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_leaks_after_clients_come_and_go() {
     let redis = RedisServer::start();
@@ -205,7 +201,10 @@ async fn nothing_leaks_after_clients_come_and_go() {
     let a = NodeProcess::start(&redis.url(), "leak-a", &env);
     let b = NodeProcess::start(&redis.url(), "leak-b", &env);
     let baseline_keys: Vec<String> = redis.cmd(&["KEYS", "*"]);
-    let fds_before = metric(&a.admin("/metrics").expect("metrics").1, "process_open_fds");
+    let fds_before = metric(
+        &a.admin("/metrics").await.expect("metrics").1,
+        "process_open_fds",
+    );
     for round in 0..3 {
         let mut clients = Vec::new();
         for i in 0..60 {
@@ -228,23 +227,13 @@ async fn nothing_leaks_after_clients_come_and_go() {
         }
     }
     for node in [&a, &b] {
-        wait_until(
-            "sockets, channels and presences back to zero",
-            Duration::from_secs(10),
-            || {
-                let page = node.admin("/metrics").map(|r| r.1).unwrap_or_default();
-                metric(&page, "phx_gateway_sockets{transport=\"websocket\"}") == 0.0
-                    && metric(&page, "phx_gateway_channels") == 0.0
-                    && metric(&page, "phx_gateway_presence_entries") == 0.0
-            },
-        )
-        .await;
+        node.wait_idle(Duration::from_secs(10)).await;
     }
     // Redis holds no presence hash and no topic channel any more: only the node bookkeeping.
     wait_until(
         "redis back to its baseline keys",
         Duration::from_secs(10),
-        || {
+        async || {
             let keys: Vec<String> = redis.cmd(&["KEYS", "*"]);
             let mut topic_keys: Vec<&String> = keys
                 .iter()
@@ -258,14 +247,17 @@ async fn nothing_leaks_after_clients_come_and_go() {
     wait_until(
         "no topic channel subscribed",
         Duration::from_secs(10),
-        || {
+        async || {
             redis
                 .cmd::<Vec<String>>(&["PUBSUB", "CHANNELS", "phx:b:{room:leak*"])
                 .is_empty()
         },
     )
     .await;
-    let fds_after = metric(&a.admin("/metrics").expect("metrics").1, "process_open_fds");
+    let fds_after = metric(
+        &a.admin("/metrics").await.expect("metrics").1,
+        "process_open_fds",
+    );
     assert!(
         fds_after <= fds_before + 2.0,
         "file descriptors leaked: {fds_before} -> {fds_after}"
