@@ -439,8 +439,23 @@ impl Default for ShutdownSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisSettings {
-    /// `redis://[user:password@]host:port/db` or `rediss://` (TLS). Unset: single node.
+    /// One Redis endpoint: `redis://[user:password@]host:port/db` or `rediss://` (TLS).
+    /// Unset (and no cluster or Sentinel): single node.
     pub url: Option<SecretString>,
+    /// Seed nodes of a Redis Cluster (`redis://host:port`, comma-separated in the
+    /// environment). Exclusive with `url` and `sentinel_urls`.
+    pub cluster_urls: Vec<SecretString>,
+    /// Sentinels watching the primary (`redis://host:26379`, comma-separated in the
+    /// environment); credentials in these URLs are the Sentinels' own. Needs
+    /// `sentinel_master`.
+    pub sentinel_urls: Vec<SecretString>,
+    /// The name under which the Sentinels monitor the primary.
+    pub sentinel_master: Option<String>,
+    /// ACL user of the data nodes in Sentinel mode (the Sentinel URLs carry the Sentinels'
+    /// credentials; in the other modes the URL carries them).
+    pub username: Option<String>,
+    /// ACL password of the data nodes in Sentinel mode.
+    pub password: Option<SecretString>,
     /// PEM file of the CA that signed the Redis server's certificate (`rediss://` with a
     /// private CA). Unset: the bundled Mozilla roots.
     pub tls_ca_file: Option<PathBuf>,
@@ -471,6 +486,11 @@ impl Default for RedisSettings {
     fn default() -> Self {
         Self {
             url: None,
+            cluster_urls: Vec::new(),
+            sentinel_urls: Vec::new(),
+            sentinel_master: None,
+            username: None,
+            password: None,
             tls_ca_file: None,
             key_prefix: "phx".into(),
             node_name: String::new(),
@@ -484,6 +504,50 @@ impl Default for RedisSettings {
             ready_grace_ms: 30_000,
         }
     }
+}
+
+/// How the gateway reaches Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisMode {
+    /// No Redis: one node, in-memory pub/sub and presence.
+    Embedded,
+    /// One endpoint (`redis.url`).
+    Single,
+    /// A Redis Cluster (`redis.cluster_urls`).
+    Cluster,
+    /// A primary found through Sentinel (`redis.sentinel_urls`, `redis.sentinel_master`).
+    Sentinel,
+}
+
+impl RedisSettings {
+    /// The configured topology (after `validated`, at most one is set).
+    pub fn mode(&self) -> RedisMode {
+        if !self.cluster_urls.is_empty() {
+            RedisMode::Cluster
+        } else if !self.sentinel_urls.is_empty() {
+            RedisMode::Sentinel
+        } else if self.url.is_some() {
+            RedisMode::Single
+        } else {
+            RedisMode::Embedded
+        }
+    }
+}
+
+/// Checks that `url` is a redis:// or rediss:// URL; `what` names the setting.
+fn check_redis_url(what: &str, url: &str) -> Result<(), ConfigError> {
+    let parsed = url::Url::parse(url)
+        .map_err(|e| ConfigError::Invalid(format!("{what} is not a URL: {e}")))?;
+    if !matches!(parsed.scheme(), "redis" | "rediss") {
+        return Err(ConfigError::Invalid(format!(
+            "{what} must start with redis:// or rediss://, not {}://",
+            parsed.scheme()
+        )));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(ConfigError::Invalid(format!("{what} has no host")));
+    }
+    Ok(())
 }
 
 /// Whether a route accepts joins.
@@ -623,7 +687,10 @@ impl Settings {
             config::Environment::with_prefix("PHX_GATEWAY")
                 .prefix_separator("__")
                 .separator("__")
-                .try_parsing(true),
+                .try_parsing(true)
+                .list_separator(",")
+                .with_list_parse_key("redis.cluster_urls")
+                .with_list_parse_key("redis.sentinel_urls"),
         );
         let settings: Settings = builder.build()?.try_deserialize()?;
         settings.validated()
@@ -649,6 +716,54 @@ impl Settings {
         }
     }
 
+    /// Empty settings count as unset (an empty environment variable); exactly one topology
+    /// may remain, each URL well formed.
+    fn validate_redis_topology(&mut self) -> Result<(), ConfigError> {
+        let r = &mut self.redis;
+        if r.url.as_ref().is_some_and(|u| u.expose_secret().is_empty()) {
+            r.url = None;
+        }
+        r.cluster_urls
+            .retain(|u| !u.expose_secret().trim().is_empty());
+        r.sentinel_urls
+            .retain(|u| !u.expose_secret().trim().is_empty());
+        if r.sentinel_master
+            .as_deref()
+            .is_some_and(|m| m.trim().is_empty())
+        {
+            r.sentinel_master = None;
+        }
+        let set = [
+            r.url.is_some(),
+            !r.cluster_urls.is_empty(),
+            !r.sentinel_urls.is_empty(),
+        ];
+        if set.iter().filter(|s| **s).count() > 1 {
+            return Err(ConfigError::Invalid(
+                "set only one of redis.url, redis.cluster_urls and redis.sentinel_urls".into(),
+            ));
+        }
+        if let Some(url) = &r.url {
+            check_redis_url("redis.url", url.expose_secret())?;
+        }
+        for url in &r.cluster_urls {
+            check_redis_url("redis.cluster_urls", url.expose_secret().trim())?;
+        }
+        for url in &r.sentinel_urls {
+            check_redis_url("redis.sentinel_urls", url.expose_secret().trim())?;
+        }
+        match (r.sentinel_urls.is_empty(), r.sentinel_master.is_some()) {
+            (false, false) => Err(ConfigError::Invalid(
+                "redis.sentinel_urls needs redis.sentinel_master (the monitored master's name)"
+                    .into(),
+            )),
+            (true, true) => Err(ConfigError::Invalid(
+                "redis.sentinel_master is set but redis.sentinel_urls is not".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Checks values and fills in the default routes when none are configured.
     pub fn validated(mut self) -> Result<Self, ConfigError> {
         if self.routes.is_empty() {
@@ -671,21 +786,7 @@ impl Settings {
                 "socket.heartbeat_timeout_ms, max_frame_bytes, outbound_queue, outbound_queue_bytes and channel_inbox must be > 0".into(),
             ));
         }
-        let r = &self.redis;
-        if let Some(url) = r.url.as_ref().map(ExposeSecret::expose_secret) {
-            if url.is_empty() {
-                self.redis.url = None;
-            } else {
-                let parsed = url::Url::parse(url)
-                    .map_err(|e| ConfigError::Invalid(format!("redis.url is not a URL: {e}")))?;
-                if !matches!(parsed.scheme(), "redis" | "rediss") {
-                    return Err(ConfigError::Invalid(format!(
-                        "redis.url must start with redis:// or rediss://, not {}://",
-                        parsed.scheme()
-                    )));
-                }
-            }
-        }
+        self.validate_redis_topology()?;
         let a = &self.auth;
         match a.mode {
             AuthMode::None => {}

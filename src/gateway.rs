@@ -10,7 +10,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::channel::{builtin, PatternError, Router};
 use crate::cluster::{migrate, ClusterError, Redis};
-use crate::config::{AuthMode, Settings};
+use crate::config::{AuthMode, RedisMode, Settings};
 use crate::limits::Limits;
 use crate::presence::{Presence, PresenceStats, Tracker};
 use crate::pubsub::{LocalPubSub, PubSub, RedisPubSub, RedisStats};
@@ -82,8 +82,8 @@ impl Builder {
         self
     }
 
-    /// Builds the gateway: a cluster node when `redis.url` is set (checking the key layout
-    /// and starting the Redis tasks on the current runtime), else a single node.
+    /// Builds the gateway: a cluster node when a Redis topology is configured (checking the
+    /// key layout and starting the Redis tasks on the current runtime), else a single node.
     pub async fn start(self) -> Result<Gateway, StartError> {
         let settings = self.settings;
         let router = match self.router {
@@ -100,13 +100,13 @@ impl Builder {
         let background = CancellationToken::new();
         let batch = Duration::from_millis(settings.presence.diff_batch_ms);
         let (pubsub, presence, cluster, tasks): (Arc<dyn PubSub>, Arc<dyn Presence>, _, _) =
-            match &settings.redis.url {
-                None => {
+            match settings.redis.mode() {
+                RedisMode::Embedded => {
                     let pubsub: Arc<dyn PubSub> = Arc::new(LocalPubSub::new());
                     let presence = Arc::new(Tracker::in_memory(pubsub.clone(), batch));
                     (pubsub, presence, None, Vec::new())
                 }
-                Some(_) => {
+                mode => {
                     if settings.redis.pool_size.is_some() {
                         tracing::warn!("redis.pool_size is no longer used (one multiplexed connection carries every command): remove it");
                     }
@@ -123,7 +123,7 @@ impl Builder {
                         background.clone(),
                     );
                     tasks.push(heartbeat);
-                    tracing::info!(node = %redis.node, "cluster node started (redis pub/sub and presence)");
+                    tracing::info!(node = %redis.node, ?mode, "cluster node started (redis pub/sub and presence)");
                     let cluster = Cluster {
                         redis,
                         pubsub_stats,

@@ -180,8 +180,8 @@ fn mint(
 
 fn run_migrate(settings: Settings) -> anyhow::Result<()> {
     logging::init(settings.log.format);
-    if settings.redis.url.is_none() {
-        anyhow::bail!("redis.url is not set (PHX_GATEWAY__REDIS__URL): nothing to migrate");
+    if settings.redis.mode() == phx_gateway::config::RedisMode::Embedded {
+        anyhow::bail!("no Redis is configured (redis.url, redis.cluster_urls or redis.sentinel_urls): nothing to migrate");
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -48,6 +48,8 @@ pub const REDIS_ERRORS: &str = "phx_gateway_redis_errors_total";
 pub const REDIS_UP: &str = "phx_gateway_redis_up";
 /// Pub/sub reconnections.
 pub const REDIS_RECONNECTS: &str = "phx_gateway_redis_reconnects_total";
+/// Channels subscribed again after Redis dropped them (shard lost, slot moved).
+pub const REDIS_RESUBSCRIBES: &str = "phx_gateway_redis_resubscribes_total";
 /// Broadcasts not published to Redis (queue full or Redis unavailable).
 pub const REDIS_PUBLISH_DROPPED: &str = "phx_gateway_redis_publish_dropped_total";
 /// Sockets closed because their outbound queue overflowed.
@@ -138,7 +140,14 @@ fn describe() {
     );
     describe_counter!(REDIS_ERRORS, "Redis command errors and timeouts.");
     describe_gauge!(REDIS_UP, "1 while the Redis pub/sub connection is up.");
-    describe_counter!(REDIS_RECONNECTS, "Redis pub/sub reconnections.");
+    describe_counter!(
+        REDIS_RECONNECTS,
+        "Redis reconnections (subscriber connection, or a new primary's connection)."
+    );
+    describe_counter!(
+        REDIS_RESUBSCRIBES,
+        "Channels subscribed again after Redis dropped them (shard lost, slot moved)."
+    );
     describe_counter!(REDIS_PUBLISH_DROPPED, "Broadcasts not published to Redis.");
     describe_counter!(
         SLOW_CONSUMERS,

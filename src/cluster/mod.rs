@@ -1,18 +1,24 @@
-//! Redis connectivity shared by the cluster adapters: the client (for the dedicated
-//! subscriber connection), the command connection, key names, the node identity and
-//! migrations.
+//! Redis connectivity shared by the cluster adapters, for every topology (one endpoint, a
+//! Sentinel-watched primary, a Redis Cluster): the command connection, where subscriptions
+//! go, key names, the node identity and migrations.
 
 pub mod keys;
 pub mod migrate;
+mod single;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::Slot;
 use redis::FromRedisValue;
 use secrecy::ExposeSecret;
 
-use crate::config::RedisSettings;
+use crate::config::{RedisMode, RedisSettings};
 pub use keys::Keys;
+use single::Single;
 
 /// Why a Redis operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -37,16 +43,14 @@ pub enum ClusterError {
     Layout(String),
 }
 
-/// A handle on the cluster's Redis. Cheap to clone.
+/// A handle on the cluster's Redis, whichever topology carries it. Cheap to clone.
 ///
-/// Every command goes over one multiplexed connection that reconnects by itself
-/// (`ConnectionManager`): Redis pipelines what concurrent callers send on it, so a command
+/// Commands go over one multiplexed connection (one per shard in a Redis Cluster) that
+/// reconnects by itself: Redis pipelines what concurrent callers send on it, so a command
 /// costs one round trip, and no pool checkout adds another.
 #[derive(Clone)]
 pub struct Redis {
-    /// For dedicated connections (pub/sub).
-    pub client: redis::Client,
-    conn: redis::aio::ConnectionManager,
+    backend: Backend,
     /// Key and channel names.
     pub keys: Keys,
     /// This node's id: unique per process start, so a restarted node is a new node.
@@ -54,6 +58,84 @@ pub struct Redis {
     /// The settings it was built from.
     pub settings: RedisSettings,
     timeout: Duration,
+}
+
+#[derive(Clone)]
+enum Backend {
+    /// One primary (`redis.url` or Sentinel).
+    Single(Arc<Single>),
+    /// A Redis Cluster: the crate's client routes by slot, follows MOVED/ASK and refreshes
+    /// the topology.
+    Cluster {
+        conn: ClusterConnection,
+        seeds: Arc<Vec<String>>,
+        certs: Option<Arc<[u8]>>,
+    },
+}
+
+/// Where pub/sub subscriptions are made.
+pub enum Subscriptions {
+    /// Classic SUBSCRIBE on a dedicated connection to the primary (this client's).
+    Classic(redis::Client),
+    /// Sharded SSUBSCRIBE through the cluster client (the seeds and TLS roots to build it).
+    Sharded(ShardedSource),
+}
+
+/// What a sharded subscriber needs to build its own cluster connection.
+pub struct ShardedSource {
+    seeds: Arc<Vec<String>>,
+    certs: Option<Arc<[u8]>>,
+    timeout: Duration,
+}
+
+impl ShardedSource {
+    /// A RESP3 cluster connection whose pushes (messages, `sunsubscribe`, disconnections)
+    /// go to `pushes`. The crate re-subscribes what it tracks when a node reconnects or the
+    /// slot map changes.
+    pub async fn connect(
+        &self,
+        pushes: tokio::sync::mpsc::UnboundedSender<redis::PushInfo>,
+    ) -> Result<ClusterConnection, ClusterError> {
+        let client = cluster_builder(&self.seeds, self.certs.as_deref(), self.timeout)
+            .use_protocol(redis::ProtocolVersion::RESP3)
+            .push_sender(pushes)
+            .build()?;
+        tokio::time::timeout(self.timeout, client.get_async_connection())
+            .await
+            .map_err(|_| ClusterError::Timeout)?
+            .map_err(ClusterError::from)
+    }
+}
+
+/// A client for one endpoint URL, trusting `certs` (PEM) for `rediss://` when given.
+fn client(url: &str, certs: Option<&[u8]>) -> Result<redis::Client, ClusterError> {
+    Ok(match certs {
+        Some(pem) => redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.to_vec()),
+            },
+        )?,
+        None => redis::Client::open(url)?,
+    })
+}
+
+fn cluster_builder(
+    seeds: &[String],
+    certs: Option<&[u8]>,
+    timeout: Duration,
+) -> redis::cluster::ClusterClientBuilder {
+    let mut b = redis::cluster::ClusterClientBuilder::new(seeds.iter().map(String::as_str))
+        .connection_timeout(timeout)
+        .response_timeout(timeout);
+    if let Some(pem) = certs {
+        b = b.certs(redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(pem.to_vec()),
+        });
+    }
+    b
 }
 
 /// This node's id: `<name>-<random hex>`, restricted to characters safe in key names.
@@ -78,66 +160,123 @@ fn node_id(configured: &str) -> String {
     )
 }
 
+/// Most per-slot pipelines in flight at once (`pipe_by_slot`).
+const SLOT_PIPELINES: usize = 32;
+
 impl Redis {
-    /// Builds the client and the command connection and checks that Redis answers. The URL
-    /// is never logged.
+    /// Connects to the configured topology and checks that Redis answers, within the
+    /// command timeout: an unreachable Redis is an error at start-up, not a hang. No URL
+    /// is ever logged.
     pub async fn connect(settings: &RedisSettings) -> Result<Self, ClusterError> {
         // rustls needs exactly one process-wide crypto provider for rediss://.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let url = settings
-            .url
-            .clone()
-            .ok_or_else(|| ClusterError::Layout("redis.url is not set".into()))?;
-        let client = match &settings.tls_ca_file {
-            Some(path) => {
-                let pem = std::fs::read(path).map_err(|source| ClusterError::TlsCa {
-                    path: path.clone(),
-                    source,
-                })?;
-                let certs = redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(pem),
-                };
-                redis::Client::build_with_tls(url.expose_secret(), certs)?
-            }
-            None => redis::Client::open(url.expose_secret())?,
+        let certs: Option<Arc<[u8]>> = match &settings.tls_ca_file {
+            Some(path) => Some(
+                std::fs::read(path)
+                    .map_err(|source| ClusterError::TlsCa {
+                        path: path.clone(),
+                        source,
+                    })?
+                    .into(),
+            ),
+            None => None,
         };
         let timeout = Duration::from_millis(settings.command_timeout_ms);
-        // redis-rs would time responses out after 500 ms on its own; ours is the bound. It
-        // reconnects with a backoff capped like the subscriber's.
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_response_timeout(Some(timeout))
-            .set_connection_timeout(Some(timeout))
-            .set_max_delay(Duration::from_secs(5));
-        let conn = redis::aio::ConnectionManager::new_lazy_with_config(client.clone(), config)?;
+        let backend = match settings.mode() {
+            RedisMode::Embedded => {
+                return Err(ClusterError::Layout("no Redis is configured".into()))
+            }
+            RedisMode::Single | RedisMode::Sentinel => Backend::Single(Arc::new(
+                Single::connect(settings, certs.as_deref(), timeout).await?,
+            )),
+            RedisMode::Cluster => {
+                let seeds: Vec<String> = settings
+                    .cluster_urls
+                    .iter()
+                    .map(|u| u.expose_secret().trim().to_owned())
+                    .collect();
+                let client = cluster_builder(&seeds, certs.as_deref(), timeout).build()?;
+                let conn = tokio::time::timeout(timeout, client.get_async_connection())
+                    .await
+                    .map_err(|_| ClusterError::Timeout)??;
+                Backend::Cluster {
+                    conn,
+                    seeds: Arc::new(seeds),
+                    certs,
+                }
+            }
+        };
         let redis = Self {
-            client,
-            conn,
+            backend,
             keys: Keys::new(&settings.key_prefix),
             node: node_id(&settings.node_name).into(),
             settings: settings.clone(),
             timeout,
         };
         let pong: String = redis.query(&redis::cmd("PING")).await?;
-        tracing::debug!(reply = %pong, "redis reachable");
+        tracing::debug!(reply = %pong, mode = ?settings.mode(), "redis reachable");
         Ok(redis)
+    }
+
+    /// Whether this is a Redis Cluster (sharded pub/sub, slot-bound pipelines).
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.backend, Backend::Cluster { .. })
+    }
+
+    /// Where pub/sub subscriptions go; in Sentinel mode the primary is looked up again.
+    pub async fn subscriptions(&self) -> Result<Subscriptions, ClusterError> {
+        match &self.backend {
+            Backend::Single(single) => Ok(Subscriptions::Classic(single.fresh_client().await?)),
+            Backend::Cluster { seeds, certs, .. } => Ok(Subscriptions::Sharded(ShardedSource {
+                seeds: seeds.clone(),
+                certs: certs.clone(),
+                timeout: self.timeout,
+            })),
+        }
+    }
+
+    /// Bumped each time the primary's connection is replaced (one-endpoint modes): a
+    /// subscriber on an older one reconnects.
+    pub fn generation(&self) -> u64 {
+        match &self.backend {
+            Backend::Single(single) => single.endpoint().generation,
+            Backend::Cluster { .. } => 0,
+        }
     }
 
     /// Runs `op` on the command connection within the command timeout, counted.
     async fn run<T, F, Fut>(&self, op: F) -> Result<T, ClusterError>
     where
-        F: FnOnce(redis::aio::ConnectionManager) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         let started = std::time::Instant::now();
-        let result = tokio::time::timeout(self.timeout, op(self.conn.clone()))
+        let (conn, generation) = match &self.backend {
+            Backend::Single(single) => {
+                let e = single.endpoint();
+                (Conn::Single(e.conn.clone()), e.generation)
+            }
+            Backend::Cluster { conn, .. } => (Conn::Cluster(conn.clone()), 0),
+        };
+        let result = tokio::time::timeout(self.timeout, op(conn))
             .await
             .map_err(|_| ClusterError::Timeout)
             .and_then(|r| r.map_err(ClusterError::from));
         ::metrics::histogram!(crate::metrics::REDIS_COMMAND_SECONDS)
             .record(started.elapsed().as_secs_f64());
-        if result.is_err() {
+        if let Err(e) = &result {
             ::metrics::counter!(crate::metrics::REDIS_ERRORS).increment(1);
+            if let Backend::Single(single) = &self.backend {
+                if single.wants_new_endpoint(e) {
+                    // Looked up in the background: the caller has its answer already.
+                    let single = single.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = single.renew(generation).await {
+                            tracing::warn!(error = %e, "looking up the redis primary failed");
+                        }
+                    });
+                }
+            }
         }
         result
     }
@@ -148,19 +287,125 @@ impl Redis {
             .await
     }
 
-    /// Runs a pipeline, bounded by the command timeout.
+    /// Runs a pipeline, bounded by the command timeout. In a Redis Cluster every command of
+    /// it must use one slot (see `pipe_by_slot`).
     pub async fn pipe<T: FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, ClusterError> {
         self.run(|mut conn| async move { pipe.query_async(&mut conn).await })
             .await
     }
 
-    /// Runs a Lua script, bounded by the command timeout.
+    /// Runs commands that may touch different slots, each given with the key that routes
+    /// it, and returns their replies in order. One pipeline with one Redis; one pipeline per
+    /// slot with a Redis Cluster (a pipeline may not cross slots there), at most
+    /// `SLOT_PIPELINES` at once. Fails if any part fails.
+    pub async fn pipe_by_slot(
+        &self,
+        cmds: Vec<(String, redis::Cmd)>,
+    ) -> Result<Vec<redis::Value>, ClusterError> {
+        let mut replies = vec![redis::Value::Nil; cmds.len()];
+        for (idx, result) in self.each_slot(cmds).await {
+            for (i, v) in idx.into_iter().zip(result?) {
+                replies[i] = v;
+            }
+        }
+        Ok(replies)
+    }
+
+    /// Like `pipe_by_slot` for commands whose replies do not matter: returns how many
+    /// commands failed (their whole pipeline did) and one of the errors.
+    pub async fn pipe_by_slot_counted(
+        &self,
+        cmds: Vec<(String, redis::Cmd)>,
+    ) -> (u64, Option<ClusterError>) {
+        let mut failed = 0;
+        let mut error = None;
+        for (idx, result) in self.each_slot(cmds).await {
+            if let Err(e) = result {
+                failed += idx.len() as u64;
+                error.get_or_insert(e);
+            }
+        }
+        (failed, error)
+    }
+
+    /// Groups `cmds` into single-slot pipelines (one pipeline with one Redis) and runs them;
+    /// each result comes with the input positions of its commands.
+    async fn each_slot(
+        &self,
+        cmds: Vec<(String, redis::Cmd)>,
+    ) -> Vec<(Vec<usize>, Result<Vec<redis::Value>, ClusterError>)> {
+        if cmds.is_empty() {
+            return Vec::new();
+        }
+        if !self.is_cluster() {
+            let idx = (0..cmds.len()).collect();
+            let mut pipe = redis::pipe();
+            for (_, cmd) in cmds {
+                pipe.add_command(cmd);
+            }
+            return vec![(idx, self.pipe(&pipe).await)];
+        }
+        let mut groups: HashMap<Slot, (Vec<usize>, redis::Pipeline)> = HashMap::new();
+        for (i, (key, cmd)) in cmds.into_iter().enumerate() {
+            let (idx, pipe) = groups
+                .entry(Slot::for_key(key.as_bytes()))
+                .or_insert_with(|| (Vec::new(), redis::pipe()));
+            idx.push(i);
+            pipe.add_command(cmd);
+        }
+        futures_util::stream::iter(groups.into_values().map(|(idx, pipe)| async move {
+            let result = self.pipe::<Vec<redis::Value>>(&pipe).await;
+            (idx, result)
+        }))
+        .buffer_unordered(SLOT_PIPELINES)
+        .collect()
+        .await
+    }
+
+    /// Runs a Lua script, bounded by the command timeout. Its keys must share a slot.
     pub async fn script<T: FromRedisValue>(
         &self,
         inv: &redis::ScriptInvocation<'_>,
     ) -> Result<T, ClusterError> {
         self.run(|mut conn| async move { inv.invoke_async(&mut conn).await })
             .await
+    }
+}
+
+/// The command connection of either topology.
+enum Conn {
+    Single(redis::aio::ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
     }
 }
 

@@ -327,19 +327,28 @@ impl RedisStore {
 
     /// Writes the heartbeat, re-asserts this node's committed presences and refreshes TTLs.
     /// Returns whether the previous heartbeat key was still there.
+    ///
+    /// The node's own keys share its hash tag (one pipeline); the node set and each topic's
+    /// keys are in other slots, so in a Redis Cluster they go as one pipeline per slot,
+    /// spread over the shards that own them.
     async fn beat(&self) -> Result<bool, ClusterError> {
         let k = &self.redis.keys;
         let node = &*self.redis.node;
         let ttl = self.ttl_ms();
-        let mut pipe = redis::pipe();
-        pipe.cmd("SET")
+        let mut own = redis::pipe();
+        own.cmd("SET")
             .arg(k.heartbeat(node))
             .arg("1")
             .arg("PX")
             .arg(self.redis.settings.down_ms)
             .arg("GET");
-        pipe.cmd("SADD").arg(k.nodes()).arg(node).ignore();
-        pipe.cmd("PEXPIRE").arg(k.nodes()).arg(ttl).ignore();
+        let mut spread: Vec<(String, redis::Cmd)> = Vec::new();
+        let mut nodes = redis::cmd("SADD");
+        nodes.arg(k.nodes()).arg(node);
+        let mut nodes_ttl = redis::cmd("PEXPIRE");
+        nodes_ttl.arg(k.nodes()).arg(ttl);
+        spread.push((k.nodes(), nodes));
+        spread.push((k.nodes(), nodes_ttl));
         {
             let table = lock(&self.table);
             let topics_key = k.node_topics(node);
@@ -360,21 +369,23 @@ impl RedisStore {
                     hset.arg(field(node, e.phx_ref()))
                         .arg(value(&e.key, &e.meta));
                 }
-                pipe.add_command(hset).ignore();
-                pipe.cmd("PEXPIRE").arg(&pkey).arg(ttl).ignore();
-                pipe.cmd("PEXPIRE")
-                    .arg(k.presence_seq(topic))
-                    .arg(ttl)
-                    .ignore();
+                let mut expire = redis::cmd("PEXPIRE");
+                expire.arg(&pkey).arg(ttl);
+                let mut expire_seq = redis::cmd("PEXPIRE");
+                expire_seq.arg(k.presence_seq(topic)).arg(ttl);
+                spread.push((pkey.clone(), hset));
+                spread.push((pkey.clone(), expire));
+                spread.push((pkey, expire_seq));
                 sadd.arg(keys::escape(topic));
                 any = true;
             }
             if any {
-                pipe.add_command(sadd).ignore();
-                pipe.cmd("PEXPIRE").arg(&topics_key).arg(ttl).ignore();
+                own.add_command(sadd).ignore();
+                own.cmd("PEXPIRE").arg(&topics_key).arg(ttl).ignore();
             }
         }
-        let (previous,): (Option<String>,) = self.redis.pipe(&pipe).await?;
+        let (previous,): (Option<String>,) = self.redis.pipe(&own).await?;
+        self.redis.pipe_by_slot(spread).await?;
         Ok(previous.is_some())
     }
 
@@ -441,13 +452,19 @@ impl RedisStore {
         if others.is_empty() {
             return Ok(());
         }
-        let mut pipe = redis::pipe();
-        for n in &others {
-            pipe.cmd("EXISTS").arg(k.heartbeat(n));
-        }
-        let alive: Vec<bool> = self.redis.pipe(&pipe).await?;
+        // Heartbeat keys live in their nodes' slots.
+        let exists: Vec<(String, redis::Cmd)> = others
+            .iter()
+            .map(|n| {
+                let key = k.heartbeat(n);
+                let mut cmd = redis::cmd("EXISTS");
+                cmd.arg(&key);
+                (key, cmd)
+            })
+            .collect();
+        let alive = self.redis.pipe_by_slot(exists).await?;
         for (node, alive) in others.iter().zip(alive) {
-            if alive {
+            if redis::from_redis_value::<bool>(alive).unwrap_or(true) {
                 continue;
             }
             let lock = redis::cmd("SET")
@@ -498,10 +515,13 @@ impl RedisStore {
                 msg.seq = seq.parse().ok().map(Seq::Change);
                 self.pubsub.broadcast(Arc::new(msg), None);
             }
-            let mut cleanup = redis::pipe();
-            cleanup.cmd("DEL").arg(k.node_topics(node)).ignore();
-            cleanup.cmd("SREM").arg(k.nodes()).arg(node).ignore();
-            self.redis.pipe::<()>(&cleanup).await?;
+            let mut del = redis::cmd("DEL");
+            del.arg(k.node_topics(node));
+            let mut srem = redis::cmd("SREM");
+            srem.arg(k.nodes()).arg(node);
+            self.redis
+                .pipe_by_slot(vec![(k.node_topics(node), del), (k.nodes(), srem)])
+                .await?;
             self.stats.reaped_nodes.fetch_add(1, Ordering::Relaxed);
             ::metrics::counter!(crate::metrics::REAPED_NODES).increment(1);
             self.stats
@@ -607,16 +627,13 @@ impl Store for RedisStore {
 
     async fn shutdown(&self) {
         let k = &self.redis.keys;
-        let mut pipe = redis::pipe();
-        pipe.cmd("DEL").arg(k.heartbeat(&self.redis.node)).ignore();
-        pipe.cmd("DEL")
-            .arg(k.node_topics(&self.redis.node))
-            .ignore();
-        pipe.cmd("SREM")
-            .arg(k.nodes())
-            .arg(&*self.redis.node)
-            .ignore();
-        if let Err(e) = self.redis.pipe::<()>(&pipe).await {
+        let node = &*self.redis.node;
+        let mut del = redis::cmd("DEL");
+        del.arg(k.heartbeat(node)).arg(k.node_topics(node));
+        let mut srem = redis::cmd("SREM");
+        srem.arg(k.nodes()).arg(node);
+        let cmds = vec![(k.heartbeat(node), del), (k.nodes(), srem)];
+        if let Err(e) = self.redis.pipe_by_slot(cmds).await {
             self.stats.write_failures.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(error = %e, "presence shutdown write failed");
         }

@@ -10,6 +10,7 @@ mod gate;
 mod local;
 pub mod redis;
 mod registry;
+mod subscriber;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -48,3 +48,59 @@ fn config_check_accepts_the_shipped_files_and_rejects_bad_ones() {
     );
     assert_eq!(out.code, Some(2), "a bad environment value fails fast");
 }
+
+#[test]
+fn config_check_knows_the_three_redis_topologies() {
+    let ok: &[&[(&str, &str)]] = &[
+        &[(
+            "PHX_GATEWAY__REDIS__CLUSTER_URLS",
+            "redis://10.0.0.1:7000,redis://10.0.0.2:7000",
+        )],
+        &[
+            (
+                "PHX_GATEWAY__REDIS__SENTINEL_URLS",
+                "redis://10.0.0.1:26379,rediss://user:pw@10.0.0.2:26379",
+            ),
+            ("PHX_GATEWAY__REDIS__SENTINEL_MASTER", "mymaster"),
+        ],
+        &[("PHX_GATEWAY__REDIS__URL", "rediss://10.0.0.1:6380")],
+    ];
+    for env in ok {
+        let out = run_gateway(&["config", "check"], env);
+        assert_eq!(out.code, Some(0), "{env:?}: {}", out.stderr);
+    }
+    let bad: &[(&[(&str, &str)], &str)] = &[
+        (
+            &[
+                ("PHX_GATEWAY__REDIS__URL", "redis://10.0.0.1:6379"),
+                ("PHX_GATEWAY__REDIS__CLUSTER_URLS", "redis://10.0.0.1:7000"),
+            ],
+            "only one of",
+        ),
+        (
+            &[(
+                "PHX_GATEWAY__REDIS__SENTINEL_URLS",
+                "redis://10.0.0.1:26379",
+            )],
+            "sentinel_master",
+        ),
+        (
+            &[("PHX_GATEWAY__REDIS__CLUSTER_URLS", "redis://a:1,http://b:2")],
+            "redis.cluster_urls must start with redis://",
+        ),
+        (
+            &[("PHX_GATEWAY__REDIS__SENTINEL_MASTER", "mymaster")],
+            "redis.sentinel_urls is not",
+        ),
+    ];
+    for (env, says) in bad {
+        let out = run_gateway(&["config", "check"], env);
+        assert_eq!(out.code, Some(2), "{env:?} must be refused");
+        assert!(out.stderr.contains(says), "{env:?}: {}", out.stderr);
+        assert!(
+            !out.stderr.contains("pw@"),
+            "no credentials in the error: {}",
+            out.stderr
+        );
+    }
+}

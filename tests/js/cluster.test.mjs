@@ -26,14 +26,17 @@ import {
 
 const same = (a, b) => JSON.stringify(a) === JSON.stringify(b);
 
-describe("cluster: two gateway nodes sharing one Redis", () => {
+// Every scenario runs with one Redis and with a 3-master + 3-replica Redis Cluster
+// (sharded pub/sub): clients must not be able to tell.
+for (const topology of ["single", "cluster"]) {
+describe(`cluster: two gateway nodes sharing Redis (${topology})`, () => {
   let cluster;
   let nodeA;
   let nodeB;
   let sockets = [];
 
   before(async () => {
-    cluster = await startCluster();
+    cluster = await startCluster({ topology });
     ({ nodeA, nodeB } = cluster);
   });
 
@@ -232,3 +235,4 @@ describe("cluster: two gateway nodes sharing one Redis", () => {
     await broadcastAcrossNodes(uniqueRoom("room:v1"), "1.0.0");
   });
 });
+}

@@ -30,6 +30,7 @@ import {
   pushEvent,
   startGateway,
   startRedis,
+  startRedisCluster,
   uniqueRoom,
   waitFor,
   withTimeout,
@@ -497,7 +498,8 @@ describe("one node", () => {
 // Two nodes, no sticky sessions
 // ---------------------------------------------------------------------------
 
-describe("cluster: LongPoll through a round-robin proxy (no sticky sessions)", () => {
+for (const topology of ["single", "cluster"]) {
+describe(`cluster: LongPoll through a round-robin proxy (no sticky sessions, ${topology})`, () => {
   let redis;
   let nodeA;
   let nodeB;
@@ -505,10 +507,12 @@ describe("cluster: LongPoll through a round-robin proxy (no sticky sessions)", (
   let sockets = [];
 
   before(async () => {
-    redis = await startRedis();
+    redis = topology === "cluster" ? await startRedisCluster() : await startRedis();
     const env = {
       ...NO_ADMIN,
-      PHX_GATEWAY__REDIS__URL: redis.url,
+      ...(topology === "cluster"
+        ? { PHX_GATEWAY__REDIS__CLUSTER_URLS: redis.urls }
+        : { PHX_GATEWAY__REDIS__URL: redis.url }),
       PHX_GATEWAY__REDIS__HEARTBEAT_MS: "500",
       PHX_GATEWAY__REDIS__DOWN_MS: "1500",
       PHX_GATEWAY__REDIS__UNSUBSCRIBE_DELAY_MS: "100",
@@ -631,3 +635,4 @@ describe("cluster: LongPoll through a round-robin proxy (no sticky sessions)", (
     await withTimeout(new Promise((resolve) => lpSocket.disconnect(resolve)), 3000, "the LP socket to disconnect");
   });
 });
+}

@@ -5,7 +5,7 @@ import fs from "node:fs";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
-import { spawn } from "node:child_process";
+import { execFile, spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { setTimeout as delay } from "node:timers/promises";
 
@@ -279,13 +279,18 @@ export function presenceCounts(presence) {
 }
 
 /**
- * Starts Redis and two gateway nodes on it (short presence timings for tests), one after
- * the other since the first also applies the key-layout migration.
+ * Starts Redis (one server, or with `topology: "cluster"` a 3-master + 3-replica Redis
+ * Cluster) and two gateway nodes on it (short presence timings for tests), one after the
+ * other since the first also applies the key-layout migration.
  */
-export async function startCluster({ env = {} } = {}) {
-  const redis = await startRedis();
+export async function startCluster({ env = {}, topology = "single" } = {}) {
+  const redis = topology === "cluster" ? await startRedisCluster() : await startRedis();
+  const redisEnv =
+    topology === "cluster"
+      ? { PHX_GATEWAY__REDIS__CLUSTER_URLS: redis.urls }
+      : { PHX_GATEWAY__REDIS__URL: redis.url };
   const nodeEnv = {
-    PHX_GATEWAY__REDIS__URL: redis.url,
+    ...redisEnv,
     PHX_GATEWAY__REDIS__HEARTBEAT_MS: "500",
     PHX_GATEWAY__REDIS__DOWN_MS: "1500",
     PHX_GATEWAY__REDIS__UNSUBSCRIBE_DELAY_MS: "100",
@@ -305,7 +310,7 @@ export async function startCluster({ env = {} } = {}) {
   };
 }
 
-export async function startRedis({ readyTimeout = 10000 } = {}) {
+export async function startRedis({ readyTimeout = 10000, args = [] } = {}) {
   if (!fs.existsSync(REDIS_BIN)) {
     throw new Error(`redis-server not found at ${REDIS_BIN} (apt-get install redis-server, or set PHX_GATEWAY_REDIS_BIN)`);
   }
@@ -313,18 +318,18 @@ export async function startRedis({ readyTimeout = 10000 } = {}) {
     let port = await freePort();
     while (port === 6379) port = await freePort();
     try {
-      return await spawnRedis({ port, readyTimeout });
+      return await spawnRedis({ port, readyTimeout, args });
     } catch (err) {
       if (!err.exitedEarly || attempt >= 3) throw err;
     }
   }
 }
 
-async function spawnRedis({ port, readyTimeout }) {
+async function spawnRedis({ port, readyTimeout, args }) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "phx-gateway-redis-"));
   const child = spawn(
     REDIS_BIN,
-    ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir],
+    ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir, ...args],
     { cwd: dir, stdio: ["ignore", "pipe", "pipe"] },
   );
   track(child);
@@ -369,6 +374,58 @@ async function spawnRedis({ port, readyTimeout }) {
     throw err;
   }
   return { port, url: `redis://127.0.0.1:${port}`, dir, output: () => log, stop };
+}
+
+export const REDIS_CLI_BIN = process.env.PHX_GATEWAY_REDIS_CLI_BIN || "/usr/bin/redis-cli";
+
+/** Runs redis-cli with `args`; resolves with its stdout. */
+export function redisCli(args, { timeout = 30000 } = {}) {
+  return new Promise((resolve, reject) => {
+    execFile(REDIS_CLI_BIN, args, { timeout }, (err, stdout, stderr) => {
+      if (err) reject(new Error(`redis-cli ${args.join(" ")} failed: ${err.message}\n${stdout}${stderr}`));
+      else resolve(stdout);
+    });
+  });
+}
+
+/**
+ * Starts a real Redis Cluster: 6 `redis-server --cluster-enabled yes` on free ports, made
+ * 3 masters + 3 replicas by `redis-cli --cluster create`, and waits until every node says
+ * `cluster_state:ok`. Returns { nodes, urls (comma-separated seeds), stop() }.
+ */
+export async function startRedisCluster() {
+  const nodes = [];
+  try {
+    for (let i = 0; i < 6; i++) {
+      nodes.push(
+        await startRedis({
+          args: ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"],
+        }),
+      );
+    }
+    await redisCli([
+      "--cluster", "create",
+      ...nodes.map((n) => `127.0.0.1:${n.port}`),
+      "--cluster-replicas", "1", "--cluster-yes",
+    ]);
+    for (const n of nodes) {
+      await waitFor(async () => (await redisCli(["-p", String(n.port), "cluster", "info"])).includes("cluster_state:ok"), {
+        timeout: 20000,
+        interval: 100,
+        message: `redis cluster node ${n.port} to report cluster_state:ok`,
+      });
+    }
+  } catch (err) {
+    await Promise.allSettled(nodes.map((n) => n.stop()));
+    throw err;
+  }
+  return {
+    nodes,
+    urls: nodes.slice(0, 3).map((n) => n.url).join(","),
+    stop: async () => {
+      await Promise.allSettled(nodes.map((n) => n.stop()));
+    },
+  };
 }
 
 // ---------------------------------------------------------------------------
