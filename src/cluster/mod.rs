@@ -4,6 +4,7 @@
 
 pub mod keys;
 pub mod migrate;
+mod shards;
 mod single;
 
 use std::collections::HashMap;
@@ -18,6 +19,7 @@ use secrecy::ExposeSecret;
 
 use crate::config::{RedisMode, RedisSettings};
 pub use keys::Keys;
+use shards::{Seeds, Shards};
 use single::Single;
 
 /// Why a Redis operation failed.
@@ -65,12 +67,8 @@ enum Backend {
     /// One primary (`redis.url` or Sentinel).
     Single(Arc<Single>),
     /// A Redis Cluster: the crate's client routes by slot, follows MOVED/ASK and refreshes
-    /// the topology.
-    Cluster {
-        conn: ClusterConnection,
-        seeds: Arc<Vec<String>>,
-        certs: Option<Arc<[u8]>>,
-    },
+    /// the topology; rebuilt when a primary died (see `shards.rs`).
+    Cluster(Arc<Shards>),
 }
 
 /// Where pub/sub subscriptions are made.
@@ -83,27 +81,23 @@ pub enum Subscriptions {
 
 /// What a sharded subscriber needs to build its own cluster connection.
 pub struct ShardedSource {
-    seeds: Arc<Vec<String>>,
-    certs: Option<Arc<[u8]>>,
-    timeout: Duration,
+    seeds: Seeds,
 }
 
 impl ShardedSource {
     /// A RESP3 cluster connection whose pushes (messages, `sunsubscribe`, disconnections)
     /// go to `pushes`. The crate re-subscribes what it tracks when a node reconnects or the
-    /// slot map changes.
+    /// slot map changes; a new connection reads the slot map afresh.
     pub async fn connect(
         &self,
         pushes: tokio::sync::mpsc::UnboundedSender<redis::PushInfo>,
     ) -> Result<ClusterConnection, ClusterError> {
-        let client = cluster_builder(&self.seeds, self.certs.as_deref(), self.timeout)
+        let builder = self
+            .seeds
+            .builder()
             .use_protocol(redis::ProtocolVersion::RESP3)
-            .push_sender(pushes)
-            .build()?;
-        tokio::time::timeout(self.timeout, client.get_async_connection())
-            .await
-            .map_err(|_| ClusterError::Timeout)?
-            .map_err(ClusterError::from)
+            .push_sender(pushes);
+        self.seeds.connect(builder).await
     }
 }
 
@@ -119,23 +113,6 @@ fn client(url: &str, certs: Option<&[u8]>) -> Result<redis::Client, ClusterError
         )?,
         None => redis::Client::open(url)?,
     })
-}
-
-fn cluster_builder(
-    seeds: &[String],
-    certs: Option<&[u8]>,
-    timeout: Duration,
-) -> redis::cluster::ClusterClientBuilder {
-    let mut b = redis::cluster::ClusterClientBuilder::new(seeds.iter().map(String::as_str))
-        .connection_timeout(timeout)
-        .response_timeout(timeout);
-    if let Some(pem) = certs {
-        b = b.certs(redis::TlsCertificates {
-            client_tls: None,
-            root_cert: Some(pem.to_vec()),
-        });
-    }
-    b
 }
 
 /// This node's id: `<name>-<random hex>`, restricted to characters safe in key names.
@@ -190,20 +167,17 @@ impl Redis {
                 Single::connect(settings, certs.as_deref(), timeout).await?,
             )),
             RedisMode::Cluster => {
-                let seeds: Vec<String> = settings
+                let urls: Vec<String> = settings
                     .cluster_urls
                     .iter()
                     .map(|u| u.expose_secret().trim().to_owned())
                     .collect();
-                let client = cluster_builder(&seeds, certs.as_deref(), timeout).build()?;
-                let conn = tokio::time::timeout(timeout, client.get_async_connection())
-                    .await
-                    .map_err(|_| ClusterError::Timeout)??;
-                Backend::Cluster {
-                    conn,
-                    seeds: Arc::new(seeds),
+                let seeds = Seeds {
+                    urls: Arc::new(urls),
                     certs,
-                }
+                    timeout,
+                };
+                Backend::Cluster(Arc::new(Shards::connect(seeds).await?))
             }
         };
         let redis = Self {
@@ -220,17 +194,15 @@ impl Redis {
 
     /// Whether this is a Redis Cluster (sharded pub/sub, slot-bound pipelines).
     pub fn is_cluster(&self) -> bool {
-        matches!(self.backend, Backend::Cluster { .. })
+        matches!(self.backend, Backend::Cluster(_))
     }
 
     /// Where pub/sub subscriptions go; in Sentinel mode the primary is looked up again.
     pub async fn subscriptions(&self) -> Result<Subscriptions, ClusterError> {
         match &self.backend {
             Backend::Single(single) => Ok(Subscriptions::Classic(single.fresh_client().await?)),
-            Backend::Cluster { seeds, certs, .. } => Ok(Subscriptions::Sharded(ShardedSource {
-                seeds: seeds.clone(),
-                certs: certs.clone(),
-                timeout: self.timeout,
+            Backend::Cluster(shards) => Ok(Subscriptions::Sharded(ShardedSource {
+                seeds: shards.seeds.clone(),
             })),
         }
     }
@@ -240,7 +212,7 @@ impl Redis {
     pub fn generation(&self) -> u64 {
         match &self.backend {
             Backend::Single(single) => single.endpoint().generation,
-            Backend::Cluster { .. } => 0,
+            Backend::Cluster(_) => 0,
         }
     }
 
@@ -256,7 +228,10 @@ impl Redis {
                 let e = single.endpoint();
                 (Conn::Single(e.conn.clone()), e.generation)
             }
-            Backend::Cluster { conn, .. } => (Conn::Cluster(conn.clone()), 0),
+            Backend::Cluster(shards) => {
+                let (conn, generation) = shards.conn();
+                (Conn::Cluster(conn), generation)
+            }
         };
         let result = tokio::time::timeout(self.timeout, op(conn))
             .await
@@ -266,9 +241,9 @@ impl Redis {
             .record(started.elapsed().as_secs_f64());
         if let Err(e) = &result {
             ::metrics::counter!(crate::metrics::REDIS_ERRORS).increment(1);
-            if let Backend::Single(single) = &self.backend {
-                if single.wants_new_endpoint(e) {
-                    // Looked up in the background: the caller has its answer already.
+            // Renewed in the background: the caller has its answer already.
+            match &self.backend {
+                Backend::Single(single) if single.wants_new_endpoint(e) => {
                     let single = single.clone();
                     tokio::spawn(async move {
                         if let Err(e) = single.renew(generation).await {
@@ -276,6 +251,15 @@ impl Redis {
                         }
                     });
                 }
+                Backend::Cluster(shards) if shards::stale_topology(e) => {
+                    let shards = shards.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = shards.renew(generation).await {
+                            tracing::warn!(error = %e, "reading the redis cluster's slot map failed");
+                        }
+                    });
+                }
+                _ => {}
             }
         }
         result

@@ -81,6 +81,8 @@ enum SubscriberError {
     StreamEnded,
     #[error("the redis primary changed")]
     PrimaryChanged,
+    #[error("{0} sharded subscriptions not confirmed")]
+    NotConfirmed(usize),
 }
 
 /// The subscriber's connection.
@@ -327,15 +329,17 @@ impl Manager {
                                 tracing::info!(topic, "redis dropped a sharded subscription (slot moved): subscribing again");
                                 self.active.remove(&topic);
                                 retry.insert(topic);
+                                // At once: the new owner serves the slot already.
+                                retry_at = Some(Instant::now());
                             }
                         }
                         Some(Event::ShardLost) => {
                             tracing::info!("a redis shard connection was lost: subscribing its channels again");
                             retry.extend(self.active.iter().cloned());
+                            retry_at.get_or_insert(Instant::now() + RESUBSCRIBE_AFTER);
                         }
                         None => break Lost::Connection(SubscriberError::StreamEnded),
                     }
-                    retry_at.get_or_insert(Instant::now() + RESUBSCRIBE_AFTER);
                 }
                 _ = sleep_until_opt(retry_at) => {
                     retry_at = None;
@@ -428,7 +432,10 @@ impl Manager {
                     }
                 }
                 if failed > 0 {
-                    tracing::debug!(failed, "sharded subscriptions not confirmed yet; retrying");
+                    // A shard that does not confirm is down or gone: the client's slot map
+                    // may be stale (a dead primary never redirects), so a new connection
+                    // reads it afresh and subscribes everything again.
+                    return Err(SubscriberError::NotConfirmed(failed));
                 }
             }
         }

@@ -26,6 +26,8 @@ mod operations;
 mod presence;
 /// Property tests of the decoders and encoders.
 mod protocol_fuzz;
+/// Redis Cluster and Sentinel topologies, failover under traffic.
+mod redis_topologies;
 /// Channels written in Rust.
 mod rust_channels;
 /// The claims of docs/security.md.

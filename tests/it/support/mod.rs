@@ -9,6 +9,7 @@ pub(crate) mod logs;
 pub(crate) mod presence_view;
 pub(crate) mod process;
 pub(crate) mod redis_server;
+pub(crate) mod redis_topology;
 pub(crate) mod server;
 
 use std::net::TcpListener;

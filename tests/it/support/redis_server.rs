@@ -110,6 +110,21 @@ impl RedisServer {
             .unwrap_or_else(|e| panic!("redis {args:?}: {e}"))
     }
 
+    /// Runs a command; None if the server is unreachable or answers with an error.
+    pub(crate) fn try_cmd<T: redis::FromRedisValue>(&self, args: &[&str]) -> Option<T> {
+        let mut conn = self.conn()?;
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query(&mut conn).ok()
+    }
+
+    /// Whether the process is still running.
+    pub(crate) fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// Kills the server (SIGKILL): its data is gone.
     pub(crate) fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

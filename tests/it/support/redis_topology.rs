@@ -1,0 +1,353 @@
+//! Real Redis topologies for failover tests: a 3-master + 3-replica Redis Cluster, and a
+//! primary with a replica watched by three `redis-sentinel`s, all on free ports.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::free_port;
+use super::redis_server::RedisServer;
+
+/// Polls `cond` (blocking) every 50 ms until it holds, or panics naming `what`.
+fn wait_blocking(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+/// A Redis Cluster of 6 `redis-server --cluster-enabled yes`, made 3 masters + 3 replicas
+/// by `redis-cli --cluster create`.
+pub(crate) struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+/// One line of `CLUSTER NODES`.
+#[derive(Debug, Clone)]
+pub(crate) struct ClusterNode {
+    pub id: String,
+    pub port: u16,
+    pub master: bool,
+    /// Slot ranges served (masters).
+    pub slots: Vec<(u16, u16)>,
+}
+
+impl RedisCluster {
+    /// Starts the six servers and creates the cluster (`cluster-node-timeout 2000`).
+    pub(crate) fn start() -> Self {
+        let nodes: Vec<RedisServer> = (0..6)
+            .map(|_| {
+                RedisServer::start_with(
+                    &[
+                        "--port",
+                        "{port}",
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--cluster-node-timeout",
+                        "2000",
+                    ],
+                    "redis://127.0.0.1:{port}",
+                    None,
+                )
+            })
+            .collect();
+        let mut create = Command::new("redis-cli");
+        create.args(["--cluster", "create"]);
+        for n in &nodes {
+            create.arg(format!("127.0.0.1:{}", n.port));
+        }
+        let out = create
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .expect("redis-cli (apt-get install redis-tools)");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let cluster = Self { nodes };
+        cluster.wait_ok();
+        cluster
+    }
+
+    /// Waits until every live node reports `cluster_state:ok`, they agree on 3 masters, and
+    /// every replica is in sync with its master (a replica that never synced refuses to
+    /// fail over: its data would be too old).
+    pub(crate) fn wait_ok(&self) {
+        wait_blocking(
+            "cluster_state:ok on every node, replicas in sync",
+            Duration::from_secs(30),
+            || {
+                self.live().all(|n| {
+                    n.try_cmd::<String>(&["CLUSTER", "INFO"])
+                        .is_some_and(|i| i.contains("cluster_state:ok"))
+                        && n.try_cmd::<String>(&["INFO", "replication"])
+                            .is_some_and(|i| {
+                                i.contains("role:master") || i.contains("master_link_status:up")
+                            })
+                }) && self.masters().len() == 3
+            },
+        );
+    }
+
+    fn live(&self) -> impl Iterator<Item = &RedisServer> {
+        self.nodes.iter().filter(|n| n.is_running())
+    }
+
+    /// Seed URLs for `redis.cluster_urls` (comma-separated, all six).
+    pub(crate) fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(RedisServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The cluster's view (`CLUSTER NODES` from a live node), failed nodes left out.
+    pub(crate) fn topology(&self) -> Vec<ClusterNode> {
+        let text: String = self
+            .live()
+            .find_map(|n| n.try_cmd(&["CLUSTER", "NODES"]))
+            .expect("a live cluster node");
+        text.lines()
+            .filter_map(|line| {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                let flags = *f.get(2)?;
+                if flags.contains("fail") || flags.contains("noaddr") {
+                    return None;
+                }
+                let port = f
+                    .get(1)?
+                    .split('@')
+                    .next()?
+                    .rsplit(':')
+                    .next()?
+                    .parse()
+                    .ok()?;
+                let slots = f
+                    .iter()
+                    .skip(8)
+                    .filter(|s| !s.starts_with('['))
+                    .filter_map(|s| match s.split_once('-') {
+                        Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
+                        None => s.parse().ok().map(|x| (x, x)),
+                    })
+                    .collect();
+                Some(ClusterNode {
+                    id: f[0].to_owned(),
+                    port,
+                    master: flags.contains("master"),
+                    slots,
+                })
+            })
+            .collect()
+    }
+
+    /// The live masters.
+    pub(crate) fn masters(&self) -> Vec<ClusterNode> {
+        self.topology().into_iter().filter(|n| n.master).collect()
+    }
+
+    /// The slot of `key`.
+    pub(crate) fn slot(&self, key: &str) -> u16 {
+        let slot: i64 = self
+            .live()
+            .find_map(|n| n.try_cmd(&["CLUSTER", "KEYSLOT", key]))
+            .expect("a live node");
+        u16::try_from(slot).expect("slot")
+    }
+
+    /// The master that serves `key`'s slot now.
+    pub(crate) fn master_of(&self, key: &str) -> ClusterNode {
+        let slot = self.slot(key);
+        self.masters()
+            .into_iter()
+            .find(|m| m.slots.iter().any(|(a, b)| (*a..=*b).contains(&slot)))
+            .unwrap_or_else(|| panic!("no master serves slot {slot}"))
+    }
+
+    /// The server process on `port`.
+    pub(crate) fn server(&mut self, port: u16) -> &mut RedisServer {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.port == port)
+            .expect("a node on that port")
+    }
+
+    /// Runs a command on every live master and returns their replies.
+    pub(crate) fn on_masters<T: redis::FromRedisValue>(&self, args: &[&str]) -> Vec<T> {
+        self.masters()
+            .iter()
+            .filter_map(|m| self.nodes.iter().find(|n| n.port == m.port))
+            .map(|n| n.cmd(args))
+            .collect()
+    }
+
+    /// Moves `slot` (and its keys) from its master to `to` with CLUSTER SETSLOT and
+    /// MIGRATE, as `redis-cli --cluster reshard` does for one slot.
+    pub(crate) fn move_slot(&self, slot: u16, to: &ClusterNode) {
+        let from = self
+            .masters()
+            .into_iter()
+            .find(|m| m.slots.iter().any(|(a, b)| (*a..=*b).contains(&slot)))
+            .expect("the slot's master");
+        let src = self
+            .nodes
+            .iter()
+            .find(|n| n.port == from.port)
+            .expect("src");
+        let dst = self.nodes.iter().find(|n| n.port == to.port).expect("dst");
+        let s = slot.to_string();
+        dst.cmd::<()>(&["CLUSTER", "SETSLOT", &s, "IMPORTING", &from.id]);
+        src.cmd::<()>(&["CLUSTER", "SETSLOT", &s, "MIGRATING", &to.id]);
+        loop {
+            let keys: Vec<String> = src.cmd(&["CLUSTER", "GETKEYSINSLOT", &s, "100"]);
+            if keys.is_empty() {
+                break;
+            }
+            let port = to.port.to_string();
+            let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+            args.extend(keys.iter().map(String::as_str));
+            src.cmd::<()>(&args);
+        }
+        for m in self.masters() {
+            let n = self
+                .nodes
+                .iter()
+                .find(|n| n.port == m.port)
+                .expect("master");
+            n.cmd::<()>(&["CLUSTER", "SETSLOT", &s, "NODE", &to.id]);
+        }
+    }
+}
+
+/// A primary, one replica and three `redis-sentinel`s monitoring it as `mymaster`
+/// (`down-after-milliseconds 1000`).
+pub(crate) struct RedisSentinels {
+    pub primary: RedisServer,
+    pub replica: RedisServer,
+    sentinels: Vec<Child>,
+    pub sentinel_ports: Vec<u16>,
+    dir: std::path::PathBuf,
+}
+
+impl RedisSentinels {
+    /// The master name the Sentinels monitor.
+    pub(crate) const MASTER: &'static str = "mymaster";
+
+    /// Starts everything and waits until the Sentinels see the replica.
+    pub(crate) fn start() -> Self {
+        let primary = RedisServer::start();
+        let replica_of = format!("127.0.0.1 {}", primary.port);
+        let (host, port) = replica_of.split_once(' ').expect("addr");
+        let replica = RedisServer::start_with(
+            &["--port", "{port}", "--replicaof", host, port],
+            "redis://127.0.0.1:{port}",
+            None,
+        );
+        let dir = std::env::temp_dir().join(format!(
+            "phx-gw-sentinel-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).expect("sentinel dir");
+        let mut sentinels = Vec::new();
+        let mut sentinel_ports = Vec::new();
+        for i in 0..3 {
+            let sport = free_port();
+            let conf = dir.join(format!("sentinel-{i}.conf"));
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {sport}\nbind 127.0.0.1\ndir {}\n\
+                     sentinel monitor {m} 127.0.0.1 {} 2\n\
+                     sentinel down-after-milliseconds {m} 1000\n\
+                     sentinel failover-timeout {m} 5000\n\
+                     sentinel parallel-syncs {m} 1\n",
+                    dir.display(),
+                    primary.port,
+                    m = Self::MASTER,
+                ),
+            )
+            .expect("sentinel.conf");
+            let child = Command::new("redis-sentinel")
+                .arg(&conf)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-sentinel (apt-get install redis-sentinel)");
+            sentinels.push(child);
+            sentinel_ports.push(sport);
+        }
+        let s = Self {
+            primary,
+            replica,
+            sentinels,
+            sentinel_ports,
+            dir,
+        };
+        wait_blocking("the replica in sync", Duration::from_secs(20), || {
+            s.replica
+                .try_cmd::<String>(&["INFO", "replication"])
+                .is_some_and(|i| i.contains("master_link_status:up"))
+        });
+        wait_blocking(
+            "every sentinel to know the replica and the other sentinels",
+            Duration::from_secs(20),
+            || {
+                s.sentinel_ports.iter().all(|p| {
+                    sentinel_cmd(*p, &["SENTINEL", "MASTER", Self::MASTER]).is_some_and(|v| {
+                        let v = format!("{v:?}");
+                        v.contains("num-slaves") && !v.contains("\"num-slaves\", \"0\"")
+                    })
+                })
+            },
+        );
+        s
+    }
+
+    /// Sentinel URLs for `redis.sentinel_urls`.
+    pub(crate) fn urls(&self) -> String {
+        self.sentinel_ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The primary's port according to the Sentinels (the first that answers).
+    pub(crate) fn primary_port(&self) -> Option<u16> {
+        self.sentinel_ports.iter().find_map(|p| {
+            let v = sentinel_cmd(*p, &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", Self::MASTER])?;
+            let addr: Vec<String> = redis::from_redis_value(v).ok()?;
+            addr.get(1)?.parse().ok()
+        })
+    }
+}
+
+fn sentinel_cmd(port: u16, args: &[&str]) -> Option<redis::Value> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).ok()?;
+    let mut conn = client
+        .get_connection_with_timeout(Duration::from_millis(500))
+        .ok()?;
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    cmd.query(&mut conn).ok()
+}
+
+impl Drop for RedisSentinels {
+    fn drop(&mut self) {
+        for s in &mut self.sentinels {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
