@@ -2,7 +2,7 @@
 # Runs every test: Rust unit and integration tests, the phoenix.js end-to-end tests under
 # Node, the headless Chromium test of the demo page, the chart checks and a bounded fuzzing
 # run. Installs what a fresh Debian machine lacks (Chromium, Node/npm, redis-server,
-# openssl; cargo-fuzz) first; fuzzing needs the nightly toolchain.
+# redis-tools, redis-sentinel, openssl; cargo-fuzz) first; fuzzing needs the nightly toolchain.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +16,8 @@ as_root() {
 missing=()
 command -v chromium >/dev/null || [ -x /usr/bin/chromium ] || missing+=(chromium)
 command -v redis-server >/dev/null || missing+=(redis-server)
+command -v redis-cli >/dev/null || missing+=(redis-tools)
+command -v redis-sentinel >/dev/null || missing+=(redis-sentinel)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v python3 >/dev/null || missing+=(python3 python3-venv)
 command -v node >/dev/null || missing+=(nodejs)
