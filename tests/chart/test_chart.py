@@ -90,6 +90,9 @@ SCRAPE_SERIES = {"up"}
 
 SECRET_ENV = {
     "PHX_GATEWAY__REDIS__URL",
+    "PHX_GATEWAY__REDIS__CLUSTER_URLS",
+    "PHX_GATEWAY__REDIS__SENTINEL_URLS",
+    "PHX_GATEWAY__REDIS__PASSWORD",
     "PHX_GATEWAY__API__KEY",
     "PHX_GATEWAY__AUTH__SECRET_KEY_BASE",
     "PHX_GATEWAY__AUTH__JWT_SECRET",
@@ -109,6 +112,8 @@ VALUE_SETS = {
     "default": {},
     "production": load_values("production"),
     "tls-redis": load_values("tls-redis"),
+    "redis-cluster": load_values("redis-cluster"),
+    "redis-sentinel": load_values("redis-sentinel"),
     "minimal": load_values("minimal"),
 }
 
@@ -403,7 +408,7 @@ def test_no_plaintext_secrets_outside_the_secret(chart, renders, name):
             assert base64.b64encode(s.encode()).decode() not in text, f"encoded secret in a {kind}"
     assert not any(s in r.notes for s in secret_values)
     toml = r.gateway_toml()
-    assert "url" not in toml.get("redis", {})
+    assert not {"url", "cluster_urls", "sentinel_urls", "password"} & set(toml.get("redis", {}))
     assert "key" not in toml.get("api", {})
     assert not {"secret_key_base", "jwt_secret"} & set(toml.get("auth", {}))
 
@@ -435,6 +440,165 @@ def test_redis_ca_from_configmap(chart):
 def test_no_redis_ca_by_default(renders):
     assert "PHX_GATEWAY__REDIS__TLS_CA_FILE" not in renders["default"].env()
     assert "redis-ca" not in {v["name"] for v in renders["default"].pod["volumes"]}
+
+
+# --------------------------------------------------------------------------------------------
+# Redis topologies: one endpoint, Redis Cluster, Sentinel
+# --------------------------------------------------------------------------------------------
+
+REDIS_MODE_ENV = {
+    "redisUrl": "PHX_GATEWAY__REDIS__URL",
+    "redisClusterUrls": "PHX_GATEWAY__REDIS__CLUSTER_URLS",
+    "redisSentinelUrls": "PHX_GATEWAY__REDIS__SENTINEL_URLS",
+}
+# Values selecting each mode from an existing Secret, and the wording of NOTES.txt for it.
+REDIS_MODES = {
+    "redisUrl": ({"secrets": {"redisUrl": {"existingSecret": "redis"}}}, "one endpoint"),
+    "redisClusterUrls": ({"secrets": {"redisClusterUrls": {"existingSecret": "redis"}}}, "a Redis Cluster"),
+    "redisSentinelUrls": (
+        {"secrets": {"redisSentinelUrls": {"existingSecret": "redis"}}, "config": {"redis": {"sentinel_master": "mymaster"}}},
+        "through Sentinel",
+    ),
+}
+
+
+def test_redis_cluster_urls_from_the_secret(renders):
+    r = renders["redis-cluster"]
+    urls = VALUE_SETS["redis-cluster"]["secrets"]["redisClusterUrls"]["value"]
+    env = r.env()
+    assert env["PHX_GATEWAY__REDIS__CLUSTER_URLS"] == {
+        "name": "PHX_GATEWAY__REDIS__CLUSTER_URLS",
+        "valueFrom": {"secretKeyRef": {"name": FULLNAME, "key": "redis-cluster-urls"}},
+    }
+    assert not {"PHX_GATEWAY__REDIS__URL", "PHX_GATEWAY__REDIS__SENTINEL_URLS", "PHX_GATEWAY__REDIS__PASSWORD"} & set(env)
+    secret = r.one("Secret", FULLNAME)
+    data = {k: base64.b64decode(val).decode() for k, val in secret["data"].items()}
+    assert data == {"redis-cluster-urls": urls}
+    assert len(urls.split(",")) == 3
+    assert "sentinel_master" not in r.gateway_toml()["redis"]
+    assert "Redis Cluster" in r.notes and "PHX_GATEWAY__REDIS__CLUSTER_URLS" in r.notes
+    assert "WARNING" not in r.notes
+
+
+def test_redis_cluster_urls_from_an_existing_secret(chart):
+    r = render(chart, {"secrets": {"redisClusterUrls": {"existingSecret": "redis-cluster", "key": "seeds"}}})
+    assert r.env()["PHX_GATEWAY__REDIS__CLUSTER_URLS"]["valueFrom"] == {
+        "secretKeyRef": {"name": "redis-cluster", "key": "seeds"}
+    }
+    assert not r.has("Secret")
+    assert "secret redis-cluster, key seeds" in r.notes
+
+
+def test_redis_sentinel_from_the_secret_and_config(renders):
+    r = renders["redis-sentinel"]
+    v = VALUE_SETS["redis-sentinel"]
+    env = r.env()
+    assert env["PHX_GATEWAY__REDIS__SENTINEL_URLS"]["valueFrom"] == {
+        "secretKeyRef": {"name": FULLNAME, "key": "redis-sentinel-urls"}
+    }
+    assert env["PHX_GATEWAY__REDIS__PASSWORD"]["valueFrom"] == {
+        "secretKeyRef": {"name": FULLNAME, "key": "redis-password"}
+    }
+    assert not {"PHX_GATEWAY__REDIS__URL", "PHX_GATEWAY__REDIS__CLUSTER_URLS"} & set(env)
+    secret = r.one("Secret", FULLNAME)
+    data = {k: base64.b64decode(val).decode() for k, val in secret["data"].items()}
+    assert data == {
+        "redis-sentinel-urls": v["secrets"]["redisSentinelUrls"]["value"],
+        "redis-password": v["secrets"]["redisPassword"]["value"],
+    }
+    redis = r.gateway_toml()["redis"]
+    assert redis["sentinel_master"] == "mymaster"
+    assert redis["username"] == "gateway"
+    assert "Sentinel" in r.notes and '"mymaster"' in r.notes and '"gateway"' in r.notes
+    assert "password from secrets.redisPassword" in r.notes
+
+
+def test_redis_sentinel_from_existing_secrets(chart):
+    r = render(
+        chart,
+        {
+            "secrets": {
+                "redisSentinelUrls": {"existingSecret": "redis", "key": "sentinels"},
+                "redisPassword": {"existingSecret": "redis", "key": "password"},
+            },
+            "config": {"redis": {"sentinel_master": "cache-primary"}},
+        },
+    )
+    env = r.env()
+    assert env["PHX_GATEWAY__REDIS__SENTINEL_URLS"]["valueFrom"]["secretKeyRef"] == {"name": "redis", "key": "sentinels"}
+    assert env["PHX_GATEWAY__REDIS__PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "redis", "key": "password"}
+    assert not r.has("Secret")
+    redis = r.gateway_toml()["redis"]
+    assert redis["sentinel_master"] == "cache-primary" and "username" not in redis
+    assert "user default" in r.notes
+
+
+def test_default_config_has_no_sentinel_settings(renders):
+    for name in ("default", "production", "tls-redis", "redis-cluster", "minimal"):
+        redis = renders[name].gateway_toml().get("redis", {})
+        assert not {"sentinel_master", "username"} & set(redis), name
+
+
+@pytest.mark.parametrize("mode", REDIS_MODES)
+def test_redis_mode_makes_a_cluster(chart, mode):
+    values, wording = REDIS_MODES[mode]
+    values = {**copy.deepcopy(values), "replicaCount": 3, "prometheusRule": {"enabled": True}}
+    r = render(chart, values)
+    env = r.env()
+    assert env[REDIS_MODE_ENV[mode]]["valueFrom"]["secretKeyRef"]["name"] == "redis"
+    assert set(REDIS_MODE_ENV.values()) & set(env) == {REDIS_MODE_ENV[mode]}
+    assert "Cluster mode" in r.notes and wording in r.notes and f"secrets.{mode}" in r.notes
+    assert "WARNING" not in r.notes
+    alerts = {a["alert"] for a in r.one("PrometheusRule")["spec"]["groups"][0]["rules"]}
+    assert "PhxGatewayRedisDown" in alerts
+
+
+@pytest.mark.parametrize("mode", REDIS_MODES)
+def test_redis_ca_applies_to_every_mode(chart, mode):
+    values = copy.deepcopy(REDIS_MODES[mode][0])
+    values["redis"] = {"tls": {"ca": {"secretName": "redis-tls"}}}
+    r = render(chart, values)
+    assert r.env()["PHX_GATEWAY__REDIS__TLS_CA_FILE"]["value"] == "/etc/ssl/phx-gateway/redis-ca.crt"
+    volumes = {v["name"]: v for v in r.pod["volumes"]}
+    assert volumes["redis-ca"]["secret"]["secretName"] == "redis-tls"
+    assert any(m["name"] == "redis-ca" for m in r.container["volumeMounts"])
+
+
+def test_warning_when_several_pods_have_no_redis(chart):
+    for values in ({"replicaCount": 3}, {"autoscaling": {"enabled": True}}):
+        notes = render(chart, values).notes
+        assert "WARNING: no Redis is configured" in notes
+        assert "secrets.redisClusterUrls" in notes and "secrets.redisSentinelUrls" in notes
+        assert "Cluster mode" not in notes
+    assert "WARNING" not in render(chart, None).notes
+
+
+def test_warning_when_sentinel_master_has_no_sentinels(chart):
+    r = render(chart, {"config": {"redis": {"sentinel_master": "mymaster"}}})
+    assert "config.redis.sentinel_master is set but secrets.redisSentinelUrls is not" in r.notes
+
+
+def test_redis_mode_failures_say_why(chart):
+    with pytest.raises(helm.HelmRenderError, match="set only one of redisUrl"):
+        chart.render(copy.deepcopy(BAD_COMBINATIONS["Redis URL and cluster URLs"]), name=RELEASE, namespace=NAMESPACE)
+    with pytest.raises(helm.HelmRenderError, match="redisSentinelUrls needs config.redis.sentinel_master"):
+        chart.render(copy.deepcopy(BAD_COMBINATIONS["Sentinel URLs without a master name"]), name=RELEASE, namespace=NAMESPACE)
+
+
+GOOD_URL_LISTS = [
+    "redis://10.0.0.1:7000",
+    "redis://10.0.0.1:7000,redis://10.0.0.2:7000",
+    "rediss://user:pa55@redis-0:6380, rediss://user:pa55@redis-1:6380",
+]
+
+
+@pytest.mark.parametrize("urls", GOOD_URL_LISTS)
+@pytest.mark.parametrize("entry", ["redisClusterUrls", "redisSentinelUrls"])
+def test_schema_accepts_url_lists(chart, entry, urls):
+    values = {"secrets": {entry: {"value": urls}}}
+    chart.validate_schema(copy.deepcopy(values))
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    jsonschema.validate(chart.merge_values(copy.deepcopy(values)), schema, cls=jsonschema.Draft7Validator)
 
 
 def test_scheduling_defaults(renders):
@@ -681,6 +845,18 @@ BAD_VALUES = {
     "listener port in the ConfigMap": {"config": {"http": {"port": 4001}}},
     "secret in the ConfigMap": {"config": {"auth": {"jwt_secret": "x"}}},
     "Redis URL with a wrong scheme": {"secrets": {"redisUrl": {"value": "http://redis:6379"}}},
+    "cluster URL list with an http:// entry": {
+        "secrets": {"redisClusterUrls": {"value": "redis://10.0.0.1:7000,http://10.0.0.2:7000"}}
+    },
+    "cluster URL list not a URL": {"secrets": {"redisClusterUrls": {"value": "10.0.0.1:7000"}}},
+    "cluster URL list with an empty entry": {"secrets": {"redisClusterUrls": {"value": "redis://a:7000,,redis://b:7000"}}},
+    "Sentinel URL list with a wrong scheme": {"secrets": {"redisSentinelUrls": {"value": "sentinel://s:26379"}}},
+    "Redis cluster URLs in the ConfigMap": {"config": {"redis": {"cluster_urls": ["redis://x:7000"]}}},
+    "Redis Sentinel URLs in the ConfigMap": {"config": {"redis": {"sentinel_urls": ["redis://x:26379"]}}},
+    "Redis password in the ConfigMap": {"config": {"redis": {"password": "x"}}},
+    "empty Sentinel master name": {"config": {"redis": {"sentinel_master": ""}}},
+    "Redis username not a string": {"config": {"redis": {"username": 7}}},
+    "unknown field of a Redis secret entry": {"secrets": {"redisPassword": {"secret": "x"}}},
     "unknown secret entry field": {"secrets": {"apiKey": {"secretName": "x"}}},
     "unknown join policy": {"routes": [{"topic": "a", "join": "maybe"}]},
     "route without topic": {"routes": [{"join": "allow"}]},
@@ -725,6 +901,30 @@ BAD_COMBINATIONS = {
     "HPA without a metric": {"autoscaling": {"enabled": True, "targetCPUUtilizationPercentage": None}},
     "down_ms below 2 heartbeats": {"config": {"redis": {"heartbeat_ms": 5000, "down_ms": 8000}}},
     "PDB without a bound": {"podDisruptionBudget": {"maxUnavailable": None}},
+    "Redis URL and cluster URLs": {
+        "secrets": {"redisUrl": {"value": "redis://r:6379"}, "redisClusterUrls": {"value": "redis://c:7000"}}
+    },
+    "Redis URL and Sentinel URLs": {
+        "secrets": {"redisUrl": {"existingSecret": "redis"}, "redisSentinelUrls": {"existingSecret": "sentinels"}},
+        "config": {"redis": {"sentinel_master": "mymaster"}},
+    },
+    "cluster URLs and Sentinel URLs": {
+        "secrets": {"redisClusterUrls": {"existingSecret": "c"}, "redisSentinelUrls": {"value": "redis://s:26379"}},
+        "config": {"redis": {"sentinel_master": "mymaster"}},
+    },
+    "all three Redis modes": {
+        "secrets": {
+            "redisUrl": {"value": "redis://r:6379"},
+            "redisClusterUrls": {"value": "redis://c:7000"},
+            "redisSentinelUrls": {"value": "redis://s:26379"},
+        },
+        "config": {"redis": {"sentinel_master": "mymaster"}},
+    },
+    "Sentinel URLs without a master name": {"secrets": {"redisSentinelUrls": {"value": "redis://s:26379"}}},
+    "Sentinel URLs from a Secret without a master name": {
+        "secrets": {"redisSentinelUrls": {"existingSecret": "sentinels"}},
+        "config": {"redis": {"username": "gateway"}},
+    },
 }
 
 
@@ -756,7 +956,7 @@ def test_chart_readme_documents_every_value():
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     missing = [p for p in value_paths(values) if f"`{p}`" not in readme]
     assert not missing, f"values not documented in charts/phx-gateway/README.md: {missing}"
-    for entry in ("redisUrl", "apiKey", "secretKeyBase", "jwtSecret"):
+    for entry in ("redisUrl", "redisClusterUrls", "redisSentinelUrls", "redisPassword", "apiKey", "secretKeyBase", "jwtSecret"):
         for field in ("value", "existingSecret", "key"):
             assert f"`secrets.{entry}.{field}`" in readme
 
@@ -905,7 +1105,7 @@ def test_dockerfile_bakes_in_no_secret():
     ins = dockerfile_instructions()
     for word, rest in ins:
         if word in ("ENV", "ARG", "LABEL"):
-            assert not re.search(r"(PASSWORD|SECRET|TOKEN|API__KEY|REDIS__URL)\w*=", rest, re.I), rest
+            assert not re.search(r"(PASSWORD|SECRET|TOKEN|API__KEY|REDIS__(\w+_)?URLS?)\w*=", rest, re.I), rest
         if word == "COPY":
             assert not re.search(r"\.env\b|\.pem\b|\.key\b|id_rsa", rest), rest
     ignore = DOCKERIGNORE.read_text().split()
@@ -919,6 +1119,28 @@ def dockerignored(path: str) -> bool:
     return any(p.strip().rstrip("/") in (top, path) for p in patterns)
 
 
+def without_test_modules(source: str) -> str:
+    """Rust source without its `#[cfg(test)] mod name { ... }` blocks (braces counted, which is
+    enough for the modules of this repository)."""
+    out, pos = [], 0
+    for m in re.finditer(r"#\[cfg\(test\)\]\s*(?:pub(?:\([^)]*\))?\s+)?mod\s+\w+\s*\{", source):
+        if m.start() < pos:
+            continue
+        out.append(source[pos : m.start()])
+        depth, i = 1, m.end()
+        while i < len(source) and depth:
+            depth += {"{": 1, "}": -1}.get(source[i], 0)
+            i += 1
+        pos = i
+    out.append(source[pos:])
+    return "".join(out)
+
+
+def test_without_test_modules():
+    src = 'const A: &str = include_str!("a");\n#[cfg(test)]\nmod tests {\n    fn f() { include_str!("b"); }\n}\nfn g() {}\n'
+    assert without_test_modules(src) == 'const A: &str = include_str!("a");\n\nfn g() {}\n'
+
+
 def test_build_context_has_what_the_build_needs():
     ins = dockerfile_instructions()
     sources = set()
@@ -930,8 +1152,10 @@ def test_build_context_has_what_the_build_needs():
         assert (ROOT / src).exists(), f"COPY source {src} is missing"
         assert not dockerignored(src), f"COPY source {src} is excluded by .dockerignore"
     # Files compiled into the binary (include_str!/include_bytes!) must be in a copied directory.
+    # Unit-test modules (#[cfg(test)]) are not part of the release build: their fixtures need
+    # not be in the image.
     for rs in (ROOT / "src").rglob("*.rs"):
-        for inc in re.findall(r'include_(?:str|bytes)!\(\s*"([^"]+)"', rs.read_text()):
+        for inc in re.findall(r'include_(?:str|bytes)!\(\s*"([^"]+)"', without_test_modules(rs.read_text())):
             target = (rs.parent / inc).resolve().relative_to(ROOT).as_posix()
             assert any(target == s or target.startswith(s + "/") for s in sources), (
                 f"{rs.relative_to(ROOT)} includes {target}, which docker/Dockerfile does not copy"

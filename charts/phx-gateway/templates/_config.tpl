@@ -8,7 +8,9 @@ Services and volumes, and win over the image's own ENV defaults.
 # phx-gateway configuration rendered by the {{ include "phx-gateway.chart" . }} Helm chart
 # (release {{ .Release.Name }}). Edit the chart values, not this file. Keys: docs/configuration.md.
 # Set as environment variables by the chart: http.host, http.port, admin.host, admin.port,
-# shutdown.drain_ms, demo.enabled, redis.url, redis.tls_ca_file and the secrets.
+# shutdown.drain_ms, demo.enabled, redis.tls_ca_file and the secrets (redis.url,
+# redis.cluster_urls, redis.sentinel_urls, redis.password, api.key, auth.secret_key_base,
+# auth.jwt_secret).
 {{- range $section, $settings := .Values.config }}
 {{- if not (kindIs "map" $settings) }}
 {{- fail (printf "config.%s must be a map of settings" $section) }}

@@ -74,10 +74,14 @@ Image.
 {{- end }}
 
 {{/*
-Secret settings: values key -> environment variable of the gateway.
+Secret settings: values key -> environment variable of the gateway. The Redis URLs are
+secrets because they may carry credentials (user:password@).
 */}}
 {{- define "phx-gateway.secretEnvNames" -}}
 redisUrl: PHX_GATEWAY__REDIS__URL
+redisClusterUrls: PHX_GATEWAY__REDIS__CLUSTER_URLS
+redisSentinelUrls: PHX_GATEWAY__REDIS__SENTINEL_URLS
+redisPassword: PHX_GATEWAY__REDIS__PASSWORD
 apiKey: PHX_GATEWAY__API__KEY
 secretKeyBase: PHX_GATEWAY__AUTH__SECRET_KEY_BASE
 jwtSecret: PHX_GATEWAY__AUTH__JWT_SECRET
@@ -99,10 +103,26 @@ existingSecret).
 {{- end }}
 
 {{/*
-"true" when the pods are cluster nodes (a Redis URL is configured).
+The Redis topologies configured, comma-separated, by their secrets entry: redisUrl (one
+endpoint), redisClusterUrls (a Redis Cluster), redisSentinelUrls (a primary found through
+Sentinel). The gateway accepts one; "phx-gateway.validate" refuses more.
+*/}}
+{{- define "phx-gateway.redisModes" -}}
+{{- $modes := list }}
+{{- range $name := list "redisUrl" "redisClusterUrls" "redisSentinelUrls" }}
+{{- $entry := index $.Values.secrets $name | default dict }}
+{{- if or $entry.existingSecret $entry.value }}
+{{- $modes = append $modes $name }}
+{{- end }}
+{{- end }}
+{{- join "," $modes }}
+{{- end }}
+
+{{/*
+"true" when the pods are cluster nodes (some Redis topology is configured).
 */}}
 {{- define "phx-gateway.redisEnabled" -}}
-{{- if or .Values.secrets.redisUrl.existingSecret .Values.secrets.redisUrl.value }}true{{ end }}
+{{- if include "phx-gateway.redisModes" . }}true{{ end }}
 {{- end }}
 
 {{/*
@@ -172,7 +192,14 @@ Checks that span several values (the schema checks each value on its own).
 {{- if and $hpa.enabled (kindIs "invalid" $hpa.targetCPUUtilizationPercentage) (kindIs "invalid" $hpa.targetMemoryUtilizationPercentage) (not $hpa.sockets.enabled) }}
 {{- fail "autoscaling: no metric (set targetCPUUtilizationPercentage, targetMemoryUtilizationPercentage or sockets.enabled)" }}
 {{- end }}
+{{- $modes := include "phx-gateway.redisModes" . }}
+{{- if contains "," $modes }}
+{{- fail (printf "secrets: set only one of redisUrl (one endpoint), redisClusterUrls (Redis Cluster) and redisSentinelUrls (Sentinel); set: %s" (replace "," ", " $modes)) }}
+{{- end }}
 {{- $redis := .Values.config.redis | default dict }}
+{{- if and (eq $modes "redisSentinelUrls") (not (trim (toString ($redis.sentinel_master | default "")))) }}
+{{- fail "secrets.redisSentinelUrls needs config.redis.sentinel_master (the name under which the Sentinels monitor the master)" }}
+{{- end }}
 {{- if and (hasKey $redis "heartbeat_ms") (hasKey $redis "down_ms") }}
 {{- if lt (int $redis.down_ms) (mul 2 (int $redis.heartbeat_ms)) }}
 {{- fail "config.redis.down_ms must be at least 2 × config.redis.heartbeat_ms" }}
