@@ -54,6 +54,13 @@ function appendMessage({ user, body }) {
   ui.messages.scrollTop = ui.messages.scrollHeight;
 }
 
+function appendNotice(text) {
+  const li = document.createElement("li");
+  li.className = "notice";
+  li.textContent = text;
+  ui.messages.append(li);
+}
+
 async function main() {
   $("user-name").textContent = userName;
 
@@ -68,16 +75,27 @@ async function main() {
   socket.onError(() => setStatus("disconnected", "connection error, reconnecting…"));
   socket.connect();
 
-  const channel = socket.channel("room:lobby", {});
+  // History (docs/history.md): a new tab asks for the last 50 messages; after a lost
+  // connection the rejoin asks for everything after the last message it showed.
+  let position = null;
+  const channel = socket.channel("room:lobby", () =>
+    position ? { history: { since: position } } : { history: { last: 50 } },
+  );
 
   const presence = new Presence(channel);
   presence.onSync(() => renderPresence(presence));
 
-  channel.on("new_msg", appendMessage);
+  channel.on("new_msg", (msg, ref) => {
+    position = ref;
+    appendMessage(msg);
+  });
 
   channel
     .join()
-    .receive("ok", () => {
+    .receive("ok", (resp) => {
+      if (resp.history && resp.history.recovered === false && position) {
+        appendNotice("some messages were missed while offline");
+      }
       setStatus("joined", "online");
       ui.input.disabled = false;
       ui.input.focus();

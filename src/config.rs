@@ -620,6 +620,16 @@ pub struct RouteSettings {
     /// Backend URL for client events no other setting handles.
     #[serde(default)]
     pub event_webhook: Option<String>,
+    /// Messages kept per topic for recovery and backfill (docs/history.md); 0: no history.
+    #[serde(default)]
+    pub history_size: usize,
+    /// How long a topic's history outlives its last message, in seconds.
+    #[serde(default = "default_history_ttl_s")]
+    pub history_ttl_s: u64,
+}
+
+fn default_history_ttl_s() -> u64 {
+    300
 }
 
 fn default_join_claim() -> String {
@@ -651,6 +661,8 @@ pub fn default_routes() -> Vec<RouteSettings> {
         join_claim: default_join_claim(),
         join_webhook: None,
         event_webhook: None,
+        history_size: 100,
+        history_ttl_s: default_history_ttl_s(),
     };
     vec![
         RouteSettings {
@@ -661,6 +673,7 @@ pub fn default_routes() -> Vec<RouteSettings> {
             broadcast: vec![],
             broadcast_from: vec![],
             echo: vec![],
+            history_size: 0,
             ..room("room:private:*")
         },
         room("room:lobby"),

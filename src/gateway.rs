@@ -217,6 +217,11 @@ impl Gateway {
         &self.transport
     }
 
+    /// The history kept for `topic` by its route (see `Channel::history`).
+    pub fn history_of(&self, topic: &str) -> Option<crate::pubsub::Retention> {
+        self.transport.socket.router.history(topic)
+    }
+
     /// This node's id: the Redis node id in a cluster, `local` otherwise.
     pub fn node_id(&self) -> &str {
         &self.transport.node_id

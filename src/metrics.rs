@@ -48,6 +48,12 @@ pub const REDIS_ERRORS: &str = "phx_gateway_redis_errors_total";
 pub const REDIS_UP: &str = "phx_gateway_redis_up";
 /// Pub/sub reconnections.
 pub const REDIS_RECONNECTS: &str = "phx_gateway_redis_reconnects_total";
+/// History appends (`result`: ok, error).
+pub const HISTORY_APPENDS: &str = "phx_gateway_history_appends_total";
+/// Joins that asked to recover from a position (`result`: recovered, failed, error).
+pub const HISTORY_RECOVERIES: &str = "phx_gateway_history_recoveries_total";
+/// Messages pushed from history to joiners (recovery and backfill).
+pub const HISTORY_REPLAYED: &str = "phx_gateway_history_replayed_total";
 /// Channels subscribed again after Redis dropped them (shard lost, slot moved).
 pub const REDIS_RESUBSCRIBES: &str = "phx_gateway_redis_resubscribes_total";
 /// Broadcasts not published to Redis (queue full or Redis unavailable).
@@ -143,6 +149,18 @@ fn describe() {
     describe_counter!(
         REDIS_RECONNECTS,
         "Redis reconnections (subscriber connection, or a new primary's connection)."
+    );
+    describe_counter!(
+        HISTORY_APPENDS,
+        "Broadcasts appended to a topic's history (result: ok, error)."
+    );
+    describe_counter!(
+        HISTORY_RECOVERIES,
+        "Joins that asked to recover from a position (result: recovered, failed, error)."
+    );
+    describe_counter!(
+        HISTORY_REPLAYED,
+        "Messages pushed from history to joiners (recovery and backfill)."
     );
     describe_counter!(
         REDIS_RESUBSCRIBES,

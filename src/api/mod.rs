@@ -186,7 +186,9 @@ async fn broadcast(
         }
     }
     let count = valid.len();
-    for b in valid {
+    for mut b in valid {
+        // Kept in the topic's history like the channel's own broadcasts.
+        b.retention = gateway.history_of(&b.topic);
         gateway.pubsub.broadcast(Arc::new(b), None);
     }
     HttpResponse::Accepted().json(json!({"ok": true, "count": count}))

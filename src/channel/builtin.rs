@@ -3,7 +3,7 @@
 //! to the backend. No Rust needed for common cases.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use serde_json::{json, Map, Value};
@@ -13,6 +13,7 @@ use super::{Channel, Context, Reply, Router, TopicPattern};
 use crate::config::{JoinPolicy, PresenceOrder, RouteSettings};
 use crate::presence::Meta;
 use crate::protocol::Payload;
+use crate::pubsub::Retention;
 
 /// Builds a router from configured routes; `webhooks` serves routes that call the backend.
 pub fn router(
@@ -168,6 +169,13 @@ impl BuiltinChannel {
 
 #[async_trait]
 impl Channel for BuiltinChannel {
+    fn history(&self) -> Option<Retention> {
+        (self.route.history_size > 0).then(|| Retention {
+            size: self.route.history_size,
+            ttl: Duration::from_secs(self.route.history_ttl_s.max(1)),
+        })
+    }
+
     async fn join(&mut self, ctx: &mut Context, payload: Payload) -> Result<Value, Value> {
         let params = match payload {
             Payload::Json(Value::Object(params)) => params,

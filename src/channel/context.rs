@@ -8,7 +8,9 @@ use super::SocketInfo;
 use crate::outbox::Outbox;
 use crate::presence::{Meta, Presence, PresenceError};
 use crate::protocol::{events, Frame, Outbound, Payload, Ref};
-use crate::pubsub::{Broadcast, Gate, PubSub, PubSubError, Subscriber, SubscriberId};
+use crate::pubsub::{
+    Broadcast, Gate, PubSub, PubSubError, Replay, Retention, Since, Subscriber, SubscriberId,
+};
 
 /// The state and capabilities of one channel incarnation, owned by its actor.
 pub struct Context {
@@ -22,6 +24,8 @@ pub struct Context {
     presence: Arc<dyn Presence>,
     id: SubscriberId,
     gate: Arc<Gate>,
+    /// The topic's history bounds (the channel's `history()`), given to its broadcasts.
+    retention: Option<Retention>,
 }
 
 impl Context {
@@ -45,7 +49,21 @@ impl Context {
             presence,
             id,
             gate: Arc::new(Gate::new()),
+            retention: None,
         }
+    }
+
+    pub(crate) fn set_retention(&mut self, retention: Option<Retention>) {
+        self.retention = retention;
+    }
+
+    /// Reads the topic's history (after subscribing; see [`crate::pubsub::PubSub::history`]).
+    pub(crate) async fn history(
+        &self,
+        retention: Retention,
+        since: &Since,
+    ) -> Result<Replay, PubSubError> {
+        self.pubsub.history(&self.topic, retention, since).await
     }
 
     /// The channel's topic.
@@ -117,7 +135,9 @@ impl Context {
     }
 
     fn message(&self, event: &str, payload: Payload) -> Arc<Broadcast> {
-        Arc::new(Broadcast::new(self.topic.clone(), event, payload))
+        let mut msg = Broadcast::new(self.topic.clone(), event, payload);
+        msg.retention = self.retention;
+        Arc::new(msg)
     }
 
     /// Tracks a presence for this channel under `key`; it leaves when the channel ends.

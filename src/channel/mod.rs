@@ -127,6 +127,13 @@ pub trait Channel: Send + 'static {
         Reply::unhandled()
     }
 
+    /// The topic's history (docs/history.md): with `Some`, every broadcast of this channel
+    /// is kept within these bounds and gets a position, and a join may ask for
+    /// `history: {last: N}` or `history: {since: position}`.
+    fn history(&self) -> Option<crate::pubsub::Retention> {
+        None
+    }
+
     /// Events whose broadcasts go through [`Channel::handle_out`] instead of the fastlane.
     fn intercepts(&self) -> Vec<String> {
         Vec::new()

@@ -76,6 +76,12 @@ impl Router {
         Ok(self)
     }
 
+    /// The history kept for `topic` by the channel that serves it (None: no history, or
+    /// no route).
+    pub fn history(&self, topic: &str) -> Option<crate::pubsub::Retention> {
+        self.find(topic).and_then(|f| f.create(topic).history())
+    }
+
     /// The factory for `topic`, if a route matches.
     pub fn find(&self, topic: &str) -> Option<&Arc<dyn ChannelFactory>> {
         self.routes

@@ -12,7 +12,9 @@ use tracing::Instrument;
 
 use super::{Channel, ChannelExit, Context, Outgoing, Reply, Termination};
 use crate::protocol::{events, Outbound, Payload, Ref};
-use crate::pubsub::{Broadcast, Intercept, Subscriber, Target};
+use crate::pubsub::{
+    encode_broadcast, Broadcast, Intercept, Replay, Retention, Since, Subscriber, Target,
+};
 
 /// A message from the socket to a channel actor.
 #[derive(Debug)]
@@ -93,6 +95,26 @@ struct Actor {
 
 impl Actor {
     async fn run(mut self, req: JoinRequest, capacity: usize) {
+        let retention = self.channel.history();
+        self.ctx.set_retention(retention);
+        // What the joiner asks of the topic's history: checked before the channel sees the
+        // join, so a malformed request is refused the same way on every route.
+        let since = match (retention, req.payload.as_json()) {
+            (Some(_), Some(p)) => match Since::from_join(p) {
+                Ok(since) => since,
+                Err(e) => {
+                    tracing::debug!(error = %e, "join with an invalid history request");
+                    ::metrics::counter!(crate::metrics::JOINS, "result" => "refused").increment(1);
+                    self.refuse(
+                        &req.msg_ref,
+                        json!({"reason": format!("invalid history: {e}")}),
+                        req.replaces.as_ref(),
+                    );
+                    return self.finish().await;
+                }
+            },
+            _ => None,
+        };
         let joined = AssertUnwindSafe(self.channel.join(&mut self.ctx, req.payload))
             .catch_unwind()
             .await;
@@ -134,13 +156,6 @@ impl Actor {
                 Some(rx),
             )
         };
-        let reply = self.ctx.outbox().serializer().encode(&Outbound::Reply {
-            join_ref: self.ctx.join_ref(),
-            msg_ref: &req.msg_ref,
-            topic: self.ctx.topic(),
-            status: "ok",
-            response: &Payload::Json(response),
-        });
         let sub = Subscriber {
             id: self.ctx.id(),
             target: Target::Socket {
@@ -149,8 +164,26 @@ impl Actor {
                 gate: Some(self.ctx.gate().clone()),
             },
         };
-        // The reply is queued atomically with the subscription: it precedes every broadcast.
-        if let Err(e) = self.ctx.pubsub_subscribe(sub, reply.ok()).await {
+        let subscribed = match retention {
+            // The reply is queued atomically with the subscription: it precedes every
+            // broadcast.
+            None => {
+                let reply = self.encode_join_reply(&req.msg_ref, response);
+                self.ctx.pubsub_subscribe(sub, reply).await
+            }
+            // Subscribed first (live messages are held by the closed gate), then the history
+            // is read: every message is in the read or arrives live, and the gate drops the
+            // live ones the replay holds.
+            Some(retention) => match self.ctx.pubsub_subscribe(sub, None).await {
+                Ok(()) => {
+                    self.join_with_history(&req.msg_ref, response, retention, since.as_ref())
+                        .await;
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            },
+        };
+        if let Err(e) = subscribed {
             tracing::warn!(error = %e, "subscribe failed");
             self.ctx.send_control(
                 events::ERROR,
@@ -270,6 +303,91 @@ impl Actor {
     }
 
     /// Replies `error` to the join; the channel never existed.
+    fn encode_join_reply(&self, msg_ref: &Ref, response: Value) -> Option<crate::protocol::Frame> {
+        self.ctx
+            .outbox()
+            .serializer()
+            .encode(&Outbound::Reply {
+                join_ref: self.ctx.join_ref(),
+                msg_ref,
+                topic: self.ctx.topic(),
+                status: "ok",
+                response: &Payload::Json(response),
+            })
+            .ok()
+    }
+
+    /// Replies to a join on a route with history and pushes what it asked for: the reply
+    /// says whether the recovery worked and the topic's position; the replayed messages
+    /// follow it, in order, before anything live.
+    async fn join_with_history(
+        &mut self,
+        msg_ref: &Ref,
+        mut response: Value,
+        retention: Retention,
+        since: Option<&Since>,
+    ) {
+        let replay = match since {
+            Some(since) => match self.ctx.history(retention, since).await {
+                Ok(replay) => Some(replay),
+                Err(e) => {
+                    tracing::warn!(error = %e, "history read failed: nothing replayed");
+                    if matches!(since, Since::After(_)) {
+                        ::metrics::counter!(crate::metrics::HISTORY_RECOVERIES, "result" => "error")
+                            .increment(1);
+                    }
+                    Some(Replay::default())
+                }
+            },
+            None => None,
+        };
+        if let (Some(replay), Value::Object(obj)) = (&replay, &mut response) {
+            obj.insert(
+                "history".into(),
+                json!({
+                    "recovered": replay.recovered,
+                    "position": replay.position.as_ref().map(ToString::to_string),
+                }),
+            );
+        }
+        if let Some(reply) = self.encode_join_reply(msg_ref, response) {
+            self.ctx.outbox().push(reply);
+        }
+        let Some(replay) = replay else { return };
+        if let Some(Since::After(_)) = since {
+            if replay.position.is_some() || !replay.recovered {
+                let result = if replay.recovered {
+                    "recovered"
+                } else {
+                    "failed"
+                };
+                ::metrics::counter!(crate::metrics::HISTORY_RECOVERIES, "result" => result)
+                    .increment(1);
+            }
+        }
+        if !replay.recovered {
+            return;
+        }
+        let serializer = self.ctx.outbox().serializer();
+        for msg in &replay.messages {
+            if let Some(frame) = encode_broadcast(serializer, msg) {
+                self.ctx.outbox().push(frame);
+            }
+        }
+        ::metrics::counter!(crate::metrics::HISTORY_REPLAYED)
+            .increment(replay.messages.len() as u64);
+        let upto = replay
+            .messages
+            .last()
+            .and_then(|m| m.position.clone())
+            .into_iter()
+            .chain(replay.position.clone())
+            .max_by(|a, b| a.cmp_in_epoch(b).unwrap_or(std::cmp::Ordering::Equal));
+        if let Some(upto) = upto {
+            self.ctx.gate().replayed_up_to(upto);
+        }
+    }
+
     fn refuse(&self, msg_ref: &Ref, reason: Value, replaces: Option<&Ref>) {
         self.ctx.reply(msg_ref, "error", &Payload::Json(reason));
         if let Some(old) = replaces {

@@ -73,6 +73,16 @@ impl Keys {
         format!("{}:ps:{{{}}}", self.prefix, escape(topic))
     }
 
+    /// The history stream of a topic (same slot as its channel): `phx:h:{<topic>}`.
+    pub fn history(&self, topic: &str) -> String {
+        format!("{}:h:{{{}}}", self.prefix, escape(topic))
+    }
+
+    /// The epoch of a topic's history stream: `phx:he:{<topic>}`.
+    pub fn history_epoch(&self, topic: &str) -> String {
+        format!("{}:he:{{{}}}", self.prefix, escape(topic))
+    }
+
     /// The set of live node ids: `phx:nodes`.
     pub fn nodes(&self) -> String {
         format!("{}:nodes", self.prefix)

@@ -314,7 +314,8 @@ impl Redis {
 
     /// Groups `cmds` into single-slot pipelines (one pipeline with one Redis) and runs them;
     /// each result comes with the input positions of its commands.
-    async fn each_slot(
+    #[allow(clippy::type_complexity)]
+    pub async fn each_slot(
         &self,
         cmds: Vec<(String, redis::Cmd)>,
     ) -> Vec<(Vec<usize>, Result<Vec<redis::Value>, ClusterError>)> {

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{Broadcast, Seq};
+use super::{Broadcast, Position, Seq};
 use crate::protocol::Payload;
 
 /// The envelope version this gateway writes and reads.
@@ -56,6 +56,9 @@ struct In {
     /// The presence change number of a `presence_diff`.
     #[serde(default)]
     seq: Option<u64>,
+    /// The history position, added by the append script (`<epoch>:<stream id>`).
+    #[serde(default)]
+    pos: Option<String>,
     #[serde(default)]
     ts: u64,
 }
@@ -147,6 +150,8 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope, EnvelopeError> {
                 .seq
                 .filter(|_| raw.event == crate::protocol::events::PRESENCE_DIFF)
                 .map(Seq::Change),
+            position: raw.pos.as_deref().and_then(Position::parse),
+            retention: None,
             topic: raw.topic,
             event: raw.event,
             payload,
@@ -177,6 +182,19 @@ mod tests {
         let bytes = encode("n", None, 0, &diff);
         assert!(std::str::from_utf8(&bytes).unwrap().contains(r#""seq":42"#));
         assert_eq!(decode(&bytes).unwrap().broadcast, diff);
+    }
+
+    #[test]
+    fn the_append_script_s_position_is_read() {
+        let e = decode(br#"{"pos":"ab12:1700-3","v":1,"node":"n","topic":"room:1","event":"new_msg","payload":{}}"#)
+            .unwrap();
+        assert_eq!(
+            e.broadcast.position,
+            Some(Position {
+                epoch: "ab12".into(),
+                offset: (1700, 3)
+            })
+        );
     }
 
     #[test]

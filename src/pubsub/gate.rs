@@ -8,11 +8,15 @@
 //! - it opens with the snapshot and its number `n`: held presence changes numbered `n` or
 //!   less are dropped, and so are later ones (still in flight from other nodes), so the
 //!   client receives exactly the changes after its snapshot.
+//!
+//! History works the same way: a joiner that replays a topic's history opens its gate with
+//! the position of the last message replayed, and live messages at or before it (which the
+//! replay held) are dropped: each message exactly once, in position order.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use super::Seq;
+use super::{Position, Seq};
 use crate::outbox::{CloseReason, Outbox};
 use crate::protocol::Frame;
 
@@ -23,13 +27,18 @@ pub struct Gate {
     open: AtomicBool,
     /// Presence changes numbered this or less are not delivered.
     floor: AtomicU64,
+    /// History messages at or before this position (same epoch) are not delivered.
+    replayed: Mutex<Option<Position>>,
     held: Mutex<Held>,
 }
+
+/// A held frame and what decides whether it is still wanted.
+type HeldFrame = (Option<Seq>, Option<Position>, Frame);
 
 #[derive(Default)]
 struct Held {
     open: bool,
-    frames: Vec<(Option<Seq>, Frame)>,
+    frames: Vec<HeldFrame>,
     bytes: usize,
 }
 
@@ -44,7 +53,17 @@ impl Gate {
         self.held.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn wanted(&self, seq: Option<Seq>) -> bool {
+    fn wanted(&self, seq: Option<Seq>, position: Option<&Position>) -> bool {
+        if let Some(p) = position {
+            let replayed = self.replayed.lock().unwrap_or_else(|e| e.into_inner());
+            if replayed
+                .as_ref()
+                .and_then(|r| p.cmp_in_epoch(r))
+                .is_some_and(|o| o.is_le())
+            {
+                return false;
+            }
+        }
         match seq {
             Some(Seq::Change(n)) => n > self.floor.load(Ordering::Acquire),
             Some(Seq::State(n)) => {
@@ -57,7 +76,13 @@ impl Gate {
 
     /// Delivers a fastlane frame: held while closed, dropped if the subscriber already has
     /// it, else queued. False if it was not queued (dropped, or the outbox refused it).
-    pub fn deliver(&self, outbox: &Outbox, seq: Option<Seq>, frame: Frame) -> bool {
+    pub fn deliver(
+        &self,
+        outbox: &Outbox,
+        seq: Option<Seq>,
+        position: Option<&Position>,
+        frame: Frame,
+    ) -> bool {
         if !self.open.load(Ordering::Acquire) {
             let mut held = self.held();
             if !held.open {
@@ -72,11 +97,17 @@ impl Gate {
                     return false;
                 }
                 held.bytes += frame.len();
-                held.frames.push((seq, frame));
+                held.frames.push((seq, position.cloned(), frame));
                 return true;
             }
         }
-        self.wanted(seq) && outbox.push(frame)
+        self.wanted(seq, position) && outbox.push(frame)
+    }
+
+    /// Marks history as replayed up to `position`: live messages at or before it are not
+    /// delivered (they were replayed, or held while the replay was read).
+    pub fn replayed_up_to(&self, position: Position) {
+        *self.replayed.lock().unwrap_or_else(|e| e.into_inner()) = Some(position);
     }
 
     /// Opens the gate: queues `first` (the snapshot, numbered `seq`), then the frames held
@@ -90,8 +121,8 @@ impl Gate {
         if let Some(frame) = first {
             outbox.push(frame);
         }
-        for (seq, frame) in std::mem::take(&mut held.frames) {
-            if self.wanted(seq) {
+        for (seq, position, frame) in std::mem::take(&mut held.frames) {
+            if self.wanted(seq, position.as_ref()) {
                 outbox.push(frame);
             }
         }
@@ -120,28 +151,67 @@ mod tests {
     async fn holds_until_open_then_skips_what_the_snapshot_has() {
         let (ob, mut rx) = outbox(Serializer::V2, 16);
         let gate = Gate::new();
-        assert!(gate.deliver(&ob, Some(Seq::Change(3)), f("d3")));
-        assert!(gate.deliver(&ob, None, f("msg")));
-        assert!(gate.deliver(&ob, Some(Seq::Change(5)), f("d5")));
+        assert!(gate.deliver(&ob, Some(Seq::Change(3)), None, f("d3")));
+        assert!(gate.deliver(&ob, None, None, f("msg")));
+        assert!(gate.deliver(&ob, Some(Seq::Change(5)), None, f("d5")));
         assert!(rx.rx.try_recv().is_err(), "held while closed");
         gate.open(&ob, Some(f("state4")), Some(4));
         let got: Vec<Frame> = std::iter::from_fn(|| rx.rx.try_recv().ok()).collect();
         assert_eq!(got, vec![f("state4"), f("msg"), f("d5")]);
-        assert!(!gate.deliver(&ob, Some(Seq::Change(4)), f("late d4")));
-        assert!(gate.deliver(&ob, Some(Seq::Change(6)), f("d6")));
+        assert!(!gate.deliver(&ob, Some(Seq::Change(4)), None, f("late d4")));
+        assert!(gate.deliver(&ob, Some(Seq::Change(6)), None, f("d6")));
         assert_eq!(rx.rx.try_recv(), Ok(f("d6")));
         // A later snapshot raises the floor.
-        assert!(gate.deliver(&ob, Some(Seq::State(9)), f("state9")));
-        assert!(!gate.deliver(&ob, Some(Seq::Change(8)), f("d8")));
+        assert!(gate.deliver(&ob, Some(Seq::State(9)), None, f("state9")));
+        assert!(!gate.deliver(&ob, Some(Seq::Change(8)), None, f("d8")));
+    }
+
+    #[tokio::test]
+    async fn a_replay_and_the_live_stream_meet_exactly_once() {
+        let (ob, mut rx) = outbox(Serializer::V2, 16);
+        let gate = Gate::new();
+        let at = |n| Position {
+            epoch: "e".into(),
+            offset: (n, 0),
+        };
+        // Live messages 3 and 4 arrive while the replay (1..=3) is being read.
+        assert!(gate.deliver(&ob, None, Some(&at(3)), f("live3")));
+        assert!(gate.deliver(&ob, None, Some(&at(4)), f("live4")));
+        for n in 1..=3 {
+            ob.push(f(&format!("replay{n}")));
+        }
+        gate.replayed_up_to(at(3));
+        gate.open(&ob, None, None);
+        assert!(!gate.deliver(&ob, None, Some(&at(2)), f("late2")));
+        assert!(gate.deliver(&ob, None, Some(&at(5)), f("live5")));
+        let other = Position {
+            epoch: "new".into(),
+            offset: (1, 0),
+        };
+        assert!(gate.deliver(&ob, None, Some(&other), f("new epoch")));
+        let got: Vec<Frame> = std::iter::from_fn(|| rx.rx.try_recv().ok()).collect();
+        assert_eq!(
+            got,
+            [
+                "replay1",
+                "replay2",
+                "replay3",
+                "live4",
+                "live5",
+                "new epoch"
+            ]
+            .map(f)
+            .to_vec()
+        );
     }
 
     #[tokio::test]
     async fn holding_is_bounded_like_the_outbox() {
         let (ob, rx) = outbox(Serializer::V2, 2);
         let gate = Gate::new();
-        assert!(gate.deliver(&ob, None, f("a")));
-        assert!(gate.deliver(&ob, None, f("b")));
-        assert!(!gate.deliver(&ob, None, f("c")));
+        assert!(gate.deliver(&ob, None, None, f("a")));
+        assert!(gate.deliver(&ob, None, None, f("b")));
+        assert!(!gate.deliver(&ob, None, None, f("c")));
         assert_eq!(rx.close_requested().await, CloseReason::SlowConsumer);
     }
 }

@@ -4,13 +4,17 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::{Broadcast, PubSub, PubSubError, Registry, Subscriber, SubscriberId};
+use super::history::MemoryHistory;
+use super::{
+    Broadcast, PubSub, PubSubError, Registry, Replay, Retention, Since, Subscriber, SubscriberId,
+};
 use crate::protocol::Frame;
 
 /// In-memory pub/sub for one node.
 #[derive(Default)]
 pub struct LocalPubSub {
     registry: Registry,
+    history: MemoryHistory,
 }
 
 impl LocalPubSub {
@@ -42,7 +46,17 @@ impl PubSub for LocalPubSub {
     }
 
     fn broadcast(&self, msg: Arc<Broadcast>, from: Option<SubscriberId>) {
-        self.registry.dispatch(&msg, from);
+        match msg.retention {
+            Some(retention) => {
+                self.history.append(&msg, retention, |stored| {
+                    self.registry.dispatch(stored, from);
+                });
+                ::metrics::counter!(crate::metrics::HISTORY_APPENDS, "result" => "ok").increment(1);
+            }
+            None => {
+                self.registry.dispatch(&msg, from);
+            }
+        }
     }
 
     fn local_broadcast(&self, msg: Arc<Broadcast>, from: Option<SubscriberId>) {
@@ -51,5 +65,14 @@ impl PubSub for LocalPubSub {
 
     fn local_subscribers(&self, topic: &str) -> usize {
         self.registry.subscriber_count(topic)
+    }
+
+    async fn history(
+        &self,
+        topic: &str,
+        retention: Retention,
+        since: &Since,
+    ) -> Result<Replay, PubSubError> {
+        Ok(self.history.read(topic, retention, since))
     }
 }

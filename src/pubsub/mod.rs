@@ -7,8 +7,10 @@
 
 pub mod envelope;
 mod gate;
+pub mod history;
 mod local;
 pub mod redis;
+mod redis_history;
 mod registry;
 mod subscriber;
 
@@ -23,7 +25,9 @@ use crate::protocol::{Frame, Payload};
 
 pub use self::redis::{RedisPubSub, RedisStats};
 pub use gate::Gate;
+pub use history::{Position, Replay, Retention, Since};
 pub use local::LocalPubSub;
+pub(crate) use registry::encode_broadcast;
 pub use registry::{DispatchStats, Registry};
 
 /// Identifies one subscriber (one channel incarnation, or a socket's id subscription).
@@ -60,6 +64,10 @@ pub struct Broadcast {
     pub payload: Payload,
     /// Its place in the topic's presence sequence (presence messages only).
     pub seq: Option<Seq>,
+    /// Its place in the topic's history (routes with history), carried in the frame's ref.
+    pub position: Option<Position>,
+    /// Keep it in the topic's history, within these bounds (set by the route on publish).
+    pub retention: Option<Retention>,
 }
 
 impl Broadcast {
@@ -70,6 +78,8 @@ impl Broadcast {
             event: event.into(),
             payload,
             seq: None,
+            position: None,
+            retention: None,
         }
     }
 }
@@ -172,4 +182,14 @@ pub trait PubSub: Send + Sync + 'static {
 
     /// Number of this node's subscribers of a topic.
     fn local_subscribers(&self, topic: &str) -> usize;
+
+    /// Reads a topic's history kept with `retention` (see [`Replay`]). Read after
+    /// subscribing, so that every message is in the history read or arrives live (or both:
+    /// the gate drops what the read already holds).
+    async fn history(
+        &self,
+        topic: &str,
+        retention: Retention,
+        since: &Since,
+    ) -> Result<Replay, PubSubError>;
 }

@@ -24,7 +24,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::subscriber::{Manager, SubCmd};
-use super::{envelope, Broadcast, PubSub, PubSubError, Registry, Subscriber, SubscriberId};
+use super::{
+    envelope, redis_history, Broadcast, PubSub, PubSubError, Registry, Replay, Retention, Since,
+    Subscriber, SubscriberId,
+};
 use crate::cluster::Redis;
 use crate::protocol::Frame;
 
@@ -53,10 +56,22 @@ pub struct RedisStats {
 pub struct RedisPubSub {
     registry: Arc<Registry>,
     redis: Redis,
-    publish: mpsc::Sender<(String, Vec<u8>)>,
+    publish: mpsc::Sender<Outgoing>,
     subs: mpsc::UnboundedSender<SubCmd>,
     stats: Arc<RedisStats>,
     subscribe_wait: Duration,
+}
+
+/// A broadcast waiting for the publisher.
+struct Outgoing {
+    /// The topic's channel.
+    channel: String,
+    /// The envelope.
+    bytes: Vec<u8>,
+    /// A broadcast for a route with history: appended to the topic's stream and delivered
+    /// (here too) when it comes back with its position; delivered here without one if the
+    /// append fails. With the sender of a `broadcast_from`.
+    history: Option<(Arc<Broadcast>, Option<SubscriberId>)>,
 }
 
 /// Longest backoff between reconnection attempts.
@@ -87,6 +102,7 @@ impl RedisPubSub {
         );
         let publisher = Publisher {
             redis: redis.clone(),
+            registry: registry.clone(),
             stats: stats.clone(),
             rx: publish_rx,
             last_warn: None,
@@ -114,13 +130,18 @@ impl RedisPubSub {
         &self.stats
     }
 
-    fn publish(&self, msg: &Broadcast, from: Option<SubscriberId>) {
+    fn publish(&self, msg: &Arc<Broadcast>, from: Option<SubscriberId>) {
         let bytes = envelope::encode(&self.redis.node, from, now_ms(), msg);
-        if self
-            .publish
-            .try_send((self.redis.keys.channel(&msg.topic), bytes))
-            .is_err()
-        {
+        let out = Outgoing {
+            channel: self.redis.keys.channel(&msg.topic),
+            bytes,
+            history: msg.retention.map(|_| (msg.clone(), from)),
+        };
+        if let Err(refused) = self.publish.try_send(out) {
+            if let Some((msg, from)) = refused.into_inner().history {
+                // Not even queued: the local subscribers still get it, without a position.
+                self.registry.dispatch(&msg, from);
+            }
             ::metrics::counter!(crate::metrics::REDIS_PUBLISH_DROPPED).increment(1);
             let n = self.stats.publish_dropped.fetch_add(1, Ordering::Relaxed);
             if n.is_power_of_two() {
@@ -175,7 +196,11 @@ impl PubSub for RedisPubSub {
     }
 
     fn broadcast(&self, msg: Arc<Broadcast>, from: Option<SubscriberId>) {
-        self.registry.dispatch(&msg, from);
+        // With history, local subscribers get it when it comes back from Redis with its
+        // position, in the stream's order like every other node.
+        if msg.retention.is_none() {
+            self.registry.dispatch(&msg, from);
+        }
         self.publish(&msg, from);
     }
 
@@ -186,13 +211,25 @@ impl PubSub for RedisPubSub {
     fn local_subscribers(&self, topic: &str) -> usize {
         self.registry.subscriber_count(topic)
     }
+
+    async fn history(
+        &self,
+        topic: &str,
+        retention: Retention,
+        since: &Since,
+    ) -> Result<Replay, PubSubError> {
+        redis_history::read(&self.redis, topic, retention, since)
+            .await
+            .map_err(|e| PubSubError::Unavailable(e.to_string()))
+    }
 }
 
 /// Publishes queued envelopes in pipelined batches, in order.
 struct Publisher {
     redis: Redis,
+    registry: Arc<Registry>,
     stats: Arc<RedisStats>,
-    rx: mpsc::Receiver<(String, Vec<u8>)>,
+    rx: mpsc::Receiver<Outgoing>,
     last_warn: Option<Instant>,
 }
 
@@ -220,7 +257,7 @@ impl Publisher {
         }
     }
 
-    async fn send(&mut self, batch: &mut Vec<(String, Vec<u8>)>) {
+    async fn send(&mut self, batch: &mut Vec<Outgoing>) {
         // Sharded pub/sub in a cluster: the message goes to the shard owning the channel's
         // slot only, and per-slot pipelines keep each topic's order.
         let verb = if self.redis.is_cluster() {
@@ -228,20 +265,88 @@ impl Publisher {
         } else {
             "PUBLISH"
         };
-        let cmds: Vec<(String, redis::Cmd)> = batch
-            .drain(..)
-            .map(|(channel, bytes)| {
-                let mut cmd = redis::cmd(verb);
-                cmd.arg(&channel).arg(bytes);
-                (channel, cmd)
-            })
-            .collect();
-        let n = cmds.len() as u64;
-        let failed = self.redis.pipe_by_slot_counted(cmds).await;
-        self.stats
-            .published
-            .fetch_add(n - failed.0, Ordering::Relaxed);
-        if let (lost @ 1.., Some(e)) = failed {
+        let cmds = |batch: &[Outgoing]| -> Vec<(String, redis::Cmd)> {
+            batch
+                .iter()
+                .map(|o| {
+                    let cmd = match &o.history {
+                        Some((msg, _)) => redis_history::append_cmd(
+                            &self.redis,
+                            &msg.topic,
+                            &o.bytes,
+                            msg.retention.unwrap_or(Retention {
+                                size: 1,
+                                ttl: Duration::from_secs(1),
+                            }),
+                            verb,
+                        ),
+                        None => {
+                            let mut cmd = redis::cmd(verb);
+                            cmd.arg(&o.channel).arg(o.bytes.as_slice());
+                            cmd
+                        }
+                    };
+                    (o.channel.clone(), cmd)
+                })
+                .collect()
+        };
+        let mut results = self.redis.each_slot(cmds(batch)).await;
+        let noscript = results.iter().any(|(_, r)| {
+            matches!(r, Err(crate::cluster::ClusterError::Redis(e))
+                if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
+        });
+        if noscript {
+            // A new or failed-over primary without the append script: load it, and send the
+            // batch's failed parts again (their commands did not run).
+            if let Err(e) = redis_history::load(&self.redis).await {
+                tracing::warn!(error = %e, "loading the history append script failed");
+            }
+            let failed: Vec<usize> = results
+                .iter()
+                .filter(|(_, r)| r.is_err())
+                .flat_map(|(idx, _)| idx.iter().copied())
+                .collect();
+            let again: Vec<Outgoing> = failed
+                .iter()
+                .map(|i| Outgoing {
+                    channel: batch[*i].channel.clone(),
+                    bytes: batch[*i].bytes.clone(),
+                    history: batch[*i].history.clone(),
+                })
+                .collect();
+            let retried = self.redis.each_slot(cmds(&again)).await;
+            results.retain(|(_, r)| r.is_ok());
+            for (idx, r) in retried {
+                results.push((idx.into_iter().map(|i| failed[i]).collect(), r));
+            }
+        }
+        let n = batch.len() as u64;
+        let mut lost = 0u64;
+        let mut error = None;
+        for (idx, result) in results {
+            if result.is_ok() {
+                let appended = idx.iter().filter(|i| batch[**i].history.is_some()).count();
+                if appended > 0 {
+                    ::metrics::counter!(crate::metrics::HISTORY_APPENDS, "result" => "ok")
+                        .increment(appended as u64);
+                }
+            }
+            if let Err(e) = result {
+                lost += idx.len() as u64;
+                for i in idx {
+                    if let Some((msg, from)) = &batch[i].history {
+                        // The local subscribers still get it, without a position.
+                        ::metrics::counter!(crate::metrics::HISTORY_APPENDS, "result" => "error")
+                            .increment(1);
+                        self.registry.dispatch(msg, *from);
+                    }
+                }
+                error.get_or_insert(e);
+            }
+        }
+        batch.clear();
+        self.stats.published.fetch_add(n - lost, Ordering::Relaxed);
+        if let (1.., Some(e)) = (lost, error) {
             ::metrics::counter!(crate::metrics::REDIS_PUBLISH_DROPPED).increment(lost);
             let total = self
                 .stats

@@ -159,7 +159,7 @@ impl Registry {
                 continue;
             };
             let queued = match gate {
-                Some(gate) => gate.deliver(outbox, msg.seq, frame.clone()),
+                Some(gate) => gate.deliver(outbox, msg.seq, msg.position.as_ref(), frame.clone()),
                 None => outbox.push(frame.clone()),
             };
             if queued {
@@ -173,11 +173,16 @@ impl Registry {
 }
 
 /// Encodes a broadcast (`join_ref` and `ref` null), or None if this serializer cannot carry it.
-pub(super) fn encode_broadcast(serializer: Serializer, msg: &Broadcast) -> Option<Frame> {
+pub(crate) fn encode_broadcast(serializer: Serializer, msg: &Broadcast) -> Option<Frame> {
     let null = Value::Null;
+    // A history position travels in the ref (phoenix.js hands it to `on` callbacks).
+    let position = msg
+        .position
+        .as_ref()
+        .map_or(Value::Null, |p| Value::String(p.to_string()));
     let out = Outbound::Event {
         join_ref: &null,
-        msg_ref: &null,
+        msg_ref: &position,
         topic: &msg.topic,
         event: &msg.event,
         payload: &msg.payload,

@@ -624,9 +624,16 @@ fn deliver(channel: &str, payload: &[u8], registry: &Registry, redis: &Redis, st
             return;
         }
     };
-    if env.node == *redis.node {
-        return; // The origin already delivered it locally.
-    }
+    // The origin delivered it locally already, unless it has a history position: then it
+    // is delivered here too, in the stream's order (`from` is the origin's own sender).
+    let from = if env.node == *redis.node {
+        if env.broadcast.position.is_none() {
+            return;
+        }
+        env.from
+    } else {
+        None
+    };
     if env.ts > 0 {
         let lag_ms = now_ms().saturating_sub(env.ts);
         ::metrics::histogram!(crate::metrics::LAG_SECONDS).record(lag_ms as f64 / 1000.0);
@@ -639,5 +646,5 @@ fn deliver(channel: &str, payload: &[u8], registry: &Registry, redis: &Redis, st
         );
         return;
     }
-    registry.dispatch(&Arc::new(env.broadcast), None);
+    registry.dispatch(&Arc::new(env.broadcast), from);
 }

@@ -114,6 +114,12 @@ describe("demo page in Chromium", { skip }, () => {
     }
     assert.deepEqual(await texts(alice2, "#messages li"), ["Bob: hello from Bob", "Alice: hi Bob, Alice here"]);
 
+    // A new tab shows the recent chat (history backfill, docs/history.md).
+    const carol = await openPage("/?name=Carol");
+    await waitForTexts(carol, "#messages li", ["Bob: hello from Bob", "Alice: hi Bob, Alice here"], "the recent chat in a new tab");
+    assert.deepEqual(await texts(carol, "#messages li"), ["Bob: hello from Bob", "Alice: hi Bob, Alice here"]);
+    await carol.context().close();
+
     await alice2.screenshot({ path: process.env.DEMO_SCREENSHOT || "/tmp/phx-gateway-demo.png" }).catch(() => {});
 
     await alice1.context().close();

@@ -31,6 +31,7 @@ fn fan_route() -> RouteSettings {
     r.presence_update_event = None;
     r.broadcast = vec!["new_msg".into()];
     r.broadcast_from = vec![];
+    r.history_size = 0;
     r
 }
 

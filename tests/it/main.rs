@@ -15,6 +15,8 @@ mod cli;
 mod cluster;
 /// Faults under load: stalled readers, hanging webhooks, stalled networks, frozen Redis.
 mod faults;
+/// Per-topic history: replay racing live traffic.
+mod history;
 /// Hostile and broken input: every class gets its answer, is counted and logged.
 mod hostile_input;
 mod layering;

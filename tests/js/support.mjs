@@ -283,7 +283,7 @@ export function presenceCounts(presence) {
  * Cluster) and two gateway nodes on it (short presence timings for tests), one after the
  * other since the first also applies the key-layout migration.
  */
-export async function startCluster({ env = {}, topology = "single" } = {}) {
+export async function startCluster({ env = {}, args = [], topology = "single" } = {}) {
   const redis = topology === "cluster" ? await startRedisCluster() : await startRedis();
   const redisEnv =
     topology === "cluster"
@@ -296,8 +296,8 @@ export async function startCluster({ env = {}, topology = "single" } = {}) {
     PHX_GATEWAY__REDIS__UNSUBSCRIBE_DELAY_MS: "100",
     ...env,
   };
-  const nodeA = await startGateway({ env: nodeEnv });
-  const nodeB = await startGateway({ env: nodeEnv });
+  const nodeA = await startGateway({ env: nodeEnv, args });
+  const nodeB = await startGateway({ env: nodeEnv, args });
   return {
     redis,
     nodeA,
