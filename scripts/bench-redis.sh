@@ -9,7 +9,6 @@
 #   BENCH_ROUNDS=2              rounds per topology
 #   BENCH_TOPOLOGIES="single cluster"
 #   BENCH_BIN=target/release    where phx-gateway, phx-load and examples/ are
-#   BENCH_COMMANDS=1            also count Redis commands per join/leave/heartbeat (cluster)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,15 +16,26 @@ rounds=${BENCH_ROUNDS:-2}
 topologies=${BENCH_TOPOLOGIES:-"single cluster"}
 bin=${BENCH_BIN:-target/release}
 work=$(mktemp -d)
-pids=()
 
-cleanup() {
-  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  rm -rf "$work"
-}
+# Processes are started inside $(...) too, so their pids go to a file.
+kill_all() { [ -f "$work/pids" ] && xargs -r kill -9 <"$work/pids" 2>/dev/null; rm -f "$work/pids"; }
+cleanup() { kill_all || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# Below 55000 with port + 10000 free too: a cluster node's bus listens there.
+free_port() { python3 -c '
+import socket
+def free(p):
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p)); return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+while True:
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close()
+    if p < 55000 and free(p + 10000): print(p); break'; }
 wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
 
 # Starts a redis-server; extra args follow the port. Prints the port.
@@ -35,7 +45,7 @@ redis() {
   dir="$work/redis-$port"
   mkdir -p "$dir"
   redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$dir" "$@" >"$dir/log" 2>&1 &
-  pids+=($!)
+  echo $! >>"$work/pids"
   wait_port "$port"
   echo "$port"
 }
@@ -68,7 +78,7 @@ node() {
   port=$(free_port)
   env "${REDIS_ENV[@]}" PHX_GATEWAY__HTTP__PORT="$port" PHX_GATEWAY__ADMIN__PORT=0 RUST_LOG=warn \
     "$bin/phx-gateway" --config config/bench.toml >"$work/node-$port.log" 2>&1 &
-  pids+=($!)
+  echo $! >>"$work/pids"
   wait_port "$port"
   echo "$port"
 }
@@ -97,7 +107,6 @@ for round in $(seq "$rounds"); do
     b=$(node)
     echo "== round $round, $t: 2 nodes, 500 subscribers on B, publisher on A"
     fanout "$b" "$a"
-    for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-    pids=()
-  done
+    kill_all || true
+      done
 done

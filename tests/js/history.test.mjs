@@ -4,7 +4,9 @@
 // node.
 import { describe, it, before, after, afterEach } from "node:test";
 import assert from "node:assert/strict";
+import net from "node:net";
 import path from "node:path";
+import { setTimeout as delay } from "node:timers/promises";
 
 import {
   REPO_ROOT,
@@ -232,3 +234,119 @@ for (const topology of ["one node", "two nodes over Redis"]) {
     });
   });
 }
+
+// ---------------------------------------------------------------------------
+// A rolling restart: no message lost for clients that ask for recovery
+// ---------------------------------------------------------------------------
+
+/**
+ * A TCP round-robin proxy in front of `ports` (like a load balancer without sticky
+ * sessions): each new connection goes to the next target; a target that refuses is skipped,
+ * as a load balancer's health check would.
+ */
+async function startTcpRoundRobin(ports) {
+  const targets = [...ports];
+  let next = 0;
+  const open = new Set();
+  const server = net.createServer((client) => {
+    open.add(client);
+    client.on("close", () => open.delete(client));
+    const tryTarget = (attempt) => {
+      if (attempt >= targets.length) {
+        client.destroy();
+        return;
+      }
+      const port = targets[next++ % targets.length];
+      const upstream = net.connect({ port, host: "127.0.0.1" });
+      let connected = false;
+      upstream.once("connect", () => {
+        connected = true;
+        client.pipe(upstream);
+        upstream.pipe(client);
+        upstream.on("close", () => client.destroy());
+        client.on("close", () => upstream.destroy());
+        client.on("error", () => upstream.destroy());
+      });
+      upstream.on("error", () => {
+        if (connected) client.destroy();
+        else tryTarget(attempt + 1);
+      });
+    };
+    tryTarget(0);
+  });
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const port = server.address().port;
+  return {
+    wsUrl: `ws://127.0.0.1:${port}`,
+    stop: async () => {
+      for (const c of open) c.destroy();
+      await new Promise((resolve) => server.close(resolve));
+    },
+  };
+}
+
+describe("a rolling restart behind a round-robin proxy (two nodes over Redis)", () => {
+  let cluster;
+  let proxy;
+  let sockets = [];
+
+  before(async () => {
+    cluster = await startCluster({
+      args: ["--config", CONFIG],
+      env: { PHX_GATEWAY__SHUTDOWN__DRAIN_MS: "1000" },
+    });
+    proxy = await startTcpRoundRobin([cluster.nodeA.port, cluster.nodeB.port]);
+  });
+
+  after(async () => {
+    await disconnectAll(sockets);
+    await proxy?.stop();
+    await cluster?.stop();
+  });
+
+  it("SIGTERM one node under traffic: 20 recovering clients end with every message exactly once, in order", async () => {
+    const topic = uniqueRoom("roll:r");
+    const clients = [];
+    for (let i = 0; i < 20; i++) {
+      const socket = await connectSocket(proxy);
+      sockets.push(socket);
+      const client = recoveringChannel(socket, topic);
+      await client.join();
+      clients.push(client);
+    }
+    // The publisher talks to node B directly; node A is the one restarted.
+    const pubSocket = await connectSocket(cluster.nodeB);
+    sockets.push(pubSocket);
+    const pub = pubSocket.channel(topic, {});
+    assert.equal((await joinChannel(pub)).status, "ok");
+
+    let sent = 0;
+    let stopping = false;
+    const publishing = (async () => {
+      while (!stopping) {
+        await pushEvent(pub, "new_msg", { n: sent });
+        sent++;
+        await delay(20);
+      }
+    })();
+    await waitFor(() => sent >= 30, { message: "traffic before the restart" });
+    // SIGTERM: node A drains (closes its sockets over 1 s) and exits.
+    const stopped = cluster.nodeA.stop();
+    await delay(2500);
+    stopping = true;
+    await publishing;
+    await stopped;
+    for (const [i, c] of clients.entries()) {
+      await waitFor(() => c.got.length === sent, {
+        timeout: 10000,
+        message: () => `client ${i}: ${sent} messages (got ${c.got.length}: ${JSON.stringify(c.got.slice(-5))})`,
+      });
+      assert.deepEqual(c.got, range(0, sent), `client ${i}: every message exactly once, in order`);
+    }
+    const rejoined = clients.filter((c) => c.replies.length > 1);
+    assert.ok(rejoined.length > 0, "some clients were on the stopped node and rejoined");
+    for (const c of rejoined) {
+      assert.equal(c.replies.at(-1).history.recovered, true, JSON.stringify(c.replies.at(-1)));
+    }
+  });
+});

@@ -310,13 +310,14 @@ export async function startCluster({ env = {}, args = [], topology = "single" } 
   };
 }
 
-export async function startRedis({ readyTimeout = 10000, args = [] } = {}) {
+export async function startRedis({ readyTimeout = 10000, args = [], clusterBus = false } = {}) {
   if (!fs.existsSync(REDIS_BIN)) {
     throw new Error(`redis-server not found at ${REDIS_BIN} (apt-get install redis-server, or set PHX_GATEWAY_REDIS_BIN)`);
   }
   for (let attempt = 1; ; attempt++) {
     let port = await freePort();
-    while (port === 6379) port = await freePort();
+    // A cluster node's bus listens on port + 10000, which must be a valid port too.
+    while (port === 6379 || (clusterBus && port >= 55000)) port = await freePort();
     try {
       return await spawnRedis({ port, readyTimeout, args });
     } catch (err) {
@@ -400,6 +401,7 @@ export async function startRedisCluster() {
       nodes.push(
         await startRedis({
           args: ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"],
+          clusterBus: true,
         }),
       );
     }

@@ -28,6 +28,16 @@ impl RedisServer {
     /// Starts redis-server with `args` (`{port}` = the chosen port); the test connects with
     /// `url_template` and, for TLS, trusts `ca` (PEM).
     pub(crate) fn start_with(args: &[&str], url_template: &str, ca: Option<Vec<u8>>) -> Self {
+        Self::start_on(args, url_template, ca, free_port)
+    }
+
+    /// Like [`RedisServer::start_with`], on ports chosen by `pick`.
+    pub(crate) fn start_on(
+        args: &[&str],
+        url_template: &str,
+        ca: Option<Vec<u8>>,
+        pick: fn() -> u16,
+    ) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "phx-gw-redis-{}-{}",
             std::process::id(),
@@ -35,7 +45,7 @@ impl RedisServer {
         ));
         std::fs::create_dir_all(&dir).expect("redis dir");
         for _ in 0..5 {
-            let port = free_port();
+            let port = pick();
             let mut server = Self {
                 port,
                 child: None,

@@ -19,6 +19,17 @@ fn wait_blocking(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) 
     panic!("timed out after {timeout:?} waiting for {what}");
 }
 
+/// A free port for a cluster node: its bus listens on port + 10000, which must be a valid,
+/// free port too.
+fn cluster_port() -> u16 {
+    loop {
+        let port = free_port();
+        if port < 55_000 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// A Redis Cluster of 6 `redis-server --cluster-enabled yes`, made 3 masters + 3 replicas
 /// by `redis-cli --cluster create`.
 pub(crate) struct RedisCluster {
@@ -40,7 +51,7 @@ impl RedisCluster {
     pub(crate) fn start() -> Self {
         let nodes: Vec<RedisServer> = (0..6)
             .map(|_| {
-                RedisServer::start_with(
+                RedisServer::start_on(
                     &[
                         "--port",
                         "{port}",
@@ -53,6 +64,7 @@ impl RedisCluster {
                     ],
                     "redis://127.0.0.1:{port}",
                     None,
+                    cluster_port,
                 )
             })
             .collect();
