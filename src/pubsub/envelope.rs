@@ -29,6 +29,9 @@ struct Out<'a> {
     binary: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     seq: Option<u64>,
+    /// Set by the append script in Redis; written here only when re-encoding a decoded one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pos: Option<String>,
     ts: u64,
 }
 
@@ -122,6 +125,7 @@ pub fn encode(node: &str, from: Option<u64>, ts: u64, msg: &Broadcast) -> Vec<u8
             Some(Seq::Change(n)) => Some(n),
             _ => None,
         },
+        pos: msg.position.as_ref().map(ToString::to_string),
         ts,
     };
     serde_json::to_vec(&out).unwrap_or_default()
@@ -194,6 +198,12 @@ mod tests {
                 epoch: "ab12".into(),
                 offset: (1700, 3)
             })
+        );
+        let again = encode(&e.node, e.from, e.ts, &e.broadcast);
+        assert_eq!(
+            decode(&again).unwrap(),
+            e,
+            "a position survives a re-encode"
         );
     }
 

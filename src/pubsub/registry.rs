@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use serde_json::Value;
 
 use super::{Broadcast, Subscriber, SubscriberId, Target};
-use crate::protocol::{Frame, Outbound, Serializer};
+use crate::protocol::{Frame, Outbound, Payload, Serializer};
 
 /// What one dispatch did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -175,11 +175,12 @@ impl Registry {
 /// Encodes a broadcast (`join_ref` and `ref` null), or None if this serializer cannot carry it.
 pub(crate) fn encode_broadcast(serializer: Serializer, msg: &Broadcast) -> Option<Frame> {
     let null = Value::Null;
-    // A history position travels in the ref (phoenix.js hands it to `on` callbacks).
-    let position = msg
-        .position
-        .as_ref()
-        .map_or(Value::Null, |p| Value::String(p.to_string()));
+    // A history position travels in the ref (phoenix.js hands it to `on` callbacks). A V2
+    // binary broadcast frame has no ref: a binary message goes out without its position.
+    let position = match (&msg.position, &msg.payload) {
+        (Some(p), Payload::Json(_) | Payload::Encoded(_)) => Value::String(p.to_string()),
+        _ => Value::Null,
+    };
     let out = Outbound::Event {
         join_ref: &null,
         msg_ref: &position,

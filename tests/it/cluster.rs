@@ -9,12 +9,15 @@ use crate::support::load::{spawn_load, LoadRun};
 use crate::support::presence_view::{counts, join_storm, Counts, View};
 use crate::support::process::{run_gateway, NodeProcess};
 use crate::support::redis_server::RedisServer;
-use crate::support::{free_port, wait_until, Client, TestServer, WAIT};
+use crate::support::{
+    free_port, wait_until, without_history, Client, TestServer, NO_HISTORY_CONFIG, WAIT,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broadcasts_cross_nodes_once_in_order_and_broadcast_from_skips_only_the_sender() {
     let redis = RedisServer::start();
-    let [n1, n2] = TestServer::cluster(&redis, |_| {}).await;
+    // Phoenix-exact frames (null refs); history has its own tests.
+    let [n1, n2] = TestServer::cluster(&redis, without_history).await;
     let mut a = n1.v2("").await;
     let mut a2 = n1.v2("").await;
     let mut b = n2.v2("").await;
@@ -709,8 +712,9 @@ async fn a_paused_redis_does_not_stop_local_traffic_and_everything_resumes() {
         ("PHX_GATEWAY__REDIS__DOWN_MS", "1200"),
         ("PHX_GATEWAY__REDIS__COMMAND_TIMEOUT_MS", "500"),
     ];
-    let mut n1 = NodeProcess::start(&redis.url(), "p1", &env);
-    let mut n2 = NodeProcess::start(&redis.url(), "p2", &env);
+    // Without history: on a history route local delivery waits for the append (docs/history.md).
+    let mut n1 = NodeProcess::start_configured(&redis.url(), "p1", &env, NO_HISTORY_CONFIG);
+    let mut n2 = NodeProcess::start_configured(&redis.url(), "p2", &env, NO_HISTORY_CONFIG);
     let mut a = Client::connect(&n1.ws_url("vsn=2.0.0&user_id=alice")).await;
     let mut a2 = Client::connect(&n1.ws_url("vsn=2.0.0")).await;
     let mut b = Client::connect(&n2.ws_url("vsn=2.0.0&user_id=bob")).await;

@@ -20,7 +20,7 @@ use crate::support::load::{spawn_load, LoadRun};
 use crate::support::presence_view::{counts, View};
 use crate::support::process::NodeProcess;
 use crate::support::redis_server::RedisServer;
-use crate::support::{metric, wait_until, Client, TestServer};
+use crate::support::{metric, wait_until, Client, TestServer, NO_HISTORY_CONFIG};
 
 /// A `fan:*` route as in config/bench.toml: `new_msg` broadcast to all, no presence.
 fn fan_route() -> RouteSettings {
@@ -284,8 +284,9 @@ async fn redis_frozen_for_twenty_seconds_under_load_loses_only_cross_node_messag
         ("PHX_GATEWAY__REDIS__COMMAND_TIMEOUT_MS", "500"),
         ("PHX_GATEWAY__REDIS__UNSUBSCRIBE_DELAY_MS", "100"),
     ];
-    let n1 = NodeProcess::start(&redis.url(), "f1", &env);
-    let n2 = NodeProcess::start(&redis.url(), "f2", &env);
+    // Without history: on a history route local delivery waits for the append (docs/history.md).
+    let n1 = NodeProcess::start_configured(&redis.url(), "f1", &env, NO_HISTORY_CONFIG);
+    let n2 = NodeProcess::start_configured(&redis.url(), "f2", &env, NO_HISTORY_CONFIG);
     let baseline_keys: Vec<String> = redis.cmd(&["KEYS", "*"]);
     let rss = async |n: &NodeProcess| {
         metric(

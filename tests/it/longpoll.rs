@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use crate::support::http::http_raw;
 use crate::support::redis_server::RedisServer;
-use crate::support::{wait_until, TestServer};
+use crate::support::{wait_until, without_history, TestServer};
 
 /// One HTTP request; returns the JSON body (long-poll always answers HTTP 200).
 async fn lp(addr: SocketAddr, method: &str, query: &str, body: Option<(&str, &str)>) -> Value {
@@ -46,7 +46,10 @@ async fn poll_until(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_joins_pushes_and_receives_broadcasts() {
-    let srv = TestServer::start(|s| s.longpoll.window_ms = 500);
+    let srv = TestServer::start(|s| {
+        s.longpoll.window_ms = 500;
+        without_history(s); // Phoenix-exact frames
+    });
     let open = lp(srv.addr, "GET", "vsn=2.0.0&user_id=lp1&", None).await;
     assert_eq!(
         open["status"], 410,

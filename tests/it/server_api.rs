@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 
 use crate::support::http::{http, request};
 use crate::support::redis_server::RedisServer;
-use crate::support::TestServer;
+use crate::support::{without_history, TestServer};
 
 const KEY: &str = "test-api-key";
 
@@ -65,7 +65,10 @@ async fn missing_or_wrong_keys_get_401() {
 
 #[tokio::test]
 async fn broadcast_one_and_a_batch_reach_subscribers() {
-    let srv = TestServer::start(with_key);
+    let srv = TestServer::start(|s| {
+        with_key(s);
+        without_history(s); // Phoenix-exact frames; see the history test below
+    });
     let mut c = srv.v2("").await;
     c.join("1", "room:api").await;
     assert_frame!(c, r#"["1",null,"room:api","presence_state",{}]"#);
@@ -120,6 +123,40 @@ async fn broadcast_one_and_a_batch_reach_subscribers() {
     )
     .await;
     assert_frame!(c, r#"[null,null,"room:api","marker",{}]"#);
+}
+
+#[tokio::test]
+async fn api_broadcasts_land_in_the_topic_s_history() {
+    // room:* keeps 100 messages by default.
+    let srv = TestServer::start(with_key);
+    for n in 0..3 {
+        let (status, _) = http(
+            srv.addr,
+            "POST",
+            "/api/v1/broadcast",
+            Some(KEY),
+            Some(&json!({"topic": "room:api-h", "event": "srv_push", "payload": {"n": n}})),
+        )
+        .await;
+        assert_eq!(status, 202);
+    }
+    let mut c = srv.v2("").await;
+    c.send(json!(["1", "1", "room:api-h", "phx_join", {"history": {"last": 2}}]))
+        .await;
+    let reply = c
+        .recv_until("join reply", |v| v[1] == "1" && v[3] == "phx_reply")
+        .await;
+    assert_eq!(
+        reply[4]["response"]["history"]["recovered"], true,
+        "{reply}"
+    );
+    for n in 1..3 {
+        let got = c
+            .recv_until("replayed srv_push", |v| v[3] == "srv_push")
+            .await;
+        assert_eq!(got[4], json!({"n": n}), "the last 2, in order");
+        assert!(got[1].is_string(), "with their positions: {got}");
+    }
 }
 
 #[tokio::test]

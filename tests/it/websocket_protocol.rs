@@ -5,11 +5,11 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::support::client::ws_status;
-use crate::support::{process_metric, Client, Received, TestServer};
+use crate::support::{process_metric, without_history, Client, Received, TestServer};
 
 #[tokio::test]
 async fn join_heartbeat_echo_broadcast_exact_v2_frames() {
-    let srv = TestServer::start(|_| {});
+    let srv = TestServer::start(without_history);
     let mut a = srv.v2("user_id=a200").await;
     a.send_text(r#"["1","1","room:lobby","phx_join",{}]"#).await;
     assert_frame!(
@@ -51,7 +51,7 @@ async fn join_heartbeat_echo_broadcast_exact_v2_frames() {
 
 #[tokio::test]
 async fn heartbeat_is_answered_without_any_channel() {
-    let srv = TestServer::start(|_| {});
+    let srv = TestServer::start(without_history);
     let mut c = srv.v2("").await;
     c.send_text(r#"[null,"7","phoenix","heartbeat",{}]"#).await;
     assert_frame!(
@@ -62,7 +62,7 @@ async fn heartbeat_is_answered_without_any_channel() {
 
 #[tokio::test]
 async fn v1_objects_never_carry_join_ref() {
-    let srv = TestServer::start(|_| {});
+    let srv = TestServer::start(without_history);
     let mut a = srv.v1("").await;
     a.send_text(
         r#"{"topic":"room:lobby","event":"phx_join","payload":{},"ref":"1","join_ref":"1"}"#,
@@ -109,7 +109,7 @@ async fn v1_objects_never_carry_join_ref() {
 
 #[tokio::test]
 async fn missing_vsn_means_v1_and_unsupported_vsn_is_refused() {
-    let srv = TestServer::start(|_| {});
+    let srv = TestServer::start(without_history);
     let mut c = Client::connect(&srv.ws_url("user_id=novsn")).await;
     c.send_text(r#"{"topic":"phoenix","event":"heartbeat","payload":{},"ref":"2"}"#)
         .await;
@@ -129,7 +129,7 @@ async fn missing_vsn_means_v1_and_unsupported_vsn_is_refused() {
 
 #[tokio::test]
 async fn refused_unmatched_and_never_joined() {
-    let srv = TestServer::start(|_| {});
+    let srv = TestServer::start(without_history);
     let mut a = srv.v2("").await;
     a.send_text(r#"["6","6","room:private:x","phx_join",{}]"#)
         .await;
@@ -164,7 +164,7 @@ async fn refused_unmatched_and_never_joined() {
 
 #[tokio::test]
 async fn unhandled_event_keeps_the_channel_joined() {
-    let srv = TestServer::start(|_| {});
+    let srv = TestServer::start(without_history);
     let mut a = srv.v2("").await;
     a.join("1", "room:lobby").await;
     a.send_text(r#"["1","2","room:lobby","wat",{}]"#).await;
@@ -181,7 +181,7 @@ async fn unhandled_event_keeps_the_channel_joined() {
 
 #[tokio::test]
 async fn leave_replies_then_closes_and_later_events_are_unmatched() {
-    let srv = TestServer::start(|_| {});
+    let srv = TestServer::start(without_history);
     let mut a = srv.v2("").await;
     a.join("15", "room:lobby").await;
     a.recv_until("presence_state", |v| v[3] == "presence_state")
@@ -202,7 +202,7 @@ async fn leave_replies_then_closes_and_later_events_are_unmatched() {
 
 #[tokio::test]
 async fn duplicate_join_replies_then_closes_the_old_incarnation() {
-    let srv = TestServer::start(|_| {});
+    let srv = TestServer::start(without_history);
     let mut a = srv.v2("").await;
     a.join("12", "room:lobby").await;
     a.recv_until("presence_state", |v| v[3] == "presence_state")
@@ -243,7 +243,7 @@ async fn duplicate_join_replies_then_closes_the_old_incarnation() {
 
 #[tokio::test]
 async fn broadcast_from_skips_only_the_sender() {
-    let srv = TestServer::start(|_| {});
+    let srv = TestServer::start(without_history);
     let mut a = srv.v2("").await;
     let mut b = srv.v2("").await;
     let mut c = srv.v1("").await;
@@ -298,7 +298,7 @@ async fn heartbeat_timeout_closes_a_silent_socket() {
 
 #[tokio::test]
 async fn malformed_frames_close_the_socket_but_not_the_server() {
-    let srv = TestServer::start(|_| {});
+    let srv = TestServer::start(without_history);
     for bad in [
         "this is not json",
         "[1,2]",
@@ -359,7 +359,7 @@ async fn too_many_channels_and_long_topics_are_refused() {
 
 #[tokio::test]
 async fn disconnect_broadcast_on_the_socket_id_closes_every_socket_of_the_user() {
-    let srv = TestServer::start(|_| {});
+    let srv = TestServer::start(without_history);
     let mut a1 = srv.v2("user_id=42").await;
     let mut a2 = srv.v1("user_id=42").await;
     let mut other = srv.v2("user_id=7").await;
@@ -386,7 +386,7 @@ async fn disconnect_broadcast_on_the_socket_id_closes_every_socket_of_the_user()
 
 #[tokio::test]
 async fn binary_push_gets_binary_reply_and_broadcasts_reach_v2_only() {
-    let srv = TestServer::start(|_| {});
+    let srv = TestServer::start(without_history);
     let mut a = srv.v2("").await;
     let mut b = srv.v2("").await;
     let mut v1 = srv.v1("").await;
@@ -437,7 +437,7 @@ async fn binary_push_gets_binary_reply_and_broadcasts_reach_v2_only() {
 
 #[tokio::test]
 async fn a_client_close_is_echoed_and_its_presence_leaves() {
-    let srv = TestServer::start(|_| {});
+    let srv = TestServer::start(without_history);
     let mut watcher = srv.v2("").await;
     watcher.join("1", "room:lobby").await;
     let mut c = srv.v2("user_id=z").await;
@@ -641,7 +641,7 @@ async fn v1_client_sending_binary(c: &mut Client) {
 
 #[tokio::test]
 async fn v1_json_in_binary_frames_is_read_as_text_and_answered_with_text_frames() {
-    let srv = TestServer::start(|_| {});
+    let srv = TestServer::start(without_history);
     let mut c = srv.v1("").await;
     v1_client_sending_binary(&mut c).await;
     // Bytes that are not UTF-8 text cannot be JSON: a malformed frame, as in Phoenix.
@@ -651,7 +651,7 @@ async fn v1_json_in_binary_frames_is_read_as_text_and_answered_with_text_frames(
 
 #[tokio::test]
 async fn no_vsn_is_v1_for_text_and_binary_frames() {
-    let srv = TestServer::start(|_| {});
+    let srv = TestServer::start(without_history);
     let mut c = Client::connect(&srv.ws_url("")).await;
     c.send_text(r#"{"topic":"phoenix","event":"heartbeat","payload":{},"ref":"h"}"#)
         .await;
@@ -667,7 +667,7 @@ async fn no_vsn_is_v1_for_text_and_binary_frames() {
 
 #[tokio::test]
 async fn a_one_mebibyte_payload_passes_by_default_and_the_close_names_the_limit() {
-    let srv = TestServer::start(|_| {});
+    let srv = TestServer::start(without_history);
     let mut c = srv.v2("").await;
     c.join("1", "room:lobby").await;
     let body = "m".repeat(1_048_576);

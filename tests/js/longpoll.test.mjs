@@ -297,7 +297,8 @@ describe("one node", () => {
       // On the long-poll wire a broadcast is the same V2 frame, refs null.
       const frame = lpSocket.received.find((m) => m.event === "new_msg");
       assert.equal(frame.topic, "room:lobby");
-      assert.equal(frame.ref ?? null, null);
+      // room:* keeps history: the ref is the message's position (docs/history.md).
+      assert.match(String(frame.ref), /^[0-9a-f]+:\d+-\d+$/, `a position in the ref: ${JSON.stringify(frame)}`);
       assert.equal(frame.join_ref ?? null, null);
       assert.deepEqual(lpSocket.errors, [], "no transport error on the LP socket");
       assert.equal(lpSocket.opens, 1, "the LP session was never lost and reopened");
@@ -488,6 +489,7 @@ describe("one node", () => {
       }
       const frame = reader.received.find((m) => m.event === "new_msg");
       assert.equal(frame.topic, topic);
+      // A binary broadcast frame has no ref (docs/history.md).
       assert.equal(frame.ref ?? null, null);
       assert.equal(frame.join_ref ?? null, null);
     });

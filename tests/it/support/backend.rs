@@ -90,6 +90,7 @@ pub(crate) fn webhook_route(topic: &str, port: u16) -> RouteSettings {
     r.join = JoinPolicy::Webhook;
     r.join_webhook = Some(format!("http://127.0.0.1:{port}/join"));
     r.event_webhook = Some(format!("http://127.0.0.1:{port}/event"));
+    r.history_size = 0; // Phoenix-exact frames
     r
 }
 

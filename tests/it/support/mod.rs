@@ -18,6 +18,17 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub(crate) use client::{Client, Received};
 pub(crate) use server::TestServer;
 
+/// Turns history off on every route: for tests of Phoenix-exact frames (a broadcast's ref
+/// is null without history) and of local delivery that never waits for Redis.
+pub(crate) fn without_history(s: &mut phx_gateway::config::Settings) {
+    for r in &mut s.routes {
+        r.history_size = 0;
+    }
+}
+
+/// The configuration file of [`without_history`] for gateway processes.
+pub(crate) const NO_HISTORY_CONFIG: &str = "tests/fixtures/no-history.toml";
+
 /// How long any single expectation may take before the test fails.
 pub(crate) const WAIT: Duration = Duration::from_secs(5);
 

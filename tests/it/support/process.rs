@@ -73,6 +73,31 @@ impl NodeProcess {
         Self::spawn(&[], &all, &format!("gateway node {name}"), false)
     }
 
+    /// Like [`NodeProcess::start`], with the configuration file `config` (relative to the
+    /// repository root).
+    pub(crate) fn start_configured(
+        redis_url: &str,
+        name: &str,
+        env: &[(&str, &str)],
+        config: &str,
+    ) -> Self {
+        let log = std::env::var("TEST_GATEWAY_LOG").ok();
+        let mut all = vec![
+            ("PHX_GATEWAY__REDIS__NODE_NAME", name),
+            ("RUST_LOG", log.as_deref().unwrap_or("warn")),
+        ];
+        if !redis_url.is_empty() {
+            all.push(("PHX_GATEWAY__REDIS__URL", redis_url));
+        }
+        all.extend_from_slice(env);
+        Self::spawn(
+            &["--config", config],
+            &all,
+            &format!("gateway node {name}"),
+            false,
+        )
+    }
+
     /// Starts `phx-gateway` with `args` and `env` as [`NodeProcess::start`] does, keeping
     /// everything it prints (without colours) for [`NodeProcess::stop`].
     pub(crate) fn start_logged(args: &[&str], env: &[(&str, &str)]) -> Self {
