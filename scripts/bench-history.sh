@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The cost of history (docs/benchmarks.md, "History"). Not part of CI. Needs release builds:
+#   cargo build --release --bins --examples
+# Fan-out to 500 subscribers on a route without history (fan:*) and with history (hist:*,
+# 100 messages), on one node and across two nodes over Redis (`phx-load fanout --step`), the
+# ceiling broadcaster in the same run; then the join latency of a 100-message backfill
+# (scripts/bench-history-join.mjs).
+#   BENCH_ROUNDS=2   BENCH_BIN=target/release
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${BENCH_ROUNDS:-2}
+bin=${BENCH_BIN:-target/release}
+work=$(mktemp -d)
+kill_all() { [ -f "$work/pids" ] && xargs -r kill -9 <"$work/pids" 2>/dev/null; rm -f "$work/pids"; }
+cleanup() { kill_all || true; rm -rf "$work"; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
+start() { # $1: redis url or "" ; prints the port
+  local port; port=$(free_port)
+  env ${1:+PHX_GATEWAY__REDIS__URL=$1} PHX_GATEWAY__HTTP__PORT="$port" PHX_GATEWAY__ADMIN__PORT=0 RUST_LOG=warn \
+    "$bin/phx-gateway" --config config/bench.toml >"$work/gw-$port.log" 2>&1 &
+  echo $! >>"$work/pids"; wait_port "$port"; echo "$port"
+}
+step() { "$bin/phx-load" fanout "$@" -n 500 --rate 1562 --duration 3 --sources 2 --step 2>&1 | grep highest; }
+for round in $(seq "$rounds"); do
+  cport=$(free_port)
+  "$bin/examples/ceiling_broadcaster" "127.0.0.1:$cport" >/dev/null 2>&1 &
+  echo $! >>"$work/pids"; wait_port "$cport"
+  echo "== round $round ceiling: $(step --addrs "127.0.0.1:$cport")"
+  kill_all
+  a=$(start "")
+  for topic in fan:load hist:load; do
+    echo "== round $round one node, $topic: $(step --addrs "127.0.0.1:$a" --topic "$topic")"
+  done
+  kill_all
+  rport=$(free_port)
+  redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" >/dev/null 2>&1 &
+  echo $! >>"$work/pids"; wait_port "$rport"
+  a=$(start "redis://127.0.0.1:$rport"); b=$(start "redis://127.0.0.1:$rport")
+  for topic in fan:load hist:load; do
+    echo "== round $round two nodes, $topic: $(step --addrs "127.0.0.1:$b" --publish-to "127.0.0.1:$a" --topic "$topic")"
+  done
+  echo "== round $round join with a 100-message backfill (two nodes): $(node scripts/bench-history-join.mjs "127.0.0.1:$a" "127.0.0.1:$b")"
+  kill_all
+done
