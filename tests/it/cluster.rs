@@ -192,8 +192,18 @@ async fn the_guides_presence_scenario_over_three_nodes() {
 async fn three_hundred_clients_joining_and_leaving_concurrently_converge_everywhere() {
     let redis = RedisServer::start();
     let nodes: [_; 3] = TestServer::cluster(&redis, |_| {}).await;
+    let (live, _clients) = crowd_converges(&nodes).await;
+    let fields: Vec<String> = redis.cmd(&["HKEYS", "phx:p:{room:crowd}"]);
+    assert_eq!(fields.len(), live, "redis holds exactly the live presences");
+}
+
+/// 300 clients join room:crowd concurrently over `nodes`, every third leaves at once, then
+/// half of the rest disconnect: watchers on every node converge each time. Returns how many
+/// presences are left, and the clients that hold them (they leave when dropped).
+pub(crate) async fn crowd_converges(nodes: &[TestServer]) -> (usize, Vec<Option<Client>>) {
+    let n = nodes.len();
     let mut watchers = Vec::new();
-    for n in &nodes {
+    for n in nodes {
         let mut w = n.v2("").await;
         w.join("1", "room:crowd").await;
         watchers.push((w, View::default()));
@@ -201,7 +211,7 @@ async fn three_hundred_clients_joining_and_leaving_concurrently_converge_everywh
     // 300 clients join concurrently; every third one leaves again right away.
     let mut tasks = Vec::new();
     for i in 0..300usize {
-        let url = nodes[i % 3].ws_url(&format!("vsn=2.0.0&user_id=u{i}"));
+        let url = nodes[i % n].ws_url(&format!("vsn=2.0.0&user_id=u{i}"));
         tasks.push(tokio::spawn(async move {
             let mut c = Client::connect(&url).await;
             c.join("1", "room:crowd").await;
@@ -240,12 +250,7 @@ async fn three_hundred_clients_joining_and_leaving_concurrently_converge_everywh
     for (w, view) in &mut watchers {
         view.converge(w, &want, Duration::from_secs(15)).await;
     }
-    let fields: Vec<String> = redis.cmd(&["HKEYS", "phx:p:{room:crowd}"]);
-    assert_eq!(
-        fields.len(),
-        want.len(),
-        "redis holds exactly the live presences"
-    );
+    (want.len(), kept)
 }
 
 /// Background traffic while a fault happens: `phx-load fanout` with 100 subscribers spread

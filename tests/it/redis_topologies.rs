@@ -489,3 +489,69 @@ async fn cluster_killed_gateway_s_users_leave_and_nothing_of_it_stays_in_any_sha
     let nodes: Vec<Vec<String>> = cluster.on_masters(&["KEYS", "*"]);
     eprintln!("keys left after the reap: {nodes:?}");
 }
+
+/// In-process nodes on `cluster`, with `tweak` applied after the topology.
+async fn cluster_servers<const N: usize>(
+    cluster: &RedisCluster,
+    tweak: impl Fn(&mut phx_gateway::config::Settings),
+) -> [TestServer; N] {
+    let urls: Vec<String> = cluster.urls().split(',').map(str::to_owned).collect();
+    let mut nodes = Vec::new();
+    for _ in 0..N {
+        nodes.push(
+            TestServer::start_node("", |s| {
+                s.redis.url = None;
+                s.redis.cluster_urls = urls.iter().map(|u| u.as_str().into()).collect();
+                tweak(s);
+            })
+            .await,
+        );
+    }
+    match nodes.try_into() {
+        Ok(nodes) => nodes,
+        Err(_) => unreachable!("started {N} nodes"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_three_hundred_joiners_converge_and_the_shard_holds_exactly_the_live_presences() {
+    let cluster = RedisCluster::start();
+    let nodes: [TestServer; 3] = cluster_servers(&cluster, |_| {}).await;
+    let (live, _clients) = crate::cluster::crowd_converges(&nodes).await;
+    let key = "phx:p:{room:crowd}";
+    let owner = cluster.master_of(key);
+    let node = cluster
+        .nodes
+        .iter()
+        .find(|n| n.port == owner.port)
+        .expect("owner");
+    let fields: Vec<String> = node.cmd(&["HKEYS", key]);
+    assert_eq!(
+        fields.len(),
+        live,
+        "the topic's shard holds exactly the live presences"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_disconnect_by_socket_id_reaches_the_other_node() {
+    let cluster = RedisCluster::start();
+    let [n1, n2]: [TestServer; 2] =
+        cluster_servers(&cluster, |s| s.api.key = Some("k".into())).await;
+    let mut bob = n2.v2("user_id=bob").await;
+    bob.join("1", "room:c").await;
+    let (status, _) = crate::support::http::http(
+        n1.addr,
+        "POST",
+        "/api/v1/disconnect",
+        Some("k"),
+        Some(&json!({"socket_id": "users_socket:bob"})),
+    )
+    .await;
+    assert_eq!(status, 202);
+    assert_eq!(
+        bob.expect_close().await.0,
+        1001,
+        "closed from the other node"
+    );
+}
