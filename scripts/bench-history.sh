@@ -5,7 +5,7 @@
 # 100 messages), on one node and across two nodes over Redis (`phx-load fanout --step`), the
 # ceiling broadcaster in the same run; then the join latency of a 100-message backfill
 # (scripts/bench-history-join.mjs).
-#   BENCH_ROUNDS=2   BENCH_BIN=target/release
+#   BENCH_ROUNDS=2   BENCH_BIN=target/release   BENCH_STEP_FACTOR=1.25 (finer: more steps)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${BENCH_ROUNDS:-2}
@@ -22,7 +22,7 @@ start() { # $1: redis url or "" ; prints the port
     "$bin/phx-gateway" --config config/bench.toml >"$work/gw-$port.log" 2>&1 &
   echo $! >>"$work/pids"; wait_port "$port"; echo "$port"
 }
-step() { "$bin/phx-load" fanout "$@" -n 500 --rate 1562 --duration 3 --sources 2 --step 2>&1 | grep highest; }
+step() { "$bin/phx-load" fanout "$@" -n 500 --rate 1562 --duration 3 --sources 2 --step --step-factor "${BENCH_STEP_FACTOR:-1.25}" 2>&1 | grep highest; }
 for round in $(seq "$rounds"); do
   cport=$(free_port)
   "$bin/examples/ceiling_broadcaster" "127.0.0.1:$cport" >/dev/null 2>&1 &
