@@ -555,3 +555,64 @@ async fn cluster_disconnect_by_socket_id_reaches_the_other_node() {
         "closed from the other node"
     );
 }
+
+/// Two gateway processes on `env`: a broadcast and a presence cross nodes.
+async fn crosses_nodes(env: &[(&str, &str)], names: [&str; 2]) {
+    let mut all = env.to_vec();
+    all.extend_from_slice(&TIMINGS);
+    let n1 = NodeProcess::start("", names[0], &all);
+    let n2 = NodeProcess::start("", names[1], &all);
+    let mut a = Client::connect(&n1.ws_url("vsn=2.0.0&user_id=alice")).await;
+    let mut b = Client::connect(&n2.ws_url("vsn=2.0.0&user_id=bob")).await;
+    a.join("1", "room:auth").await;
+    b.join("1", "room:auth").await;
+    let mut view = View::default();
+    view.converge(
+        &mut b,
+        &counts(&[("alice", 1), ("bob", 1)]),
+        Duration::from_secs(5),
+    )
+    .await;
+    a.send(json!(["1", "m", "room:auth", "new_msg", {"body": "hi"}]))
+        .await;
+    let got = b
+        .recv_until("new_msg on node 2", |v| v[3] == "new_msg")
+        .await;
+    assert_eq!(got[4], json!({"body": "hi"}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_with_an_acl_user_and_the_default_user_off() {
+    let cluster = RedisCluster::start_with_acl("gw", "s3cret");
+    let urls = cluster.urls();
+    assert!(urls.contains("gw:s3cret@"), "{urls}");
+    crosses_nodes(
+        &[("PHX_GATEWAY__REDIS__CLUSTER_URLS", &urls)],
+        ["acl1", "acl2"],
+    )
+    .await;
+    // The nodes really refuse the default user.
+    let no_auth = redis::Client::open(format!("redis://127.0.0.1:{}", cluster.nodes[0].port))
+        .expect("client")
+        .get_connection()
+        .and_then(|mut c| redis::cmd("GET").arg("x").query::<Option<String>>(&mut c));
+    assert!(no_auth.is_err(), "the default user is off");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_with_passwords_for_the_data_nodes_and_the_sentinels() {
+    let sentinels = RedisSentinels::start_with_passwords("datapw", "sentinelpw");
+    let urls = sentinels.urls();
+    crosses_nodes(
+        &[
+            ("PHX_GATEWAY__REDIS__SENTINEL_URLS", &urls),
+            (
+                "PHX_GATEWAY__REDIS__SENTINEL_MASTER",
+                RedisSentinels::MASTER,
+            ),
+            ("PHX_GATEWAY__REDIS__PASSWORD", "datapw"),
+        ],
+        ["sp1", "sp2"],
+    )
+    .await;
+}

@@ -49,26 +49,44 @@ pub(crate) struct ClusterNode {
 impl RedisCluster {
     /// Starts the six servers and creates the cluster (`cluster-node-timeout 2000`).
     pub(crate) fn start() -> Self {
+        Self::start_as(None)
+    }
+
+    /// Like [`RedisCluster::start`], every node reachable only as the ACL user `user` with
+    /// `password` (the default user off; replicas authenticate the same way).
+    pub(crate) fn start_with_acl(user: &str, password: &str) -> Self {
+        Self::start_as(Some((user, password)))
+    }
+
+    fn start_as(acl: Option<(&str, &str)>) -> Self {
+        let mut args: Vec<String> = [
+            "--port",
+            "{port}",
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            "2000",
+        ]
+        .map(String::from)
+        .to_vec();
+        let mut url = "redis://127.0.0.1:{port}".to_owned();
+        if let Some((user, password)) = acl {
+            let pw = format!(">{password}");
+            args.extend(["--user", user, "on", &pw, "~*", "&*", "+@all"].map(String::from));
+            args.extend(["--user", "default", "off"].map(String::from));
+            args.extend(["--masteruser", user, "--masterauth", password].map(String::from));
+            url = format!("redis://{user}:{password}@127.0.0.1:{{port}}");
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let nodes: Vec<RedisServer> = (0..6)
-            .map(|_| {
-                RedisServer::start_on(
-                    &[
-                        "--port",
-                        "{port}",
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-config-file",
-                        "nodes.conf",
-                        "--cluster-node-timeout",
-                        "2000",
-                    ],
-                    "redis://127.0.0.1:{port}",
-                    None,
-                    cluster_port,
-                )
-            })
+            .map(|_| RedisServer::start_on(&args, &url, None, cluster_port))
             .collect();
         let mut create = Command::new("redis-cli");
+        if let Some((user, password)) = acl {
+            create.args(["--user", user, "--pass", password, "--no-auth-warning"]);
+        }
         create.args(["--cluster", "create"]);
         for n in &nodes {
             create.arg(format!("127.0.0.1:{}", n.port));
@@ -246,6 +264,7 @@ pub(crate) struct RedisSentinels {
     sentinels: Vec<Child>,
     pub sentinel_ports: Vec<u16>,
     dir: std::path::PathBuf,
+    sentinel_password: Option<String>,
 }
 
 impl RedisSentinels {
@@ -254,14 +273,31 @@ impl RedisSentinels {
 
     /// Starts everything and waits until the Sentinels see the replica.
     pub(crate) fn start() -> Self {
-        let primary = RedisServer::start();
+        Self::start_as(None)
+    }
+
+    /// Like [`RedisSentinels::start`], the data nodes protected by `data_password` and the
+    /// Sentinels by `sentinel_password`.
+    pub(crate) fn start_with_passwords(data_password: &str, sentinel_password: &str) -> Self {
+        Self::start_as(Some((data_password, sentinel_password)))
+    }
+
+    fn start_as(passwords: Option<(&str, &str)>) -> Self {
+        let (auth_args, url): (Vec<&str>, String) = match passwords {
+            Some((data, _)) => (
+                vec!["--requirepass", data, "--masterauth", data],
+                format!("redis://:{data}@127.0.0.1:{{port}}"),
+            ),
+            None => (vec![], "redis://127.0.0.1:{port}".to_owned()),
+        };
+        let mut primary_args = vec!["--port", "{port}"];
+        primary_args.extend(&auth_args);
+        let primary = RedisServer::start_with(&primary_args, &url, None);
         let replica_of = format!("127.0.0.1 {}", primary.port);
         let (host, port) = replica_of.split_once(' ').expect("addr");
-        let replica = RedisServer::start_with(
-            &["--port", "{port}", "--replicaof", host, port],
-            "redis://127.0.0.1:{port}",
-            None,
-        );
+        let mut replica_args = vec!["--port", "{port}", "--replicaof", host, port];
+        replica_args.extend(&auth_args);
+        let replica = RedisServer::start_with(&replica_args, &url, None);
         let dir = std::env::temp_dir().join(format!(
             "phx-gw-sentinel-{}-{}",
             std::process::id(),
@@ -280,10 +316,17 @@ impl RedisSentinels {
                      sentinel monitor {m} 127.0.0.1 {} 2\n\
                      sentinel down-after-milliseconds {m} 1000\n\
                      sentinel failover-timeout {m} 5000\n\
-                     sentinel parallel-syncs {m} 1\n",
+                     sentinel parallel-syncs {m} 1\n{auth}",
                     dir.display(),
                     primary.port,
                     m = Self::MASTER,
+                    auth = match passwords {
+                        Some((data, sentinel)) => format!(
+                            "sentinel auth-pass {} {data}\nrequirepass {sentinel}\n",
+                            Self::MASTER
+                        ),
+                        None => String::new(),
+                    },
                 ),
             )
             .expect("sentinel.conf");
@@ -302,6 +345,7 @@ impl RedisSentinels {
             sentinels,
             sentinel_ports,
             dir,
+            sentinel_password: passwords.map(|(_, s)| s.to_owned()),
         };
         wait_blocking("the replica in sync", Duration::from_secs(20), || {
             s.replica
@@ -313,21 +357,26 @@ impl RedisSentinels {
             Duration::from_secs(20),
             || {
                 s.sentinel_ports.iter().all(|p| {
-                    sentinel_cmd(*p, &["SENTINEL", "MASTER", Self::MASTER]).is_some_and(|v| {
-                        let v = format!("{v:?}");
-                        v.contains("num-slaves") && !v.contains("\"num-slaves\", \"0\"")
-                    })
+                    s.sentinel_cmd(*p, &["SENTINEL", "MASTER", Self::MASTER])
+                        .is_some_and(|v| {
+                            let v = format!("{v:?}");
+                            v.contains("num-slaves") && !v.contains("\"num-slaves\", \"0\"")
+                        })
                 })
             },
         );
         s
     }
 
-    /// Sentinel URLs for `redis.sentinel_urls`.
+    /// Sentinel URLs for `redis.sentinel_urls` (with the Sentinels' password, if any).
     pub(crate) fn urls(&self) -> String {
+        let auth = self
+            .sentinel_password
+            .as_deref()
+            .map_or(String::new(), |p| format!(":{p}@"));
         self.sentinel_ports
             .iter()
-            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .map(|p| format!("redis://{auth}127.0.0.1:{p}"))
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -335,23 +384,30 @@ impl RedisSentinels {
     /// The primary's port according to the Sentinels (the first that answers).
     pub(crate) fn primary_port(&self) -> Option<u16> {
         self.sentinel_ports.iter().find_map(|p| {
-            let v = sentinel_cmd(*p, &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", Self::MASTER])?;
+            let v =
+                self.sentinel_cmd(*p, &["SENTINEL", "GET-MASTER-ADDR-BY-NAME", Self::MASTER])?;
             let addr: Vec<String> = redis::from_redis_value(v).ok()?;
             addr.get(1)?.parse().ok()
         })
     }
 }
 
-fn sentinel_cmd(port: u16, args: &[&str]) -> Option<redis::Value> {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).ok()?;
-    let mut conn = client
-        .get_connection_with_timeout(Duration::from_millis(500))
-        .ok()?;
-    let mut cmd = redis::cmd(args[0]);
-    for a in &args[1..] {
-        cmd.arg(*a);
+impl RedisSentinels {
+    fn sentinel_cmd(&self, port: u16, args: &[&str]) -> Option<redis::Value> {
+        let auth = self
+            .sentinel_password
+            .as_deref()
+            .map_or(String::new(), |p| format!(":{p}@"));
+        let client = redis::Client::open(format!("redis://{auth}127.0.0.1:{port}")).ok()?;
+        let mut conn = client
+            .get_connection_with_timeout(Duration::from_millis(500))
+            .ok()?;
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query(&mut conn).ok()
     }
-    cmd.query(&mut conn).ok()
 }
 
 impl Drop for RedisSentinels {
