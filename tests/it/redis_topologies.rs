@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use crate::support::presence_view::{counts, View};
 use crate::support::process::NodeProcess;
-use crate::support::redis_topology::{RedisCluster, RedisSentinels};
+use crate::support::redis_topology::{RedisCluster, RedisSentinels, TestCa};
 use crate::support::{metric, wait_until, Client, Received, TestServer, WAIT};
 
 /// Short presence timings, as the other cluster tests use.
@@ -613,6 +613,23 @@ async fn sentinel_with_passwords_for_the_data_nodes_and_the_sentinels() {
             ("PHX_GATEWAY__REDIS__PASSWORD", "datapw"),
         ],
         ["sp1", "sp2"],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_over_tls_with_a_private_ca() {
+    let ca = TestCa::new();
+    let cluster = RedisCluster::start_tls(&ca);
+    let urls = cluster.urls();
+    assert!(urls.starts_with("rediss://"), "{urls}");
+    let ca_file = ca.ca_file.to_string_lossy().into_owned();
+    crosses_nodes(
+        &[
+            ("PHX_GATEWAY__REDIS__CLUSTER_URLS", &urls),
+            ("PHX_GATEWAY__REDIS__TLS_CA_FILE", &ca_file),
+        ],
+        ["tls1", "tls2"],
     )
     .await;
 }

@@ -19,6 +19,64 @@ fn wait_blocking(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) 
     panic!("timed out after {timeout:?} waiting for {what}");
 }
 
+/// A private CA and a server certificate for 127.0.0.1 (openssl), for TLS topologies.
+pub(crate) struct TestCa {
+    dir: std::path::PathBuf,
+    /// The CA certificate (PEM file), for `redis.tls_ca_file`.
+    pub ca_file: std::path::PathBuf,
+    /// The same, read.
+    pub ca_pem: Vec<u8>,
+}
+
+impl TestCa {
+    /// Generates the CA and the server certificate in a temporary directory.
+    pub(crate) fn new() -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("phx-gw-ca-{}-{}", std::process::id(), free_port()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        for cmd in [
+            "openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 1 -subj /CN=phx-test-ca 2>/dev/null",
+            "openssl req -newkey rsa:2048 -nodes -keyout srv.key -out srv.csr -subj /CN=127.0.0.1 2>/dev/null",
+            "printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\n' > ext.cnf",
+            "openssl x509 -req -in srv.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out srv.crt -days 1 -extfile ext.cnf 2>/dev/null",
+        ] {
+            let ok = Command::new("sh")
+                .arg("-c")
+                .arg(cmd)
+                .current_dir(&dir)
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "{cmd} (openssl needed)");
+        }
+        let ca_file = dir.join("ca.crt");
+        let ca_pem = std::fs::read(&ca_file).expect("ca");
+        Self {
+            dir,
+            ca_file,
+            ca_pem,
+        }
+    }
+
+    /// redis-server arguments for the server certificate.
+    fn server_args(&self) -> Vec<String> {
+        let path = |f: &str| self.dir.join(f).to_string_lossy().into_owned();
+        vec![
+            "--tls-cert-file".into(),
+            path("srv.crt"),
+            "--tls-key-file".into(),
+            path("srv.key"),
+            "--tls-ca-cert-file".into(),
+            path("ca.crt"),
+        ]
+    }
+}
+
+impl Drop for TestCa {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// A free port for a cluster node: its bus listens on port + 10000, which must be a valid,
 /// free port too.
 fn cluster_port() -> u16 {
@@ -58,7 +116,17 @@ impl RedisCluster {
         Self::start_as(Some((user, password)))
     }
 
+    /// Like [`RedisCluster::start`], over TLS only (clients, cluster bus and replication),
+    /// with a certificate for 127.0.0.1 signed by `tls`'s CA.
+    pub(crate) fn start_tls(tls: &TestCa) -> Self {
+        Self::start_full(None, Some(tls))
+    }
+
     fn start_as(acl: Option<(&str, &str)>) -> Self {
+        Self::start_full(acl, None)
+    }
+
+    fn start_full(acl: Option<(&str, &str)>, tls: Option<&TestCa>) -> Self {
         let mut args: Vec<String> = [
             "--port",
             "{port}",
@@ -79,13 +147,35 @@ impl RedisCluster {
             args.extend(["--masteruser", user, "--masterauth", password].map(String::from));
             url = format!("redis://{user}:{password}@127.0.0.1:{{port}}");
         }
+        if let Some(tls) = tls {
+            args[0] = "--tls-port".into();
+            args.extend(
+                [
+                    "--port",
+                    "0",
+                    "--tls-cluster",
+                    "yes",
+                    "--tls-replication",
+                    "yes",
+                    "--tls-auth-clients",
+                    "no",
+                ]
+                .map(String::from),
+            );
+            args.extend(tls.server_args());
+            url = url.replace("redis://", "rediss://");
+        }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let ca = tls.map(|t| t.ca_pem.clone());
         let nodes: Vec<RedisServer> = (0..6)
-            .map(|_| RedisServer::start_on(&args, &url, None, cluster_port))
+            .map(|_| RedisServer::start_on(&args, &url, ca.clone(), cluster_port))
             .collect();
         let mut create = Command::new("redis-cli");
         if let Some((user, password)) = acl {
             create.args(["--user", user, "--pass", password, "--no-auth-warning"]);
+        }
+        if let Some(tls) = tls {
+            create.arg("--tls").arg("--cacert").arg(&tls.ca_file);
         }
         create.args(["--cluster", "create"]);
         for n in &nodes {
