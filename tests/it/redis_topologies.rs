@@ -633,3 +633,24 @@ async fn cluster_over_tls_with_a_private_ca() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_over_tls_with_a_private_ca() {
+    let ca = TestCa::new();
+    let sentinels = RedisSentinels::start_tls(&ca);
+    let urls = sentinels.urls();
+    assert!(urls.starts_with("rediss://"), "{urls}");
+    let ca_file = ca.ca_file.to_string_lossy().into_owned();
+    crosses_nodes(
+        &[
+            ("PHX_GATEWAY__REDIS__SENTINEL_URLS", &urls),
+            (
+                "PHX_GATEWAY__REDIS__SENTINEL_MASTER",
+                RedisSentinels::MASTER,
+            ),
+            ("PHX_GATEWAY__REDIS__TLS_CA_FILE", &ca_file),
+        ],
+        ["stls1", "stls2"],
+    )
+    .await;
+}

@@ -355,6 +355,8 @@ pub(crate) struct RedisSentinels {
     pub sentinel_ports: Vec<u16>,
     dir: std::path::PathBuf,
     sentinel_password: Option<String>,
+    /// The CA (PEM) of TLS Sentinels.
+    ca: Option<Vec<u8>>,
 }
 
 impl RedisSentinels {
@@ -369,25 +371,58 @@ impl RedisSentinels {
     /// Like [`RedisSentinels::start`], the data nodes protected by `data_password` and the
     /// Sentinels by `sentinel_password`.
     pub(crate) fn start_with_passwords(data_password: &str, sentinel_password: &str) -> Self {
-        Self::start_as(Some((data_password, sentinel_password)))
+        Self::start_full(Some((data_password, sentinel_password)), None)
+    }
+
+    /// Like [`RedisSentinels::start`], everything over TLS only (clients, replication, the
+    /// Sentinels' own port) with certificates of `tls`'s CA.
+    pub(crate) fn start_tls(tls: &TestCa) -> Self {
+        Self::start_full(None, Some(tls))
     }
 
     fn start_as(passwords: Option<(&str, &str)>) -> Self {
-        let (auth_args, url): (Vec<&str>, String) = match passwords {
+        Self::start_full(passwords, None)
+    }
+
+    fn start_full(passwords: Option<(&str, &str)>, tls: Option<&TestCa>) -> Self {
+        let (mut auth_args, mut url): (Vec<String>, String) = match passwords {
             Some((data, _)) => (
-                vec!["--requirepass", data, "--masterauth", data],
+                ["--requirepass", data, "--masterauth", data]
+                    .map(String::from)
+                    .to_vec(),
                 format!("redis://:{data}@127.0.0.1:{{port}}"),
             ),
             None => (vec![], "redis://127.0.0.1:{port}".to_owned()),
         };
-        let mut primary_args = vec!["--port", "{port}"];
-        primary_args.extend(&auth_args);
-        let primary = RedisServer::start_with(&primary_args, &url, None);
+        let port_flag = if tls.is_some() {
+            "--tls-port"
+        } else {
+            "--port"
+        };
+        if let Some(tls) = tls {
+            auth_args.extend(
+                [
+                    "--port",
+                    "0",
+                    "--tls-replication",
+                    "yes",
+                    "--tls-auth-clients",
+                    "no",
+                ]
+                .map(String::from),
+            );
+            auth_args.extend(tls.server_args());
+            url = url.replace("redis://", "rediss://");
+        }
+        let ca = tls.map(|t| t.ca_pem.clone());
+        let mut primary_args = vec![port_flag, "{port}"];
+        primary_args.extend(auth_args.iter().map(String::as_str));
+        let primary = RedisServer::start_with(&primary_args, &url, ca.clone());
         let replica_of = format!("127.0.0.1 {}", primary.port);
         let (host, port) = replica_of.split_once(' ').expect("addr");
-        let mut replica_args = vec!["--port", "{port}", "--replicaof", host, port];
-        replica_args.extend(&auth_args);
-        let replica = RedisServer::start_with(&replica_args, &url, None);
+        let mut replica_args = vec![port_flag, "{port}", "--replicaof", host, port];
+        replica_args.extend(auth_args.iter().map(String::as_str));
+        let replica = RedisServer::start_with(&replica_args, &url, ca.clone());
         let dir = std::env::temp_dir().join(format!(
             "phx-gw-sentinel-{}-{}",
             std::process::id(),
@@ -402,7 +437,7 @@ impl RedisSentinels {
             std::fs::write(
                 &conf,
                 format!(
-                    "port {sport}\nbind 127.0.0.1\ndir {}\n\
+                    "{listen}\nbind 127.0.0.1\ndir {}\n\
                      sentinel monitor {m} 127.0.0.1 {} 2\n\
                      sentinel down-after-milliseconds {m} 1000\n\
                      sentinel failover-timeout {m} 5000\n\
@@ -410,6 +445,17 @@ impl RedisSentinels {
                     dir.display(),
                     primary.port,
                     m = Self::MASTER,
+                    listen = match tls {
+                        Some(t) => format!(
+                            "port 0\ntls-port {sport}\ntls-replication yes\ntls-auth-clients no\n{}",
+                            t.server_args()
+                                .chunks(2)
+                                .map(|kv| format!("{} {}", kv[0].trim_start_matches("--"), kv[1]))
+                                .collect::<Vec<_>>()
+                                .join("\n")
+                        ),
+                        None => format!("port {sport}"),
+                    },
                     auth = match passwords {
                         Some((data, sentinel)) => format!(
                             "sentinel auth-pass {} {data}\nrequirepass {sentinel}\n",
@@ -436,6 +482,7 @@ impl RedisSentinels {
             sentinel_ports,
             dir,
             sentinel_password: passwords.map(|(_, s)| s.to_owned()),
+            ca,
         };
         wait_blocking("the replica in sync", Duration::from_secs(20), || {
             s.replica
@@ -464,9 +511,10 @@ impl RedisSentinels {
             .sentinel_password
             .as_deref()
             .map_or(String::new(), |p| format!(":{p}@"));
+        let scheme = if self.ca.is_some() { "rediss" } else { "redis" };
         self.sentinel_ports
             .iter()
-            .map(|p| format!("redis://{auth}127.0.0.1:{p}"))
+            .map(|p| format!("{scheme}://{auth}127.0.0.1:{p}"))
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -488,7 +536,17 @@ impl RedisSentinels {
             .sentinel_password
             .as_deref()
             .map_or(String::new(), |p| format!(":{p}@"));
-        let client = redis::Client::open(format!("redis://{auth}127.0.0.1:{port}")).ok()?;
+        let client = match &self.ca {
+            Some(ca) => redis::Client::build_with_tls(
+                format!("rediss://{auth}127.0.0.1:{port}"),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.clone()),
+                },
+            )
+            .ok()?,
+            None => redis::Client::open(format!("redis://{auth}127.0.0.1:{port}")).ok()?,
+        };
         let mut conn = client
             .get_connection_with_timeout(Duration::from_millis(500))
             .ok()?;
