@@ -6,6 +6,7 @@
 --   <prefix>:n:{<node>}:topics   set of escaped topics the node has presences on, TTL
 --   <prefix>:n:{<node>}:reap     lock of the node reaping this (dead) node
 --   <prefix>:schema              hash: version, and one "step:<n>" entry per applied step
+--                                (Redis Cluster: <prefix>:schema:{m<n>}, one per master)
 -- Nothing to transform: a fresh Redis only needs its version recorded.
 --
 -- KEYS[1] = schema hash; ARGV[1] = expected current version; ARGV[2] = new version;

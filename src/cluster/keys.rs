@@ -107,6 +107,11 @@ impl Keys {
     pub fn schema(&self) -> String {
         format!("{}:schema", self.prefix)
     }
+
+    /// A cluster master's key-layout version, in a slot of `tag`: `phx:schema:{<tag>}`.
+    pub fn schema_tagged(&self, tag: &str) -> String {
+        format!("{}:schema:{{{}}}", self.prefix, escape(tag))
+    }
 }
 
 #[cfg(test)]

@@ -58,6 +58,18 @@ async fn cluster_subscriptions_are_sharded_on_the_owning_master_only() {
     };
     let n1 = TestServer::start_node("", tweak).await;
     let n2 = TestServer::start_node("", tweak).await;
+    // The key-layout migration ran on every master: each records its version.
+    for m in cluster.masters() {
+        let node = cluster
+            .nodes
+            .iter()
+            .find(|n| n.port == m.port)
+            .expect("master");
+        let keys: Vec<String> = node.cmd(&["KEYS", "phx:schema*"]);
+        assert_eq!(keys.len(), 1, "master {}: {keys:?}", m.port);
+        let version: String = node.cmd(&["HGET", &keys[0], "version"]);
+        assert_eq!(version, "1");
+    }
     let topic = "room:sharded";
     let mut a = n1.v2("user_id=alice").await;
     let mut b = n2.v2("user_id=bob").await;
