@@ -38,7 +38,7 @@ async fn schema_keys(redis: &Redis) -> Result<Vec<String>, ClusterError> {
         return Ok(vec![redis.keys.schema()]);
     }
     // CLUSTER SLOTS: [[start, end, [host, port, id, ..], replicas..], ..]
-    let slots: Vec<redis::Value> = redis.query(&redis::cmd("CLUSTER").arg("SLOTS")).await?;
+    let slots: Vec<redis::Value> = redis.query(redis::cmd("CLUSTER").arg("SLOTS")).await?;
     let mut masters: Vec<(String, Vec<(i64, i64)>)> = Vec::new();
     for range in slots {
         let redis::Value::Array(parts) = range else {
