@@ -48,6 +48,8 @@ pub const REDIS_ERRORS: &str = "phx_gateway_redis_errors_total";
 pub const REDIS_UP: &str = "phx_gateway_redis_up";
 /// Pub/sub reconnections.
 pub const REDIS_RECONNECTS: &str = "phx_gateway_redis_reconnects_total";
+/// Broadcasts from other nodes that never arrived (gaps in their per-topic numbering).
+pub const REDIS_LOST: &str = "phx_gateway_redis_lost_total";
 /// History appends (`result`: ok, error).
 pub const HISTORY_APPENDS: &str = "phx_gateway_history_appends_total";
 /// Joins that asked to recover from a position (`result`: recovered, failed, error).
@@ -149,6 +151,10 @@ fn describe() {
     describe_counter!(
         REDIS_RECONNECTS,
         "Redis reconnections (subscriber connection, or a new primary's connection)."
+    );
+    describe_counter!(
+        REDIS_LOST,
+        "Broadcasts from other nodes that never arrived (gaps in their per-topic numbering)."
     );
     describe_counter!(
         HISTORY_APPENDS,

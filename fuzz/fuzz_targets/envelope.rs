@@ -22,11 +22,12 @@ fuzz_target!(|data: &[u8]| {
     let Ok(env) = envelope::decode(data) else {
         return;
     };
-    let bytes = envelope::encode(&env.node, env.from, env.ts, &env.broadcast);
+    let bytes = envelope::encode_numbered(&env.node, env.from, env.ts, &env.broadcast, env.n);
     let back = envelope::decode(&bytes).expect("a re-encoded envelope must decode");
     assert_eq!(back.node, env.node);
     assert_eq!(back.from, env.from);
     assert_eq!(back.ts, env.ts);
+    assert_eq!(back.n, env.n);
     assert_eq!(back.broadcast.topic, env.broadcast.topic);
     assert_eq!(back.broadcast.event, env.broadcast.event);
     let floats = matches!(&env.broadcast.payload, Payload::Json(v) if has_float(v));

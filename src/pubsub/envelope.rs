@@ -32,6 +32,9 @@ struct Out<'a> {
     /// Set by the append script in Redis; written here only when re-encoding a decoded one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pos: Option<String>,
+    /// The origin's number for this topic (normally stamped by the publisher task).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    n: Option<u64>,
     ts: u64,
 }
 
@@ -62,6 +65,9 @@ struct In {
     /// The history position, added by the append script (`<epoch>:<stream id>`).
     #[serde(default)]
     pos: Option<String>,
+    /// The origin node's number of this envelope on its topic (`numbering.rs`).
+    #[serde(default)]
+    n: Option<u64>,
     #[serde(default)]
     ts: u64,
 }
@@ -75,6 +81,8 @@ pub struct Envelope {
     pub from: Option<u64>,
     /// Publish time, unix milliseconds (0 if unknown).
     pub ts: u64,
+    /// The origin's number of this envelope on its topic (None from external publishers).
+    pub n: Option<u64>,
     /// The broadcast.
     pub broadcast: Broadcast,
 }
@@ -96,8 +104,19 @@ pub enum EnvelopeError {
     Version(u32),
 }
 
-/// Encodes a broadcast for Redis.
+/// Encodes a broadcast for Redis (unnumbered: the publisher task stamps the number).
 pub fn encode(node: &str, from: Option<u64>, ts: u64, msg: &Broadcast) -> Vec<u8> {
+    encode_numbered(node, from, ts, msg, None)
+}
+
+/// Encodes a broadcast for Redis with the origin's number `n` for its topic.
+pub fn encode_numbered(
+    node: &str,
+    from: Option<u64>,
+    ts: u64,
+    msg: &Broadcast,
+    n: Option<u64>,
+) -> Vec<u8> {
     let (payload, binary) = match &msg.payload {
         Payload::Json(v) => (Some(JsonOut::Value(v)), None),
         // Checked once more here: the envelope must stay valid JSON for every node.
@@ -126,6 +145,7 @@ pub fn encode(node: &str, from: Option<u64>, ts: u64, msg: &Broadcast) -> Vec<u8
             _ => None,
         },
         pos: msg.position.as_ref().map(ToString::to_string),
+        n,
         ts,
     };
     serde_json::to_vec(&out).unwrap_or_default()
@@ -149,6 +169,7 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope, EnvelopeError> {
         node: raw.node,
         from: raw.from,
         ts: raw.ts,
+        n: raw.n,
         broadcast: Broadcast {
             seq: raw
                 .seq

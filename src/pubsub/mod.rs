@@ -9,6 +9,7 @@ pub mod envelope;
 mod gate;
 pub mod history;
 mod local;
+mod numbering;
 pub mod redis;
 mod redis_history;
 mod registry;

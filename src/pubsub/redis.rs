@@ -25,8 +25,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::subscriber::{Manager, SubCmd};
 use super::{
-    envelope, redis_history, Broadcast, PubSub, PubSubError, Registry, Replay, Retention, Since,
-    Subscriber, SubscriberId,
+    envelope, numbering, redis_history, Broadcast, PubSub, PubSubError, Registry, Replay,
+    Retention, Since, Subscriber, SubscriberId,
 };
 use crate::cluster::Redis;
 use crate::protocol::Frame;
@@ -42,6 +42,8 @@ pub struct RedisStats {
     pub received: AtomicU64,
     /// Messages from Redis that were not valid envelopes.
     pub invalid: AtomicU64,
+    /// Messages from other nodes that never arrived (gaps in their per-topic numbering).
+    pub lost: AtomicU64,
     /// Subscriber connections established after the first.
     pub reconnects: AtomicU64,
     /// Whether the subscriber connection is up.
@@ -103,6 +105,7 @@ impl RedisPubSub {
         let publisher = Publisher {
             redis: redis.clone(),
             registry: registry.clone(),
+            numbering: numbering::Outgoing::default(),
             stats: stats.clone(),
             rx: publish_rx,
             last_warn: None,
@@ -228,6 +231,8 @@ impl PubSub for RedisPubSub {
 struct Publisher {
     redis: Redis,
     registry: Arc<Registry>,
+    /// Per-topic numbers stamped on envelopes, so receivers can count what they missed.
+    numbering: numbering::Outgoing,
     stats: Arc<RedisStats>,
     rx: mpsc::Receiver<Outgoing>,
     last_warn: Option<Instant>,
@@ -258,6 +263,10 @@ impl Publisher {
     }
 
     async fn send(&mut self, batch: &mut Vec<Outgoing>) {
+        for o in batch.iter_mut() {
+            let n = self.numbering.next(&o.channel);
+            o.bytes = numbering::stamp(&o.bytes, n);
+        }
         // Sharded pub/sub in a cluster: the message goes to the shard owning the channel's
         // slot only, and per-slot pipelines keep each topic's order.
         let verb = if self.redis.is_cluster() {

@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::numbering::Incoming;
 use super::redis::{now_ms, RedisStats, MAX_BACKOFF};
 use super::{envelope, Registry};
 use crate::cluster::{Redis, Subscriptions};
@@ -60,6 +61,8 @@ pub(super) struct Manager {
     pending_unsub: HashMap<String, Instant>,
     /// Acks to send once a topic's subscription is confirmed.
     waiting: HashMap<String, Vec<oneshot::Sender<()>>>,
+    /// Other nodes' numbering per topic, to count what never arrived.
+    incoming: Arc<Incoming>,
     shutdown: CancellationToken,
 }
 
@@ -127,6 +130,7 @@ impl Manager {
             active: HashSet::new(),
             pending_unsub: HashMap::new(),
             waiting: HashMap::new(),
+            incoming: Arc::default(),
             shutdown,
         }
     }
@@ -198,9 +202,12 @@ impl Manager {
                 let (sink, stream) = client.get_async_pubsub().await?.split();
                 let reader = tokio::spawn(read_classic(
                     stream,
-                    self.registry.clone(),
-                    self.redis.clone(),
-                    self.stats.clone(),
+                    Receiver {
+                        registry: self.registry.clone(),
+                        redis: self.redis.clone(),
+                        stats: self.stats.clone(),
+                        incoming: self.incoming.clone(),
+                    },
                 ));
                 Ok(Connected {
                     link: Link::Classic { sink, generation },
@@ -215,9 +222,12 @@ impl Manager {
                 let reader = tokio::spawn(read_sharded(
                     rx,
                     events,
-                    self.registry.clone(),
-                    self.redis.clone(),
-                    self.stats.clone(),
+                    Receiver {
+                        registry: self.registry.clone(),
+                        redis: self.redis.clone(),
+                        stats: self.stats.clone(),
+                        incoming: self.incoming.clone(),
+                    },
                 ));
                 Ok(Connected {
                     link: Link::Sharded(conn),
@@ -461,6 +471,10 @@ impl Manager {
             .into_iter()
             .filter(|t| self.active.contains(t) && !self.refs.contains_key(t))
             .collect();
+        for t in &topics {
+            // What this node misses from now on is not a loss.
+            self.incoming.forget(&self.redis.keys.channel(t));
+        }
         let timeout = Duration::from_millis(self.redis.settings.command_timeout_ms);
         match link {
             Link::Classic { sink, .. } => {
@@ -557,21 +571,18 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     }
 }
 
-/// Reads messages from a classic subscriber connection and dispatches them locally.
-async fn read_classic(
-    mut stream: redis::aio::PubSubStream,
+/// What a reader needs to deliver messages from Redis.
+struct Receiver {
     registry: Arc<Registry>,
     redis: Redis,
     stats: Arc<RedisStats>,
-) {
+    incoming: Arc<Incoming>,
+}
+
+/// Reads messages from a classic subscriber connection and dispatches them locally.
+async fn read_classic(mut stream: redis::aio::PubSubStream, rx: Receiver) {
     while let Some(msg) = stream.next().await {
-        deliver(
-            msg.get_channel_name(),
-            msg.get_payload_bytes(),
-            &registry,
-            &redis,
-            &stats,
-        );
+        deliver(msg.get_channel_name(), msg.get_payload_bytes(), &rx);
     }
 }
 
@@ -580,22 +591,20 @@ async fn read_classic(
 async fn read_sharded(
     mut pushes: mpsc::UnboundedReceiver<PushInfo>,
     events: mpsc::UnboundedSender<Event>,
-    registry: Arc<Registry>,
-    redis: Redis,
-    stats: Arc<RedisStats>,
+    rx: Receiver,
 ) {
     while let Some(push) = pushes.recv().await {
         match push.kind {
             PushKind::SMessage => {
                 if let [Value::BulkString(channel), Value::BulkString(payload)] = &push.data[..] {
                     let channel = String::from_utf8_lossy(channel);
-                    deliver(&channel, payload, &registry, &redis, &stats);
+                    deliver(&channel, payload, &rx);
                 }
             }
             PushKind::SUnsubscribe => {
                 let topic = match push.data.first() {
                     Some(Value::BulkString(ch)) => {
-                        redis.keys.topic_of_channel(&String::from_utf8_lossy(ch))
+                        rx.redis.keys.topic_of_channel(&String::from_utf8_lossy(ch))
                     }
                     _ => None,
                 };
@@ -612,7 +621,13 @@ async fn read_sharded(
 }
 
 /// Decodes one message from Redis and dispatches it to local subscribers.
-fn deliver(channel: &str, payload: &[u8], registry: &Registry, redis: &Redis, stats: &RedisStats) {
+fn deliver(channel: &str, payload: &[u8], rx: &Receiver) {
+    let Receiver {
+        registry,
+        redis,
+        stats,
+        incoming,
+    } = rx;
     stats.received.fetch_add(1, Ordering::Relaxed);
     let env = match envelope::decode(payload) {
         Ok(env) => env,
@@ -624,6 +639,16 @@ fn deliver(channel: &str, payload: &[u8], registry: &Registry, redis: &Redis, st
             return;
         }
     };
+    if env.node != *redis.node && !env.node.is_empty() {
+        if let Some(n) = env.n {
+            let lost = incoming.seen(&env.node, channel, n);
+            if lost > 0 {
+                stats.lost.fetch_add(lost, Ordering::Relaxed);
+                ::metrics::counter!(crate::metrics::REDIS_LOST).increment(lost);
+                tracing::debug!(channel, lost, origin = %env.node, "messages from another node never arrived");
+            }
+        }
+    }
     // The origin delivered it locally already, unless it has a history position: then it
     // is delivered here too, in the stream's order (`from` is the origin's own sender).
     let from = if env.node == *redis.node {

@@ -292,6 +292,16 @@ async fn failover_under_traffic(
         n1.is_running() && n2.is_running(),
         "no gateway exits when Redis fails over"
     );
+    // Every message that never arrived is counted by the receiving node (gaps in the
+    // sender's numbering of the topic; presence diffs lost on the topic count too).
+    let counted = n2.admin("/metrics").await.map_or(0.0, |(_, page)| {
+        metric(&page, "phx_gateway_redis_lost_total")
+    });
+    assert!(
+        counted as usize >= stream.lost(),
+        "every drop is counted on the receiving node: {counted} counted, {} new_msg lost",
+        stream.lost()
+    );
     // Presence converges to the truth afterwards.
     view.converge(
         &mut receiver,
