@@ -38,18 +38,20 @@ impl RedisServer {
         ca: Option<Vec<u8>>,
         pick: fn() -> u16,
     ) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "phx-gw-redis-{}-{}",
-            std::process::id(),
-            free_port()
-        ));
-        std::fs::create_dir_all(&dir).expect("redis dir");
         for _ in 0..5 {
             let port = pick();
+            // One directory per attempt: a failed attempt's server removes its own when
+            // dropped, and must not take the next attempt's with it.
+            let dir = std::env::temp_dir().join(format!(
+                "phx-gw-redis-{}-{}-{port}",
+                std::process::id(),
+                free_port()
+            ));
+            std::fs::create_dir_all(&dir).expect("redis dir");
             let mut server = Self {
                 port,
                 child: None,
-                dir: dir.clone(),
+                dir,
                 args: args.iter().map(|a| a.to_string()).collect(),
                 url_template: url_template.to_owned(),
                 ca: ca.clone(),
