@@ -10,23 +10,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${BENCH_ROUNDS:-2}
 bin=${BENCH_BIN:-target/release}
-work=$(mktemp -d)
-kill_all() { [ -f "$work/pids" ] && xargs -r kill -9 <"$work/pids" 2>/dev/null; rm -f "$work/pids"; }
-cleanup() { kill_all || true; rm -rf "$work"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
+# shellcheck source=scripts/bench-lib.sh
+. scripts/bench-lib.sh
 start() { # $1: redis url or "" ; prints the port
   local port; port=$(free_port)
   env ${1:+PHX_GATEWAY__REDIS__URL=$1} PHX_GATEWAY__HTTP__PORT="$port" PHX_GATEWAY__ADMIN__PORT=0 RUST_LOG=warn \
     "$bin/phx-gateway" --config config/bench.toml >"$work/gw-$port.log" 2>&1 &
-  echo $! >>"$work/pids"; wait_port "$port"; echo "$port"
+  track $!; wait_port "$port"; echo "$port"
 }
 step() { "$bin/phx-load" fanout "$@" -n 500 --rate 1562 --duration 3 --sources 2 --step --step-factor "${BENCH_STEP_FACTOR:-1.25}" 2>&1 | grep highest; }
 for round in $(seq "$rounds"); do
   cport=$(free_port)
   "$bin/examples/ceiling_broadcaster" "127.0.0.1:$cport" >/dev/null 2>&1 &
-  echo $! >>"$work/pids"; wait_port "$cport"
+  track $!; wait_port "$cport"
   echo "== round $round ceiling: $(step --addrs "127.0.0.1:$cport")"
   kill_all
   a=$(start "")
@@ -36,7 +32,7 @@ for round in $(seq "$rounds"); do
   kill_all
   rport=$(free_port)
   redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" >/dev/null 2>&1 &
-  echo $! >>"$work/pids"; wait_port "$rport"
+  track $!; wait_port "$rport"
   a=$(start "redis://127.0.0.1:$rport"); b=$(start "redis://127.0.0.1:$rport")
   for topic in fan:load hist:load; do
     echo "== round $round two nodes, $topic: $(step --addrs "127.0.0.1:$b" --publish-to "127.0.0.1:$a" --topic "$topic")"

@@ -15,28 +15,8 @@ cd "$(dirname "$0")/.."
 rounds=${BENCH_ROUNDS:-2}
 topologies=${BENCH_TOPOLOGIES:-"single cluster"}
 bin=${BENCH_BIN:-target/release}
-work=$(mktemp -d)
-
-# Processes are started inside $(...) too, so their pids go to a file.
-kill_all() { [ -f "$work/pids" ] && xargs -r kill -9 <"$work/pids" 2>/dev/null; rm -f "$work/pids"; }
-cleanup() { kill_all || true; rm -rf "$work"; }
-trap cleanup EXIT
-
-# Below 55000 with port + 10000 free too: a cluster node's bus listens there.
-free_port() { python3 -c '
-import socket
-def free(p):
-    s = socket.socket()
-    try:
-        s.bind(("127.0.0.1", p)); return True
-    except OSError:
-        return False
-    finally:
-        s.close()
-while True:
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close()
-    if p < 55000 and free(p + 10000): print(p); break'; }
-wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
+# shellcheck source=scripts/bench-lib.sh
+. scripts/bench-lib.sh
 
 # Starts a redis-server; extra args follow the port. Prints the port.
 redis() {
@@ -45,7 +25,7 @@ redis() {
   dir="$work/redis-$port"
   mkdir -p "$dir"
   redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$dir" "$@" >"$dir/log" 2>&1 &
-  echo $! >>"$work/pids"
+  track $!
   wait_port "$port"
   echo "$port"
 }
@@ -78,7 +58,7 @@ node() {
   port=$(free_port)
   env "${REDIS_ENV[@]}" PHX_GATEWAY__HTTP__PORT="$port" PHX_GATEWAY__ADMIN__PORT=0 RUST_LOG=warn \
     "$bin/phx-gateway" --config config/bench.toml >"$work/node-$port.log" 2>&1 &
-  echo $! >>"$work/pids"
+  track $!
   wait_port "$port"
   echo "$port"
 }

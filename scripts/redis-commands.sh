@@ -3,31 +3,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${BENCH_BIN:-target/release}
-work=$(mktemp -d)
-kill_all() { [ -f "$work/pids" ] && xargs -r kill -9 <"$work/pids" 2>/dev/null; rm -f "$work/pids"; }
-cleanup() { kill_all || true; rm -rf "$work"; }
-trap cleanup EXIT
-# Below 55000 with port + 10000 free too: a cluster node's bus listens there.
-free_port() { python3 -c '
-import socket
-def free(p):
-    s = socket.socket()
-    try:
-        s.bind(("127.0.0.1", p)); return True
-    except OSError:
-        return False
-    finally:
-        s.close()
-while True:
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close()
-    if p < 55000 and free(p + 10000): print(p); break'; }
-wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
+# shellcheck source=scripts/bench-lib.sh
+. scripts/bench-lib.sh
 ports=()
 for _ in 1 2 3 4 5 6; do
   p=$(free_port); mkdir -p "$work/$p"
   redis-server --port "$p" --bind 127.0.0.1 --save '' --appendonly no --dir "$work/$p" \
     --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 2000 >/dev/null 2>&1 &
-  echo $! >>"$work/pids"; wait_port "$p"; ports+=("$p")
+  track $!; wait_port "$p"; ports+=("$p")
 done
 redis-cli --cluster create $(printf '127.0.0.1:%s ' "${ports[@]}") --cluster-replicas 1 --cluster-yes >/dev/null
 for p in "${ports[@]}"; do until redis-cli -p "$p" cluster info | grep -q cluster_state:ok; do sleep 0.1; done; done
@@ -36,7 +19,7 @@ urls=$(printf 'redis://127.0.0.1:%s,' "${ports[@]}" | sed 's/,$//')
 gw=$(free_port)
 PHX_GATEWAY__REDIS__CLUSTER_URLS=$urls PHX_GATEWAY__HTTP__PORT=$gw PHX_GATEWAY__ADMIN__PORT=0 RUST_LOG=warn \
   "$bin/phx-gateway" --config config/bench.toml >"$work/gw.log" 2>&1 &
-echo $! >>"$work/pids"; wait_port "$gw"
+track $!; wait_port "$gw"
 reset() { for m in $masters; do redis-cli -p "$m" config resetstat >/dev/null; done; }
 stats() { # per master: cmd=calls, then the sum
   for m in $masters; do

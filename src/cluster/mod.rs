@@ -137,6 +137,9 @@ fn node_id(configured: &str) -> String {
     )
 }
 
+/// One single-slot pipeline's replies, with the input positions of its commands.
+pub type SlotReplies = (Vec<usize>, Result<Vec<redis::Value>, ClusterError>);
+
 /// Most per-slot pipelines in flight at once (`pipe_by_slot`).
 const SLOT_PIPELINES: usize = 32;
 
@@ -295,30 +298,9 @@ impl Redis {
         Ok(replies)
     }
 
-    /// Like `pipe_by_slot` for commands whose replies do not matter: returns how many
-    /// commands failed (their whole pipeline did) and one of the errors.
-    pub async fn pipe_by_slot_counted(
-        &self,
-        cmds: Vec<(String, redis::Cmd)>,
-    ) -> (u64, Option<ClusterError>) {
-        let mut failed = 0;
-        let mut error = None;
-        for (idx, result) in self.each_slot(cmds).await {
-            if let Err(e) = result {
-                failed += idx.len() as u64;
-                error.get_or_insert(e);
-            }
-        }
-        (failed, error)
-    }
-
     /// Groups `cmds` into single-slot pipelines (one pipeline with one Redis) and runs them;
     /// each result comes with the input positions of its commands.
-    #[allow(clippy::type_complexity)]
-    pub async fn each_slot(
-        &self,
-        cmds: Vec<(String, redis::Cmd)>,
-    ) -> Vec<(Vec<usize>, Result<Vec<redis::Value>, ClusterError>)> {
+    pub async fn each_slot(&self, cmds: Vec<(String, redis::Cmd)>) -> Vec<SlotReplies> {
         if cmds.is_empty() {
             return Vec::new();
         }

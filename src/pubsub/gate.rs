@@ -29,6 +29,8 @@ pub struct Gate {
     floor: AtomicU64,
     /// History messages at or before this position (same epoch) are not delivered.
     replayed: Mutex<Option<Position>>,
+    /// Whether `replayed` is set: subscribers that replayed nothing skip its lock.
+    has_replayed: AtomicBool,
     held: Mutex<Held>,
 }
 
@@ -54,7 +56,7 @@ impl Gate {
     }
 
     fn wanted(&self, seq: Option<Seq>, position: Option<&Position>) -> bool {
-        if let Some(p) = position {
+        if let Some(p) = position.filter(|_| self.has_replayed.load(Ordering::Acquire)) {
             let replayed = self.replayed.lock().unwrap_or_else(|e| e.into_inner());
             if replayed
                 .as_ref()
@@ -108,6 +110,7 @@ impl Gate {
     /// delivered (they were replayed, or held while the replay was read).
     pub fn replayed_up_to(&self, position: Position) {
         *self.replayed.lock().unwrap_or_else(|e| e.into_inner()) = Some(position);
+        self.has_replayed.store(true, Ordering::Release);
     }
 
     /// Opens the gate: queues `first` (the snapshot, numbered `seq`), then the frames held

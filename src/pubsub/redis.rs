@@ -72,8 +72,16 @@ struct Outgoing {
     bytes: Vec<u8>,
     /// A broadcast for a route with history: appended to the topic's stream and delivered
     /// (here too) when it comes back with its position; delivered here without one if the
-    /// append fails. With the sender of a `broadcast_from`.
-    history: Option<(Arc<Broadcast>, Option<SubscriberId>)>,
+    /// append fails.
+    history: Option<Kept>,
+}
+
+/// A broadcast to keep in its topic's history.
+struct Kept {
+    msg: Arc<Broadcast>,
+    /// The sender of a `broadcast_from`.
+    from: Option<SubscriberId>,
+    retention: Retention,
 }
 
 /// Longest backoff between reconnection attempts.
@@ -138,12 +146,16 @@ impl RedisPubSub {
         let out = Outgoing {
             channel: self.redis.keys.channel(&msg.topic),
             bytes,
-            history: msg.retention.map(|_| (msg.clone(), from)),
+            history: msg.retention.map(|retention| Kept {
+                msg: msg.clone(),
+                from,
+                retention,
+            }),
         };
         if let Err(refused) = self.publish.try_send(out) {
-            if let Some((msg, from)) = refused.into_inner().history {
+            if let Some(kept) = refused.into_inner().history {
                 // Not even queued: the local subscribers still get it, without a position.
-                self.registry.dispatch(&msg, from);
+                self.registry.dispatch(&kept.msg, kept.from);
             }
             ::metrics::counter!(crate::metrics::REDIS_PUBLISH_DROPPED).increment(1);
             let n = self.stats.publish_dropped.fetch_add(1, Ordering::Relaxed);
@@ -274,32 +286,27 @@ impl Publisher {
         } else {
             "PUBLISH"
         };
-        let cmds = |batch: &[Outgoing]| -> Vec<(String, redis::Cmd)> {
-            batch
-                .iter()
-                .map(|o| {
-                    let cmd = match &o.history {
-                        Some((msg, _)) => redis_history::append_cmd(
-                            &self.redis,
-                            &msg.topic,
-                            &o.bytes,
-                            msg.retention.unwrap_or(Retention {
-                                size: 1,
-                                ttl: Duration::from_secs(1),
-                            }),
-                            verb,
-                        ),
-                        None => {
-                            let mut cmd = redis::cmd(verb);
-                            cmd.arg(&o.channel).arg(o.bytes.as_slice());
-                            cmd
-                        }
-                    };
-                    (o.channel.clone(), cmd)
-                })
-                .collect()
+        let command = |o: &Outgoing| -> (String, redis::Cmd) {
+            let cmd = match &o.history {
+                Some(kept) => redis_history::append_cmd(
+                    &self.redis,
+                    &kept.msg.topic,
+                    &o.bytes,
+                    kept.retention,
+                    verb,
+                ),
+                None => {
+                    let mut cmd = redis::cmd(verb);
+                    cmd.arg(&o.channel).arg(o.bytes.as_slice());
+                    cmd
+                }
+            };
+            (o.channel.clone(), cmd)
         };
-        let mut results = self.redis.each_slot(cmds(batch)).await;
+        let mut results = self
+            .redis
+            .each_slot(batch.iter().map(command).collect())
+            .await;
         let noscript = results.iter().any(|(_, r)| {
             matches!(r, Err(crate::cluster::ClusterError::Redis(e))
                 if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
@@ -315,15 +322,10 @@ impl Publisher {
                 .filter(|(_, r)| r.is_err())
                 .flat_map(|(idx, _)| idx.iter().copied())
                 .collect();
-            let again: Vec<Outgoing> = failed
-                .iter()
-                .map(|i| Outgoing {
-                    channel: batch[*i].channel.clone(),
-                    bytes: batch[*i].bytes.clone(),
-                    history: batch[*i].history.clone(),
-                })
-                .collect();
-            let retried = self.redis.each_slot(cmds(&again)).await;
+            let retried = self
+                .redis
+                .each_slot(failed.iter().map(|i| command(&batch[*i])).collect())
+                .await;
             results.retain(|(_, r)| r.is_ok());
             for (idx, r) in retried {
                 results.push((idx.into_iter().map(|i| failed[i]).collect(), r));
@@ -343,11 +345,11 @@ impl Publisher {
             if let Err(e) = result {
                 lost += idx.len() as u64;
                 for i in idx {
-                    if let Some((msg, from)) = &batch[i].history {
+                    if let Some(kept) = &batch[i].history {
                         // The local subscribers still get it, without a position.
                         ::metrics::counter!(crate::metrics::HISTORY_APPENDS, "result" => "error")
                             .increment(1);
-                        self.registry.dispatch(msg, *from);
+                        self.registry.dispatch(&kept.msg, kept.from);
                     }
                 }
                 error.get_or_insert(e);

@@ -418,20 +418,14 @@ impl Manager {
         match link {
             Link::Classic { sink, .. } => {
                 for chunk in topics.chunks(CHUNK) {
-                    let channels: Vec<String> =
-                        chunk.iter().map(|t| self.redis.keys.channel(t)).collect();
-                    match tokio::time::timeout(timeout, sink.subscribe(&channels)).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => return Err(e.into()),
-                        Err(_) => return Err(SubscriberError::Timeout("SUBSCRIBE")),
-                    }
+                    classic(sink, &self.redis, chunk, timeout, Op::Subscribe).await?;
                     for topic in chunk {
                         self.confirmed(topic);
                     }
                 }
             }
             Link::Sharded(conn) => {
-                let results = sharded(conn, &self.redis, topics, timeout, Sharded::Subscribe).await;
+                let results = sharded(conn, &self.redis, topics, timeout, Op::Subscribe).await;
                 let mut failed = 0usize;
                 for (topic, ok) in results {
                     if ok {
@@ -479,13 +473,7 @@ impl Manager {
         match link {
             Link::Classic { sink, .. } => {
                 for chunk in topics.chunks(CHUNK) {
-                    let channels: Vec<String> =
-                        chunk.iter().map(|t| self.redis.keys.channel(t)).collect();
-                    match tokio::time::timeout(timeout, sink.unsubscribe(&channels)).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => return Err(e.into()),
-                        Err(_) => return Err(SubscriberError::Timeout("UNSUBSCRIBE")),
-                    }
+                    classic(sink, &self.redis, chunk, timeout, Op::Unsubscribe).await?;
                     for topic in chunk {
                         self.active.remove(topic);
                     }
@@ -497,7 +485,7 @@ impl Manager {
                 for t in &topics {
                     self.active.remove(t);
                 }
-                sharded(conn, &self.redis, topics, timeout, Sharded::Unsubscribe).await;
+                sharded(conn, &self.redis, topics, timeout, Op::Unsubscribe).await;
             }
         }
         self.stats
@@ -508,9 +496,36 @@ impl Manager {
 }
 
 #[derive(Clone, Copy)]
-enum Sharded {
+enum Op {
     Subscribe,
     Unsubscribe,
+}
+
+/// SUBSCRIBE or UNSUBSCRIBE one chunk of `topics` on a classic connection, bounded by
+/// `timeout`.
+async fn classic(
+    sink: &mut redis::aio::PubSubSink,
+    redis: &Redis,
+    topics: &[String],
+    timeout: Duration,
+    op: Op,
+) -> Result<(), SubscriberError> {
+    let channels: Vec<String> = topics.iter().map(|t| redis.keys.channel(t)).collect();
+    let (call, name) = match op {
+        Op::Subscribe => (
+            tokio::time::timeout(timeout, sink.subscribe(&channels)).await,
+            "SUBSCRIBE",
+        ),
+        Op::Unsubscribe => (
+            tokio::time::timeout(timeout, sink.unsubscribe(&channels)).await,
+            "UNSUBSCRIBE",
+        ),
+    };
+    match call {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => Err(SubscriberError::Timeout(name)),
+    }
 }
 
 /// SSUBSCRIBE or SUNSUBSCRIBE `topics`, one command per slot (a sharded command may not
@@ -520,7 +535,7 @@ async fn sharded(
     redis: &Redis,
     topics: Vec<String>,
     timeout: Duration,
-    op: Sharded,
+    op: Op,
 ) -> Vec<(String, bool)> {
     let mut by_slot: HashMap<Slot, Vec<String>> = HashMap::new();
     for t in topics {
@@ -533,9 +548,9 @@ async fn sharded(
             let channels: Vec<String> = topics.iter().map(|t| redis.keys.channel(t)).collect();
             let call = async {
                 match op {
-                    Sharded::Subscribe => conn.ssubscribe(&channels).await,
+                    Op::Subscribe => conn.ssubscribe(&channels).await,
                     // Never without arguments: that would drop every sharded subscription.
-                    Sharded::Unsubscribe => conn.sunsubscribe(&channels).await,
+                    Op::Unsubscribe => conn.sunsubscribe(&channels).await,
                 }
             };
             let ok = match tokio::time::timeout(timeout, call).await {

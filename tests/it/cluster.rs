@@ -9,6 +9,7 @@ use crate::support::load::{spawn_load, LoadRun};
 use crate::support::presence_view::{counts, join_storm, Counts, View};
 use crate::support::process::{run_gateway, NodeProcess};
 use crate::support::redis_server::RedisServer;
+use crate::support::redis_topology::TestCa;
 use crate::support::{
     free_port, wait_until, without_history, Client, TestServer, NO_HISTORY_CONFIG, WAIT,
 };
@@ -599,24 +600,8 @@ async fn acl_user_password_and_database_number() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rediss_with_a_private_ca() {
-    let dir = std::env::temp_dir().join(format!("phx-gw-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let sh = |cmd: &str| {
-        let ok = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(cmd)
-            .current_dir(&dir)
-            .status()
-            .expect("sh")
-            .success();
-        assert!(ok, "{cmd}");
-    };
-    sh("openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 1 -subj /CN=phx-test-ca 2>/dev/null");
-    sh("openssl req -newkey rsa:2048 -nodes -keyout srv.key -out srv.csr -subj /CN=127.0.0.1 2>/dev/null");
-    sh("printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\n' > ext.cnf");
-    sh("openssl x509 -req -in srv.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out srv.crt -days 1 -extfile ext.cnf 2>/dev/null");
-    let ca = std::fs::read(dir.join("ca.crt")).expect("ca");
-    let (crt, key, cacrt) = (dir.join("srv.crt"), dir.join("srv.key"), dir.join("ca.crt"));
+    let ca = TestCa::new();
+    let (crt, key, cacrt) = ca.server_files();
     let redis = RedisServer::start_with(
         &[
             "--port",
@@ -624,21 +609,20 @@ async fn rediss_with_a_private_ca() {
             "--tls-port",
             "{port}",
             "--tls-cert-file",
-            crt.to_str().expect("path"),
+            &crt,
             "--tls-key-file",
-            key.to_str().expect("path"),
+            &key,
             "--tls-ca-cert-file",
-            cacrt.to_str().expect("path"),
+            &cacrt,
             "--tls-auth-clients",
             "no",
         ],
         "rediss://127.0.0.1:{port}",
-        Some(ca),
+        Some(ca.ca_pem.clone()),
     );
-    let ca_path = dir.join("ca.crt");
+    let ca_path = ca.ca_file.clone();
     let _nodes =
         assert_cross_node_broadcast(&redis, |s| s.redis.tls_ca_file = Some(ca_path.clone())).await;
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,50 +1,64 @@
-//! The presence view of the `presence` scenario's watcher.
+//! A presence view maintained the way phoenix.js does it (by `phx_ref`: a state replaces
+//! everything, a diff adds joins and removes leaves).
 //!
-//! It mirrors tests/support/presence_view.rs (the reference, with the test-only strict
-//! checks): a binary and the integration tests cannot share a module, and the library is the
-//! server, not a client.
+//! Shared with the integration tests (`tests/it/support/presence_view.rs` includes this file
+//! and adds its strict checks on top): the load tool's watcher and the tests read presence
+//! the same way.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-/// A presence view maintained like phoenix.js: refs per key from state and diffs.
+/// Refs per presence key, from `presence_state` and `presence_diff` frames.
 #[derive(Default)]
 pub(crate) struct PresenceView {
-    refs: HashMap<String, Vec<String>>,
+    refs: BTreeMap<String, Vec<String>>,
 }
 
+#[allow(dead_code)] // Each includer uses its part.
 impl PresenceView {
     /// Presence keys present.
     pub(crate) fn len(&self) -> usize {
         self.refs.len()
     }
 
-    fn add(&mut self, presences: &Value) {
-        for (key, p) in presences.as_object().into_iter().flatten() {
-            let refs = self.refs.entry(key.clone()).or_default();
-            for m in p["metas"].as_array().into_iter().flatten() {
-                if let Some(r) = m["phx_ref"].as_str() {
-                    if !refs.iter().any(|x| x == r) {
-                        refs.push(r.to_owned());
-                    }
-                }
-            }
+    /// Metas per key.
+    pub(crate) fn counts(&self) -> BTreeMap<String, usize> {
+        self.refs
+            .iter()
+            .map(|(k, v)| (k.clone(), v.len()))
+            .collect()
+    }
+
+    /// Whether the view holds meta `phx_ref` under `key`.
+    pub(crate) fn has(&self, key: &str, phx_ref: &str) -> bool {
+        self.refs
+            .get(key)
+            .is_some_and(|v| v.iter().any(|x| x == phx_ref))
+    }
+
+    /// The event and payload of a V2 frame (`[join_ref, ref, topic, event, payload]`) or a
+    /// V1 one (`{topic, event, payload, ref}`).
+    pub(crate) fn event_of(frame: &Value) -> (Option<&str>, &Value) {
+        if frame.is_array() {
+            (frame[3].as_str(), &frame[4])
+        } else {
+            (frame["event"].as_str(), &frame["payload"])
         }
     }
 
-    /// Applies one V2 frame (`[join_ref, ref, topic, event, payload]`); other events are
+    /// Applies one frame; events other than `presence_state` and `presence_diff` are
     /// ignored.
     pub(crate) fn apply(&mut self, frame: &Value) {
-        match frame[3].as_str() {
-            Some("presence_state") => {
+        match Self::event_of(frame) {
+            (Some("presence_state"), payload) => {
                 // phoenix.js syncState: the new state replaces the old one.
                 self.refs.clear();
-                self.add(&frame[4]);
+                self.add(payload);
             }
-            Some("presence_diff") => {
-                self.add(&frame[4]["joins"]);
-                for (key, p) in frame[4]["leaves"].as_object().into_iter().flatten() {
+            (Some("presence_diff"), payload) => {
+                self.add(&payload["joins"]);
+                for (key, p) in payload["leaves"].as_object().into_iter().flatten() {
                     let gone: Vec<&str> = p["metas"]
                         .as_array()
                         .into_iter()
@@ -60,6 +74,18 @@ impl PresenceView {
                 }
             }
             _ => {}
+        }
+    }
+
+    fn add(&mut self, presences: &Value) {
+        for (key, p) in presences.as_object().into_iter().flatten() {
+            let refs = self.refs.entry(key.clone()).or_default();
+            for m in p["metas"].as_array().into_iter().flatten() {
+                let r = m["phx_ref"].as_str().unwrap_or_default().to_owned();
+                if !refs.contains(&r) {
+                    refs.push(r);
+                }
+            }
         }
     }
 }

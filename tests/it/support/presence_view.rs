@@ -10,10 +10,14 @@ use super::{Client, Received};
 /// Presence counts by key.
 pub(crate) type Counts = BTreeMap<String, usize>;
 
+/// The load tool's view, shared so that tests and load runs read presence the same way.
+#[path = "../../../src/bin/phx-load/presence_view.rs"]
+mod shared;
+
 /// A presence view maintained like phoenix.js does (by phx_ref, state then diffs).
 #[derive(Default)]
 pub(crate) struct View {
-    refs: BTreeMap<String, Vec<String>>,
+    view: shared::PresenceView,
     /// Panics on a diff that does not follow from what the view holds: a join it already
     /// has, a leave of a meta it never had, or a diff before the first `presence_state`.
     /// That is what a client that appends metas (phoenix.js 1.2/1.3's static API) needs.
@@ -31,53 +35,26 @@ impl View {
     }
 
     pub(crate) fn apply(&mut self, frame: &Value) {
-        let (event, payload) = if frame.is_array() {
-            (&frame[3], &frame[4])
-        } else {
-            (&frame["event"], &frame["payload"])
-        };
-        match event.as_str() {
-            Some("presence_state") => {
-                // phoenix.js syncState: the new state replaces the old one.
-                self.refs.clear();
-                self.has_state = true;
-                self.add(payload);
-            }
-            Some("presence_diff") => {
-                if self.strict {
-                    assert!(
-                        self.has_state,
-                        "a presence_diff before presence_state: {frame}"
-                    );
-                    self.check_diff(payload);
-                }
-                self.add(&payload["joins"]);
-                for (key, p) in payload["leaves"].as_object().into_iter().flatten() {
-                    let gone: Vec<&str> = p["metas"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|m| m["phx_ref"].as_str())
-                        .collect();
-                    if let Some(refs) = self.refs.get_mut(key) {
-                        refs.retain(|r| !gone.contains(&r.as_str()));
-                        if refs.is_empty() {
-                            self.refs.remove(key);
-                        }
-                    }
-                }
+        match shared::PresenceView::event_of(frame) {
+            (Some("presence_state"), _) => self.has_state = true,
+            (Some("presence_diff"), payload) if self.strict => {
+                assert!(
+                    self.has_state,
+                    "a presence_diff before presence_state: {frame}"
+                );
+                self.check_diff(payload);
             }
             _ => {}
         }
+        self.view.apply(frame);
     }
 
     fn check_diff(&self, diff: &Value) {
-        let has = |key: &str, r: &str| self.refs.get(key).is_some_and(|v| v.iter().any(|x| x == r));
         for (key, p) in diff["joins"].as_object().into_iter().flatten() {
             for m in p["metas"].as_array().into_iter().flatten() {
                 let r = m["phx_ref"].as_str().unwrap_or_default();
                 assert!(
-                    !has(key, r),
+                    !self.view.has(key, r),
                     "a diff repeats a join the view already holds ({key} {r}): {diff}"
                 );
             }
@@ -90,30 +67,15 @@ impl View {
                     .as_array()
                     .is_some_and(|ms| ms.iter().any(|j| j["phx_ref"] == r));
                 assert!(
-                    has(key, r) || joined_here,
+                    self.view.has(key, r) || joined_here,
                     "a diff leaves a meta the view never had ({key} {r}): {diff}"
                 );
             }
         }
     }
 
-    fn add(&mut self, presences: &Value) {
-        for (key, p) in presences.as_object().into_iter().flatten() {
-            let refs = self.refs.entry(key.clone()).or_default();
-            for m in p["metas"].as_array().into_iter().flatten() {
-                let r = m["phx_ref"].as_str().unwrap_or_default().to_owned();
-                if !refs.contains(&r) {
-                    refs.push(r);
-                }
-            }
-        }
-    }
-
     pub(crate) fn counts(&self) -> Counts {
-        self.refs
-            .iter()
-            .map(|(k, v)| (k.clone(), v.len()))
-            .collect()
+        self.view.counts()
     }
 
     /// Applies frames from `client` until the counts equal `want` (within 5 s).

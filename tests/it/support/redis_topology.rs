@@ -57,16 +57,22 @@ impl TestCa {
         }
     }
 
+    /// The server certificate, its key and the CA certificate (paths).
+    pub(crate) fn server_files(&self) -> (String, String, String) {
+        let path = |f: &str| self.dir.join(f).to_string_lossy().into_owned();
+        (path("srv.crt"), path("srv.key"), path("ca.crt"))
+    }
+
     /// redis-server arguments for the server certificate.
     fn server_args(&self) -> Vec<String> {
-        let path = |f: &str| self.dir.join(f).to_string_lossy().into_owned();
+        let (crt, key, ca) = self.server_files();
         vec![
             "--tls-cert-file".into(),
-            path("srv.crt"),
+            crt,
             "--tls-key-file".into(),
-            path("srv.key"),
+            key,
             "--tls-ca-cert-file".into(),
-            path("ca.crt"),
+            ca,
         ]
     }
 }
