@@ -1,13 +1,60 @@
 // The demo page in a real headless Chromium (Debian's /usr/bin/chromium,
 // driven by playwright-core; no browser is downloaded): presence counts,
-// chat across tabs, and the notice shown when phoenix.mjs is missing.
+// chat across tabs, the recent chat in a new tab, what a tab missed while its
+// connection was cut, and the notice shown when phoenix.mjs is missing.
+
+/**
+ * A TCP proxy in front of `port` whose connections can be cut: `cut()` drops every
+ * open connection and refuses new ones until `resume()`, like a network that goes away.
+ */
+async function startCuttableProxy(port) {
+  const open = new Set();
+  let down = false;
+  const server = net.createServer((client) => {
+    if (down) {
+      client.destroy();
+      return;
+    }
+    const upstream = net.connect({ port, host: "127.0.0.1" });
+    open.add(client);
+    open.add(upstream);
+    client.pipe(upstream);
+    upstream.pipe(client);
+    const close = () => {
+      client.destroy();
+      upstream.destroy();
+      open.delete(client);
+      open.delete(upstream);
+    };
+    client.on("close", close);
+    upstream.on("close", close);
+    client.on("error", close);
+    upstream.on("error", close);
+  });
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return {
+    url: `http://127.0.0.1:${server.address().port}`,
+    cut() {
+      down = true;
+      for (const s of open) s.destroy();
+    },
+    resume() {
+      down = false;
+    },
+    stop() {
+      this.cut();
+      return new Promise((resolve) => server.close(resolve));
+    },
+  };
+}
 import { describe, it, before, after } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
+import net from "node:net";
 
 import { chromium } from "playwright-core";
 
-import { startGateway, waitFor } from "../js/support.mjs";
+import { connectSocket, joinChannel, pushEvent, startGateway, waitFor } from "../js/support.mjs";
 
 const CHROMIUM = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
 const haveChromium = fs.existsSync(CHROMIUM);
@@ -137,6 +184,45 @@ describe("demo page in Chromium", { skip }, () => {
     const page = await openPage("/");
     await waitForTexts(page, "#presence-list li", ["anonymous (count: 1)"], "presence list");
     await page.context().close();
+  });
+
+  it("a tab whose connection was cut shows what it missed once it is back", async () => {
+    const proxy = await startCuttableProxy(gw.port);
+    const context = await browser.newContext();
+    let eve;
+    try {
+      const page = await context.newPage();
+      await page.goto(`${proxy.url}/?name=Dana`, { timeout: 10000 });
+      const status = page.locator("#status");
+      await waitFor(async () => (await status.getAttribute("data-state")) === "joined", {
+        timeout: 10000,
+        message: "Dana's tab to join",
+      });
+
+      proxy.cut();
+      await waitFor(async () => (await status.getAttribute("data-state")) !== "joined", {
+        timeout: 10000,
+        message: "Dana's tab to notice the cut",
+      });
+      // Eve chats while Dana's tab is away.
+      eve = await connectSocket(gw, { params: { user_id: "Eve" } });
+      const lobby = eve.channel("room:lobby", {});
+      assert.equal((await joinChannel(lobby)).status, "ok");
+      const missed = [0, 1, 2].map((i) => `Eve: missed ${i}`);
+      for (let i = 0; i < 3; i++) await pushEvent(lobby, "new_msg", { user: "Eve", body: `missed ${i}` });
+
+      proxy.resume();
+      await waitForTexts(page, "#messages li", missed, "the messages sent while the tab was away");
+      const shown = await texts(page, "#messages li");
+      for (const line of missed) {
+        assert.equal(shown.filter((t) => t === line).length, 1, `${line} exactly once: ${JSON.stringify(shown)}`);
+      }
+      assert.deepEqual(shown.slice(-3), missed, "in order, after what the tab had");
+    } finally {
+      eve?.disconnect();
+      await context.close();
+      await proxy.stop();
+    }
   });
 
   it("tells the user to run npm ci when phoenix.mjs is missing", async () => {
