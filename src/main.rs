@@ -9,6 +9,11 @@ use phx_gateway::config::Settings;
 use phx_gateway::{logging, server, Gateway};
 use secrecy::ExposeSecret;
 
+// Heap profiling builds only (see the `dhat-heap` feature in Cargo.toml).
+#[cfg(feature = "dhat-heap")]
+#[global_allocator]
+static ALLOC: dhat::Alloc = dhat::Alloc;
+
 /// A realtime gateway speaking the Phoenix Channels protocol.
 ///
 /// Settings come from built-in defaults, then the config file (`--config`, or
@@ -58,6 +63,9 @@ enum ConfigAction {
 }
 
 fn main() -> ExitCode {
+    // Writes dhat-heap.json when dropped, at the end of main.
+    #[cfg(feature = "dhat-heap")]
+    let _profiler = dhat::Profiler::new_heap();
     let cli = Cli::parse();
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(s) => s,

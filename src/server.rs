@@ -1,12 +1,21 @@
-//! The HTTP server: WebSocket endpoint and the demo page.
+//! The HTTP server: the WebSocket endpoint, and an actix-web App for everything else (long-poll,
+//! API, demo page).
+//!
+//! It is assembled from actix-web's parts rather than with `HttpServer`, because only
+//! actix-http's service builder takes an upgrade hook: WebSocket requests are handed with their
+//! connection to [`websocket::take_over`] and leave the HTTP/1 dispatcher (and its two 8 KiB
+//! buffers) for the rest of their life. The settings are `HttpServer`'s defaults.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
-use actix_web::dev::{Server, ServerHandle};
+use actix_http::{HttpService, KeepAlive};
+use actix_service::{fn_service, map_config};
+use actix_web::dev::{AppConfig, Server, ServerHandle};
 use actix_web::http::header::ContentType;
-use actix_web::{web, App, HttpResponse, HttpServer};
+use actix_web::{web, App, HttpResponse};
 
 use crate::gateway::Gateway;
 use crate::transport::websocket;
@@ -39,18 +48,23 @@ pub fn start(gateway: Arc<Gateway>, listener: TcpListener) -> std::io::Result<Ru
     // The transports get only what they need.
     let transport = web::Data::new(gateway.transport().clone());
     let ws_path = format!("{}/websocket", gateway.settings.socket.path);
+    let endpoint = Arc::new(websocket::Endpoint {
+        env: gateway.transport().clone(),
+        path: ws_path.clone(),
+    });
     let demo = gateway.settings.demo.enabled;
     let longpoll = gateway.settings.longpoll.enabled;
     let lp_path = format!("{}/longpoll", gateway.settings.socket.path);
     // Long-poll POSTs carry client messages: the same size limit as WebSocket messages.
     let body_limit = web::PayloadConfig::new(gateway.settings.socket.max_frame_bytes);
-    let server = HttpServer::new(move || {
+    let app = move || {
         let mut app = App::new()
             .configure(crate::api::configure)
             .app_data(data.clone())
             .app_data(transport.clone())
             .app_data(body_limit.clone())
-            .route(&ws_path, web::get().to(websocket::upgrade));
+            // Upgrades never get here (see `take_over`): a plain GET is not a handshake.
+            .route(&ws_path, web::get().to(not_an_upgrade));
         if longpoll {
             app = app
                 .route(&lp_path, web::get().to(crate::transport::longpoll::get))
@@ -68,19 +82,36 @@ pub fn start(gateway: Arc<Gateway>, listener: TcpListener) -> std::io::Result<Ru
                 .route("/assets/phoenix.mjs", web::get().to(phoenix_js));
         }
         app
-    })
-    .workers(workers)
-    // Realtime frames are small: never let Nagle's algorithm hold them back.
-    .tcp_nodelay(true)
-    .disable_signals()
-    .shutdown_timeout(5)
-    .listen(listener)?
-    .run();
+    };
+    let server = actix_server::Server::build()
+        .workers(workers)
+        .disable_signals()
+        .shutdown_timeout(5)
+        .listen("phx-gateway", listener, move || {
+            let endpoint = endpoint.clone();
+            HttpService::build()
+                .keep_alive(KeepAlive::default())
+                .client_request_timeout(Duration::from_secs(5))
+                .client_disconnect_timeout(Duration::from_secs(1))
+                // Realtime frames are small: never let Nagle's algorithm hold them back.
+                .tcp_nodelay(true)
+                .local_addr(addr)
+                .upgrade(fn_service(move |(req, framed)| {
+                    websocket::take_over(endpoint.clone(), req, framed)
+                }))
+                .finish(map_config(app(), |_| AppConfig::default()))
+                .tcp()
+        })?
+        .run();
     Ok(Running {
         addr,
         handle: server.handle(),
         server,
     })
+}
+
+async fn not_an_upgrade() -> HttpResponse {
+    HttpResponse::BadRequest().finish()
 }
 
 fn content_type(name: &str) -> &'static str {

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
+use actix_http::RequestHead;
 use actix_web::http::header;
-use actix_web::HttpRequest;
 use serde_json::{Map, Value};
 
 use super::Env;
@@ -46,9 +46,10 @@ pub(crate) fn count_error() {
     counted("error");
 }
 
-/// Runs the checks for a connect request with query `params` and `auth_token`.
+/// Runs the checks for a connect request (its head: headers and peer address) with query
+/// `params` and `auth_token`.
 pub(crate) async fn accept(
-    req: &HttpRequest,
+    req: &RequestHead,
     env: &Arc<Env>,
     params: Map<String, Value>,
     auth_token: Option<String>,
@@ -86,12 +87,12 @@ pub(crate) async fn accept(
         tracing::info!(origin = ?origin, "connect refused: origin not allowed");
         return rejected(Rejected::Forbidden);
     }
-    if let Err(r) = env.limits.check_rate(req.peer_addr().map(|a| a.ip())) {
+    if let Err(r) = env.limits.check_rate(req.peer_addr.map(|a| a.ip())) {
         return rejected(Rejected::Limited(r));
     }
     let info = ConnectInfo {
         params,
-        peer: req.peer_addr(),
+        peer: req.peer_addr,
         origin,
         auth_token,
     };
@@ -111,6 +112,6 @@ pub(crate) async fn accept(
         serializer,
         connected,
         admission,
-        peer_ip: req.peer_addr().map(|a| a.ip()),
+        peer_ip: req.peer_addr.map(|a| a.ip()),
     })
 }

@@ -283,7 +283,7 @@ async fn open(req: &HttpRequest, env: &Arc<Env>) -> HttpResponse {
         connected,
         admission,
         peer_ip,
-    }) = accept(req, env, params, auth_token).await
+    }) = accept(req.head(), env, params, auth_token).await
     else {
         return status(403);
     };

@@ -4,7 +4,8 @@ pub(crate) mod accept;
 pub mod longpoll;
 pub(crate) mod relay;
 pub(crate) mod websocket;
-pub(crate) mod ws_writer;
+mod ws_reader;
+mod ws_writer;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

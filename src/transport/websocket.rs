@@ -1,24 +1,43 @@
-//! The WebSocket transport (`/socket/websocket`), on actix-ws.
+//! The WebSocket transport (`/socket/websocket`).
 //!
-//! One task per connection owns the reader, the heartbeat clock and the socket state; the
-//! connection's response body writes the socket's queued frames ([`super::ws_writer`]). It runs on the actix worker's local set because actix-ws's stream is `!Send`.
+//! actix-http hands every `Upgrade: websocket` request, with its connection, to
+//! [`take_over`] (the server's upgrade hook) instead of the App. The handshake is answered
+//! here and the connection then leaves actix-http's HTTP/1 dispatcher: one task per socket
+//! owns the raw TCP stream, the socket state and the heartbeat clock, and reads and writes
+//! with buffers that exist only while bytes are in flight ([`super::ws_reader`],
+//! [`super::ws_writer`]). An idle socket therefore keeps no read or write buffer, where the
+//! dispatcher kept two of 8 KiB for the life of the connection.
+//!
+//! The upgrade hook bypasses the App, its routes and middleware, so this module routes by
+//! path and method itself and answers refusals with `Connection: close` (the connection
+//! cannot go back to the dispatcher).
 
+use std::convert::Infallible;
+use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::{web, HttpRequest, HttpResponse};
-use actix_ws::{AggregatedMessage, CloseCode, ProtocolError, Session};
+use actix_codec::Framed;
+use actix_http::body::BodySize;
+use actix_http::header::{self, HeaderValue};
+use actix_http::ws::{self, CloseCode, CloseReason as WsClose};
+use actix_http::{h1, ConnectionType, Method, Request, Response, StatusCode};
+use bytes::BytesMut;
+use futures_util::SinkExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::accept::{accept, count_error, Accepted, Rejected};
 use super::parse_params;
-use super::ws_writer::OutboundBody;
+use super::ws_reader::{Incoming, Reader};
+use super::ws_writer::Writer;
 use super::Env;
 use crate::channel::SocketInfo;
 use crate::limits::Limit;
-use crate::outbox::{outbox_bounded, CloseReason, CloseSignal, Outbox};
+use crate::outbox::{outbox_bounded, CloseReason, CloseSignal, Frames, Outbox};
 use crate::protocol::Serializer;
 use crate::pubsub::Broadcast;
 use crate::socket::{Connected, Socket};
@@ -26,72 +45,149 @@ use crate::socket::{Connected, Socket};
 /// The subprotocol phoenix.js offers alongside its auth token.
 const PHOENIX_SUBPROTOCOL: &str = "phoenix";
 
-/// How long the close frame may wait behind unsent frames.
+/// How long the last frames and the close frame may take to be written.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
-/// Handles the upgrade request: negotiates the serializer, runs the connect policy and
-/// starts the connection task. Refusals are HTTP 403 with an empty body, as in Phoenix.
-pub(crate) async fn upgrade(
-    req: HttpRequest,
-    body: web::Payload,
-    env: web::Data<Arc<Env>>,
-) -> HttpResponse {
-    let env = env.get_ref().clone();
+/// Bytes read per read call: a socket's read buffer exists only while it is reading.
+const READ_CHUNK: usize = 4096;
+
+/// The WebSocket endpoint of one server.
+pub(crate) struct Endpoint {
+    /// What the transports share.
+    pub env: Arc<Env>,
+    /// The endpoint's path (`/socket/websocket`).
+    pub path: String,
+}
+
+/// The upgrade hook: answers the handshake of a WebSocket request and starts its
+/// connection task, or answers with an HTTP refusal and closes the connection.
+pub(crate) async fn take_over(
+    endpoint: Arc<Endpoint>,
+    req: Request,
+    framed: Framed<TcpStream, h1::Codec>,
+) -> Result<(), Infallible> {
+    upgrade(&endpoint, req, framed).await;
+    Ok(())
+}
+
+async fn upgrade(endpoint: &Endpoint, req: Request, framed: Framed<TcpStream, h1::Codec>) {
+    let env = &endpoint.env;
+    if req.path() != endpoint.path {
+        return refuse(framed, StatusCode::NOT_FOUND).await;
+    }
+    if req.method() != Method::GET {
+        return refuse(framed, StatusCode::METHOD_NOT_ALLOWED).await;
+    }
     let protocols = req
+        .head()
         .headers()
-        .get(actix_web::http::header::SEC_WEBSOCKET_PROTOCOL)
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
         .map(|v| v.to_str().unwrap_or_default().to_owned());
-    if let Some(offered) = &protocols {
-        if !offered.split(',').any(|p| p.trim() == PHOENIX_SUBPROTOCOL) {
+    let offers_phoenix = match &protocols {
+        None => false,
+        Some(offered) if offered.split(',').any(|p| p.trim() == PHOENIX_SUBPROTOCOL) => true,
+        Some(_) => {
             tracing::info!("connect refused: no supported subprotocol offered");
             ::metrics::counter!(crate::metrics::CONNECTS, "result" => "refused").increment(1);
-            return HttpResponse::Forbidden().finish();
+            return refuse(framed, StatusCode::FORBIDDEN).await;
         }
-    }
+    };
     let auth_token = protocols
         .as_deref()
         .and_then(crate::socket::origin::auth_token);
-    let params = parse_params(req.query_string());
+    let params = parse_params(req.uri().query().unwrap_or_default());
+    let accepted = match accept(req.head(), env, params, auth_token).await {
+        Ok(a) => a,
+        Err(why) => {
+            let status = match why {
+                // 503 tells the balancer to try another node; 429 asks the client to slow down.
+                Rejected::Draining | Rejected::Limited(Limit::NodeFull | Limit::NodeBusy) => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+                Rejected::Limited(_) => StatusCode::TOO_MANY_REQUESTS,
+                Rejected::Forbidden => StatusCode::FORBIDDEN,
+            };
+            return refuse(framed, status).await;
+        }
+    };
+    let mut res = match ws::handshake(req.head()) {
+        Ok(res) => res,
+        Err(e) => {
+            tracing::debug!(error = %e, "websocket handshake failed");
+            count_error();
+            return refuse(framed, StatusCode::BAD_REQUEST).await;
+        }
+    };
+    if offers_phoenix {
+        res.insert_header((
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(PHOENIX_SUBPROTOCOL),
+        ));
+    }
+    let Some(stream) = switch(framed, res.finish().drop_body()).await else {
+        count_error();
+        return;
+    };
     let Accepted {
         serializer,
         connected,
         admission,
         peer_ip,
-    } = match accept(&req, &env, params, auth_token).await {
-        Ok(a) => a,
-        // 503 tells the balancer to try another node; 429 asks the client to slow down.
-        Err(Rejected::Draining | Rejected::Limited(Limit::NodeFull | Limit::NodeBusy)) => {
-            return HttpResponse::ServiceUnavailable().finish()
-        }
-        Err(Rejected::Limited(_)) => return HttpResponse::TooManyRequests().finish(),
-        Err(Rejected::Forbidden) => return HttpResponse::Forbidden().finish(),
+    } = accepted;
+    let (out_tx, out_rx) = outbox_bounded(serializer, super::queue_bounds(&env.socket.settings));
+    let span = tracing::info_span!("socket", id = connected.id.as_deref().unwrap_or("-"));
+    let conn = Conn {
+        peer_ip,
+        stream,
+        close_signal: out_rx.close_signal(),
+        frames: out_rx.rx,
+        out_tx,
+        _admission: admission,
     };
-    match actix_ws::handle_with_protocols(&req, body, &[PHOENIX_SUBPROTOCOL]) {
-        Ok((response, session, stream)) => {
-            let (out_tx, out_rx) =
-                outbox_bounded(serializer, super::queue_bounds(&env.socket.settings));
-            let close_signal = out_rx.close_signal();
-            // The connection drains the outbox itself (see `ws_writer`).
-            let response = response
-                .map_body(|_, control| OutboundBody::new(control, out_rx.rx))
-                .map_into_boxed_body();
-            let span = tracing::info_span!("socket", id = connected.id.as_deref().unwrap_or("-"));
-            let conn = Conn {
-                peer_ip,
-                session,
-                stream,
-                out_tx,
-                close_signal,
-                _admission: admission,
-            };
-            actix_web::rt::spawn(run(env, serializer, connected, conn).instrument(span));
-            response
+    // Its own task: the dispatcher's state and buffers are freed as this returns.
+    actix_web::rt::spawn(run(env.clone(), serializer, connected, conn).instrument(span));
+}
+
+/// Writes the 101 response and takes the connection out of the HTTP codec. Bytes the client
+/// sent after its request stay in the returned read buffer.
+async fn switch(
+    mut framed: Framed<TcpStream, h1::Codec>,
+    res: Response<()>,
+) -> Option<(TcpStream, BytesMut)> {
+    match tokio::time::timeout(CLOSE_WAIT, framed.send((res, BodySize::None).into())).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "websocket handshake not sent");
+            return None;
         }
-        Err(e) => {
-            tracing::debug!(error = %e, "websocket handshake failed");
-            count_error();
-            HttpResponse::BadRequest().finish()
+        Err(_) => {
+            tracing::debug!("websocket handshake not sent in time");
+            return None;
         }
+    }
+    let parts = framed.into_parts();
+    // The dispatcher's read buffer is kept only if the client already sent frames.
+    let unread = if parts.read_buf.is_empty() {
+        BytesMut::new()
+    } else {
+        parts.read_buf
+    };
+    Some((parts.io, unread))
+}
+
+/// Answers with `status` and an empty body, then closes the connection.
+async fn refuse(mut framed: Framed<TcpStream, h1::Codec>, status: StatusCode) {
+    let mut res = Response::with_body(status, ());
+    res.head_mut().set_connection_type(ConnectionType::Close);
+    let sent = async {
+        framed.send((res, BodySize::Sized(0)).into()).await?;
+        framed.io_mut().shutdown().await
+    };
+    if let Err(e) = tokio::time::timeout(CLOSE_WAIT, sent)
+        .await
+        .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+    {
+        tracing::debug!(error = %e, %status, "refusal not sent");
     }
 }
 
@@ -106,9 +202,10 @@ async fn recv_id(rx: &mut Option<mpsc::Receiver<Arc<Broadcast>>>) -> Option<Arc<
 struct Conn {
     /// The client's address, when known.
     peer_ip: Option<std::net::IpAddr>,
-    /// Control frames (pong, close); data frames go through the outbox.
-    session: Session,
-    stream: actix_ws::MessageStream,
+    /// The connection, and bytes the client sent right after its handshake.
+    stream: (TcpStream, BytesMut),
+    /// Frames queued for the client.
+    frames: Frames,
     out_tx: Outbox,
     close_signal: CloseSignal,
     /// Holds the socket's place in the admission limits until the connection ends.
@@ -118,17 +215,16 @@ struct Conn {
 async fn run(env: Arc<Env>, serializer: Serializer, connected: Connected, conn: Conn) {
     let Conn {
         peer_ip,
-        mut session,
-        stream,
+        stream: (mut stream, mut read_buf),
+        mut frames,
         out_tx,
         close_signal,
         _admission,
     } = conn;
-    let limits = env.socket.settings.clone();
-    let mut stream = stream
-        .max_frame_size(limits.max_frame_bytes)
-        .aggregate_continuations()
-        .max_continuation_size(limits.max_frame_bytes);
+    let max_frame_bytes = env.socket.settings.max_frame_bytes;
+    let heartbeat_timeout_ms = env.socket.settings.heartbeat_timeout_ms;
+    let mut reader = Reader::new(max_frame_bytes);
+    let mut writer = Writer::default();
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let info = SocketInfo {
         id: connected.id,
@@ -138,7 +234,7 @@ async fn run(env: Arc<Env>, serializer: Serializer, connected: Connected, conn: 
     };
     let mut socket = Socket::new(info, env.socket.clone(), out_tx, events_tx);
     let mut id_rx = socket.subscribe_id().await;
-    let timeout = Duration::from_millis(limits.heartbeat_timeout_ms);
+    let timeout = Duration::from_millis(heartbeat_timeout_ms);
     let idle = tokio::time::sleep(timeout);
     tokio::pin!(idle);
     tracing::debug!(?serializer, "socket connected");
@@ -156,11 +252,13 @@ async fn run(env: Arc<Env>, serializer: Serializer, connected: Connected, conn: 
     let close_requested = close_signal.requested();
     tokio::pin!(close_requested);
 
+    // Frames the client sent with its handshake are read before waiting for more.
+    let mut buffered = !read_buf.is_empty();
     // The client's close frame, echoed back as RFC 6455 suggests.
-    let mut echo: Option<actix_ws::CloseReason> = None;
+    let mut echo: Option<WsClose> = None;
     // A close frame without a code is still the client closing.
     let mut client_closed = false;
-    let reason: Option<CloseReason> = loop {
+    let reason: Option<CloseReason> = 'conn: loop {
         tokio::select! {
             reason = &mut close_requested => break Some(reason),
             _ = &mut drained => break Some(CloseReason::Shutdown),
@@ -172,65 +270,70 @@ async fn run(env: Arc<Env>, serializer: Serializer, connected: Connected, conn: 
                 }
             }
             _ = &mut idle => {
-                tracing::info!(timeout_ms = limits.heartbeat_timeout_ms, "heartbeat timeout");
+                tracing::info!(timeout_ms = heartbeat_timeout_ms, "heartbeat timeout");
                 break Some(CloseReason::HeartbeatTimeout);
             }
-            msg = stream.recv() => {
+            e = std::future::poll_fn(|cx| writer.poll_write(cx, &stream, &mut frames)) => {
+                tracing::debug!(error = %e, "connection lost while writing");
+                break None;
+            }
+            ready = readable(&stream, buffered) => {
+                if let Err(e) = ready {
+                    tracing::debug!(error = %e, "connection lost");
+                    break None;
+                }
+                if !std::mem::take(&mut buffered) {
+                    read_buf.reserve(READ_CHUNK);
+                    match stream.try_read_buf(&mut read_buf) {
+                        Ok(0) => break None,
+                        Ok(_) => {}
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            if read_buf.is_empty() {
+                                read_buf = BytesMut::new();
+                            }
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "connection lost");
+                            break None;
+                        }
+                    }
+                }
                 idle.as_mut().reset(Instant::now() + timeout);
-                let decoded = match msg {
-                    None => break None,
-                    Some(Ok(AggregatedMessage::Text(text))) => {
-                        ::metrics::counter!(crate::metrics::BYTES_IN).increment(text.len() as u64);
-                        serializer.decode_text(&text)
+                loop {
+                    let decoded = match reader.next(&mut read_buf) {
+                        Ok(None) => break,
+                        Err(reason) => break 'conn Some(reason),
+                        Ok(Some(Incoming::Text(text))) => {
+                            ::metrics::counter!(crate::metrics::BYTES_IN).increment(text.len() as u64);
+                            serializer.decode_text(&text)
+                        }
+                        Ok(Some(Incoming::Binary(bin))) => {
+                            ::metrics::counter!(crate::metrics::BYTES_IN).increment(bin.len() as u64);
+                            serializer.decode_binary(&bin)
+                        }
+                        Ok(Some(Incoming::Ping(p))) => {
+                            writer.pong(&p);
+                            continue;
+                        }
+                        Ok(Some(Incoming::Close(theirs))) => {
+                            echo = theirs;
+                            client_closed = true;
+                            break 'conn None;
+                        }
+                    };
+                    match decoded {
+                        Ok(message) => socket.handle(message).await,
+                        Err(e) => {
+                            ::metrics::counter!(crate::metrics::MESSAGES_IN, "kind" => "malformed").increment(1);
+                            tracing::info!(error = %e, "malformed frame");
+                            break 'conn Some(CloseReason::MalformedFrame);
+                        }
                     }
-                    Some(Ok(AggregatedMessage::Binary(bin))) => {
-                        ::metrics::counter!(crate::metrics::BYTES_IN).increment(bin.len() as u64);
-                        serializer.decode_binary(&bin)
-                    }
-                    Some(Ok(AggregatedMessage::Ping(p))) => {
-                        let _ = session.pong(&p).await;
-                        continue;
-                    }
-                    Some(Ok(AggregatedMessage::Pong(_))) => continue,
-                    Some(Ok(AggregatedMessage::Close(theirs))) => {
-                        echo = theirs;
-                        client_closed = true;
-                        break None;
-                    }
-                    Some(Err(ProtocolError::Overflow)) => {
-                        tracing::info!(max = limits.max_frame_bytes, "frame too large");
-                        ::metrics::counter!(crate::metrics::LIMITED, "limit" => "frame_bytes").increment(1);
-                        break Some(CloseReason::FrameTooLarge);
-                    }
-                    // actix-ws reports fragments over the limit as this I/O error.
-                    Some(Err(ProtocolError::Io(e))) if e.kind() == std::io::ErrorKind::Other
-                        && e.to_string().contains("continuation size") => {
-                        tracing::info!(max = limits.max_frame_bytes, "fragmented message too large");
-                        ::metrics::counter!(crate::metrics::LIMITED, "limit" => "message_bytes").increment(1);
-                        break Some(CloseReason::MessageTooLarge);
-                    }
-                    Some(Err(ProtocolError::Io(e))) if e.kind() == std::io::ErrorKind::InvalidData => {
-                        // e.g. a text frame that is not UTF-8
-                        tracing::info!(error = %e, "malformed frame");
-                        ::metrics::counter!(crate::metrics::MESSAGES_IN, "kind" => "malformed").increment(1);
-                        break Some(CloseReason::MalformedFrame);
-                    }
-                    Some(Err(ProtocolError::Io(e))) => {
-                        tracing::debug!(error = %e, "connection lost");
-                        break None;
-                    }
-                    Some(Err(e)) => {
-                        tracing::info!(error = %e, "websocket protocol error");
-                        break Some(CloseReason::MalformedFrame);
-                    }
-                };
-                match decoded {
-                    Ok(message) => socket.handle(message).await,
-                    Err(e) => {
-                        ::metrics::counter!(crate::metrics::MESSAGES_IN, "kind" => "malformed").increment(1);
-                        tracing::info!(error = %e, "malformed frame");
-                        break Some(CloseReason::MalformedFrame);
-                    }
+                }
+                if read_buf.is_empty() {
+                    // An idle socket keeps no read buffer.
+                    read_buf = BytesMut::new();
                 }
             }
         }
@@ -246,21 +349,42 @@ async fn run(env: Arc<Env>, serializer: Serializer, connected: Connected, conn: 
     };
     ::metrics::counter!(crate::metrics::SOCKET_CLOSES, "reason" => why).increment(1);
     let close = match reason {
-        Some(r) => Some(actix_ws::CloseReason {
+        Some(r) => Some(WsClose {
             code: CloseCode::from(r.code()),
             description: Some(match r {
                 // Says which limit, so a client author can tell what to change.
                 CloseReason::FrameTooLarge | CloseReason::MessageTooLarge => {
-                    format!("{}: over {} bytes", r.text(), limits.max_frame_bytes)
+                    format!("{}: over {} bytes", r.text(), max_frame_bytes)
                 }
                 _ => r.text().into(),
             }),
         }),
-        None => echo.map(|theirs| actix_ws::CloseReason {
+        None if client_closed => echo.map(|theirs| WsClose {
             code: theirs.code,
             description: None,
         }),
+        // The connection is gone: nothing to say.
+        None => return,
     };
+    writer.close(&mut frames, close);
+    drop(frames);
     // A client that does not read could keep the close pending forever: bound it.
-    let _ = tokio::time::timeout(CLOSE_WAIT, session.close(close)).await;
+    let closed = async {
+        writer.flush(&stream).await?;
+        stream.shutdown().await
+    };
+    if let Err(e) = tokio::time::timeout(CLOSE_WAIT, closed)
+        .await
+        .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+    {
+        tracing::debug!(error = %e, "close frame not delivered");
+    }
+}
+
+/// Ready when the connection has bytes to read, or at once when bytes are already buffered.
+async fn readable(stream: &TcpStream, buffered: bool) -> io::Result<()> {
+    if buffered {
+        return Ok(());
+    }
+    stream.readable().await
 }

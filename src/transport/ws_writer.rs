@@ -1,47 +1,33 @@
-//! The WebSocket response body: writes a socket's queued frames straight to the connection.
+//! Outgoing WebSocket frames: a socket's queued frames, encoded and written straight to its
+//! TCP connection.
 //!
-//! actix-ws hands a connection's outgoing messages through its `Session` channel to the
-//! response body. Routing every frame through that channel would cost a second queue and a
-//! second task wake-up per frame (outbox -> socket task -> session -> connection). Instead the
-//! body reads the socket's outbox itself: a broadcast wakes only the connection, and a socket
-//! with a backlog has all its queued frames encoded into one write. actix-ws's own body is
-//! kept inside for the control frames the socket task sends through the `Session` (pongs and
-//! the close frame). The close frame follows the queued frames taken in the same write and
-//! ends the body: frames still queued behind it are dropped, so a slow consumer's backlog is
-//! not written before it is told to go (delivery is at-most-once, as in Phoenix).
+//! A broadcast wakes only the connection's task, and a socket with a backlog has all its
+//! queued frames (up to [`MAX_CHUNK`]) encoded into one write. The encoded bytes live only
+//! until the kernel took them: an idle socket holds no write buffer. While a write is
+//! unfinished nothing more is taken from the queue, so a client that does not read fills its
+//! queue and is closed as a slow consumer (see [`crate::outbox`]).
 
-use std::mem;
-use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::io;
+use std::task::{ready, Context, Poll, Waker};
+
+use actix_http::ws::{CloseReason as WsClose, OpCode, Parser};
+use bytes::{Buf, BytesMut};
+use tokio::net::TcpStream;
 
 use crate::outbox::Frames;
 use crate::protocol::Frame;
-use actix_http::ws::{OpCode, Parser};
-use actix_web::body::{BodySize, BoxBody, MessageBody};
-use bytes::{Bytes, BytesMut};
 
 /// Stop adding frames to one write past this size, so a long backlog is written in steps.
-const MAX_CHUNK: usize = 64 * 1024;
+pub(crate) const MAX_CHUNK: usize = 64 * 1024;
 
-/// The body of a WebSocket upgrade response: the socket's outbox, then actix-ws's control
-/// frames.
-pub(crate) struct OutboundBody {
-    control: BoxBody,
-    frames: Frames,
-    buf: BytesMut,
-    closing: bool,
-}
+/// Bytes written in one poll before the task lets others run.
+const WRITE_BUDGET: usize = 4 * MAX_CHUNK;
 
-impl OutboundBody {
-    /// Wraps actix-ws's response body (`control`) and the socket's outbound queue.
-    pub(crate) fn new(control: BoxBody, frames: Frames) -> Self {
-        OutboundBody {
-            control,
-            frames,
-            buf: BytesMut::new(),
-            closing: false,
-        }
-    }
+/// The write side of one connection.
+#[derive(Default)]
+pub(crate) struct Writer {
+    /// Encoded bytes the kernel has not taken yet; empty (no allocation) when idle.
+    pending: BytesMut,
 }
 
 fn encode(buf: &mut BytesMut, frame: &Frame) {
@@ -51,74 +37,126 @@ fn encode(buf: &mut BytesMut, frame: &Frame) {
     }
 }
 
-impl MessageBody for OutboundBody {
-    type Error = <BoxBody as MessageBody>::Error;
-
-    fn size(&self) -> BodySize {
-        BodySize::Stream
+impl Writer {
+    /// Queues a pong answering a ping, after what is already pending.
+    pub(crate) fn pong(&mut self, payload: &[u8]) {
+        Parser::write_message(&mut self.pending, payload, OpCode::Pong, true, false);
     }
 
-    fn poll_next(
-        self: Pin<&mut Self>,
+    /// Takes what is queued (up to [`MAX_CHUNK`]) and then the close frame: the last bytes
+    /// the connection writes. Frames queued behind are dropped, so a slow consumer's backlog
+    /// is not written before it is told to go (delivery is at-most-once, as in Phoenix).
+    pub(crate) fn close(&mut self, frames: &mut Frames, reason: Option<WsClose>) {
+        let pending = &mut self.pending;
+        let _ = frames.poll_drain(&mut Context::from_waker(Waker::noop()), MAX_CHUNK, |f| {
+            encode(pending, &f)
+        });
+        Parser::write_close(&mut self.pending, reason, false);
+    }
+
+    /// Writes queued frames as they come. Pending while there is nothing to write or the
+    /// connection cannot take more; ready only when the connection failed.
+    pub(crate) fn poll_write(
+        &mut self,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Bytes, Self::Error>>> {
-        let this = self.get_mut();
-        if !this.closing {
-            let buf = &mut this.buf;
-            // Pending just means nothing is queued; the control body may still have frames.
-            let _ = this
-                .frames
-                .poll_drain(cx, MAX_CHUNK, |frame| encode(buf, &frame));
-        }
-        // After the queued frames, so that a close frame follows everything queued before it.
+        stream: &TcpStream,
+        frames: &mut Frames,
+    ) -> Poll<io::Error> {
+        let mut written = 0;
         loop {
-            match Pin::new(&mut this.control).poll_next(cx) {
-                Poll::Ready(Some(Ok(bytes))) => this.buf.extend_from_slice(&bytes),
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
-                Poll::Ready(None) => {
-                    this.closing = true;
-                    break;
-                }
-                Poll::Pending => break,
+            if self.pending.is_empty() {
+                let pending = &mut self.pending;
+                ready!(frames.poll_drain(cx, MAX_CHUNK, |f| encode(pending, &f)));
+            }
+            match self.poll_flush(cx, stream) {
+                Poll::Ready(Ok(n)) => written += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(e),
+                Poll::Pending => return Poll::Pending,
+            }
+            if written >= WRITE_BUDGET {
+                // A socket with an endless backlog must not keep its worker thread.
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
             }
         }
-        if !this.buf.is_empty() {
-            ::metrics::counter!(crate::metrics::BYTES_OUT).increment(this.buf.len() as u64);
-            // Taken, not split: an idle socket keeps no buffer.
-            return Poll::Ready(Some(Ok(mem::take(&mut this.buf).freeze())));
+    }
+
+    /// Writes everything pending; ready with the bytes written once all are.
+    pub(crate) fn poll_flush(
+        &mut self,
+        cx: &mut Context<'_>,
+        stream: &TcpStream,
+    ) -> Poll<io::Result<usize>> {
+        let mut written = 0;
+        while !self.pending.is_empty() {
+            match stream.try_write(&self.pending) {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(n) => {
+                    written += n;
+                    self.pending.advance(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    ready!(stream.poll_write_ready(cx))?;
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            }
         }
-        if this.closing {
-            return Poll::Ready(None);
+        if written > 0 {
+            ::metrics::counter!(crate::metrics::BYTES_OUT).increment(written as u64);
         }
-        Poll::Pending
+        // Dropped, not kept: an idle socket holds no buffer.
+        self.pending = BytesMut::new();
+        Poll::Ready(Ok(written))
+    }
+
+    /// Writes everything pending.
+    pub(crate) async fn flush(&mut self, stream: &TcpStream) -> io::Result<()> {
+        std::future::poll_fn(|cx| self.poll_flush(cx, stream))
+            .await
+            .map(drop)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use futures_util::future::poll_fn;
+    use bytes::Bytes;
+    use tokio::io::AsyncReadExt;
 
-    async fn next(body: &mut OutboundBody) -> Option<Bytes> {
-        poll_fn(|cx| Pin::new(&mut *body).poll_next(cx))
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
-            .map(|r| r.expect("body error"))
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (client, server) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (client.expect("connect"), server.expect("accept").0)
     }
 
     #[tokio::test]
-    async fn queued_frames_are_written_together_then_control_then_end() {
+    async fn queued_frames_are_written_together_then_the_close_frame() {
+        let (mut client, server) = pair().await;
         let (tx, rx) = crate::outbox::outbox(crate::protocol::Serializer::V2, 8);
-        let control = BoxBody::new(Bytes::from_static(b"\x88\x02\x03\xf3"));
-        let mut body = OutboundBody::new(control, rx.rx);
+        let mut frames = rx.rx;
+        let mut writer = Writer::default();
         assert!(tx.push(Frame::Text("ab".into())));
         assert!(tx.push(Frame::Binary(Bytes::from_static(&[1, 2, 3]))));
-        let chunk = next(&mut body).await.expect("one chunk");
-        assert_eq!(
-            &chunk[..],
-            b"\x81\x02ab\x82\x03\x01\x02\x03\x88\x02\x03\xf3",
-            "text frame, binary frame, then the control body's close frame"
+        let polled = writer.poll_write(
+            &mut Context::from_waker(Waker::noop()),
+            &server,
+            &mut frames,
         );
-        assert!(next(&mut body).await.is_none(), "ends after the close");
-        assert_eq!(body.buf.capacity(), 0, "no buffer kept");
+        assert!(polled.is_pending(), "no error, nothing more queued");
+        assert_eq!(writer.pending.capacity(), 0, "no buffer kept once written");
+        assert!(tx.push(Frame::Text("c".into())));
+        writer.close(&mut frames, Some(actix_http::ws::CloseCode::Normal.into()));
+        writer.flush(&server).await.expect("flush");
+        drop(server);
+        let mut got = vec![];
+        client.read_to_end(&mut got).await.expect("read");
+        assert_eq!(
+            &got[..],
+            b"\x81\x02ab\x82\x03\x01\x02\x03\x81\x01c\x88\x02\x03\xe8",
+            "text, binary, the frame queued before the close, then the close frame"
+        );
     }
 }
