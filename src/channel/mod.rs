@@ -32,6 +32,18 @@ pub struct SocketInfo {
     pub peer_ip: Option<std::net::IpAddr>,
 }
 
+/// The sending side of a socket's exit queue (one per socket, shared by its channels).
+pub type ExitSender = futures_channel::mpsc::UnboundedSender<Box<ChannelExit>>;
+
+/// The socket's side of its exit queue.
+pub type ExitReceiver = futures_channel::mpsc::UnboundedReceiver<Box<ChannelExit>>;
+
+/// A socket's exit queue. Most sockets never see an exit while connected, so the queue
+/// allocates nothing until one is sent.
+pub fn exit_queue() -> (ExitSender, ExitReceiver) {
+    futures_channel::mpsc::unbounded()
+}
+
 /// A channel actor's last word to its socket: it ended (left, stopped, crashed or refused
 /// its join), so the socket can forget it.
 #[derive(Debug)]

@@ -3,14 +3,14 @@
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
-use futures_util::FutureExt;
+use futures_util::{FutureExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::{Channel, ChannelExit, Context, Outgoing, Reply, Termination};
+use super::{Channel, ChannelExit, Context, ExitSender, Outgoing, Reply, Termination};
 use crate::protocol::{events, Outbound, Payload, Ref};
 use crate::pubsub::{
     encode_broadcast, Broadcast, Intercept, Replay, Retention, Since, Subscriber, Target,
@@ -32,8 +32,8 @@ pub(crate) enum ChannelMsg {
 /// What the socket keeps of a running channel actor.
 pub(crate) struct ChannelHandle {
     pub join_ref: Ref,
-    /// Boxed: a channel's queue allocates slots in blocks, and idle channels should be small.
-    pub inbox: mpsc::Sender<Box<ChannelMsg>>,
+    /// Boxed and unallocated while empty: most channels never receive a client event.
+    pub inbox: futures_channel::mpsc::Sender<Box<ChannelMsg>>,
     /// Cancelled to stop the channel silently (socket closed, duplicate join).
     pub stop: CancellationToken,
     pub task: JoinHandle<()>,
@@ -55,10 +55,11 @@ pub(crate) fn spawn(
     ctx: Context,
     req: JoinRequest,
     inbox_capacity: usize,
-    socket_events: mpsc::UnboundedSender<Box<ChannelExit>>,
+    socket_events: ExitSender,
     tasks: &tokio_util::task::TaskTracker,
 ) -> ChannelHandle {
-    let (inbox, inbox_rx) = mpsc::channel(inbox_capacity.max(1));
+    // The queue holds its buffer plus one message per sender; the socket is the only sender.
+    let (inbox, inbox_rx) = futures_channel::mpsc::channel(inbox_capacity.max(1) - 1);
     let stop = CancellationToken::new();
     let join_ref = ctx.join_ref().clone();
     let span = tracing::debug_span!("channel", topic = %ctx.topic());
@@ -88,13 +89,20 @@ enum End {
 struct Actor {
     channel: Box<dyn Channel>,
     ctx: Context,
-    inbox: mpsc::Receiver<Box<ChannelMsg>>,
+    inbox: futures_channel::mpsc::Receiver<Box<ChannelMsg>>,
     stop: CancellationToken,
-    socket_events: mpsc::UnboundedSender<Box<ChannelExit>>,
+    socket_events: ExitSender,
 }
 
 impl Actor {
-    async fn run(mut self, req: JoinRequest, capacity: usize) {
+    /// The join: history request, the channel's `join`, the subscription and the reply.
+    /// `None` when the channel did not join (the caller then finishes); otherwise the
+    /// handle_out queue, if the channel intercepts anything.
+    async fn start(
+        &mut self,
+        req: JoinRequest,
+        capacity: usize,
+    ) -> Option<Option<mpsc::Receiver<Arc<Broadcast>>>> {
         let retention = self.channel.history();
         self.ctx.set_retention(retention);
         // What the joiner asks of the topic's history: checked before the channel sees the
@@ -110,7 +118,7 @@ impl Actor {
                         json!({"reason": format!("invalid history: {e}")}),
                         req.replaces.as_ref(),
                     );
-                    return self.finish().await;
+                    return None;
                 }
             },
             _ => None,
@@ -129,7 +137,7 @@ impl Actor {
             Ok(Err(reason)) => {
                 tracing::debug!(reason = %reason, "join refused");
                 self.refuse(&req.msg_ref, reason, req.replaces.as_ref());
-                return self.finish().await;
+                return None;
             }
             Err(_) => {
                 tracing::error!("channel join panicked");
@@ -138,13 +146,13 @@ impl Actor {
                     json!({"reason": "join crashed"}),
                     req.replaces.as_ref(),
                 );
-                return self.finish().await;
+                return None;
             }
         };
 
         // The handle_out queue exists only for channels that intercept something.
         let intercepts = self.channel.intercepts();
-        let (intercept, mut out_rx) = if intercepts.is_empty() {
+        let (intercept, out_rx) = if intercepts.is_empty() {
             (None, None)
         } else {
             let (tx, rx) = mpsc::channel::<Arc<Broadcast>>(capacity.max(1));
@@ -189,32 +197,41 @@ impl Actor {
                 events::ERROR,
                 &Payload::Json(json!({"reason": "subscribe failed"})),
             );
-            return self.finish().await;
+            return None;
         }
         if let Some(old) = &req.replaces {
             self.send_close_of(old);
         }
         tracing::debug!("joined");
         ::metrics::gauge!(crate::metrics::CHANNELS).increment(1.0);
+        Some(out_rx)
+    }
 
-        let mut end = match AssertUnwindSafe(self.channel.after_join(&mut self.ctx))
-            .catch_unwind()
-            .await
-        {
-            Ok(()) => None,
-            Err(_) => Some(End::Crashed),
+    async fn run(mut self, req: JoinRequest, capacity: usize) {
+        // Boxed: joining takes the largest futures of a channel's life, and a task keeps the
+        // size of its largest state for as long as it lives.
+        let Some(mut out_rx) = Box::pin(self.start(req, capacity)).await else {
+            return Box::pin(self.finish()).await;
         };
+
+        let mut end =
+            match Box::pin(AssertUnwindSafe(self.channel.after_join(&mut self.ctx)).catch_unwind())
+                .await
+            {
+                Ok(()) => None,
+                Err(_) => Some(End::Crashed),
+            };
         // Broadcasts were held so that a presence_state pushed by after_join came first.
         self.ctx.open_gate();
         while end.is_none() {
             // Biased: client events already queued are handled before a stop, in order.
             end = tokio::select! {
                 biased;
-                msg = self.inbox.recv() => match msg {
-                    Some(msg) => self.handle(*msg).await,
+                msg = self.inbox.next() => match msg {
+                    Some(msg) => Box::pin(self.handle(*msg)).await,
                     None => Some(End::Terminated(Termination::Closed)),
                 },
-                Some(b) = async { match &mut out_rx { Some(rx) => rx.recv().await, None => std::future::pending().await } } => self.handle_out(&b).await,
+                Some(b) = async { match &mut out_rx { Some(rx) => rx.recv().await, None => std::future::pending().await } } => Box::pin(self.handle_out(&b)).await,
                 _ = self.stop.cancelled() => Some(End::Terminated(Termination::Closed)),
             };
         }
@@ -224,14 +241,13 @@ impl Actor {
             End::Terminated(why) => why,
             End::Crashed => Termination::Closed,
         };
-        if AssertUnwindSafe(self.channel.terminate(&mut self.ctx, why))
-            .catch_unwind()
+        if Box::pin(AssertUnwindSafe(self.channel.terminate(&mut self.ctx, why)).catch_unwind())
             .await
             .is_err()
         {
             tracing::error!("channel terminate panicked");
         }
-        self.ctx.cleanup().await;
+        Box::pin(self.ctx.cleanup()).await;
         ::metrics::gauge!(crate::metrics::CHANNELS).decrement(1.0);
         match end {
             End::Terminated(Termination::Left | Termination::Stopped) => {
@@ -246,7 +262,7 @@ impl Actor {
             }
             End::Terminated(Termination::DuplicateJoin | Termination::Closed) => {}
         }
-        self.finish().await;
+        Box::pin(self.finish()).await;
     }
 
     async fn handle(&mut self, msg: ChannelMsg) -> Option<End> {
@@ -422,7 +438,7 @@ impl Actor {
                 }
             }
         }
-        let _ = self.socket_events.send(Box::new(ChannelExit {
+        let _ = self.socket_events.unbounded_send(Box::new(ChannelExit {
             topic: self.ctx.topic().to_owned(),
             join_ref: self.ctx.join_ref().clone(),
         }));

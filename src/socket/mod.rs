@@ -13,13 +13,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::SinkExt;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use crate::channel::server::{self, ChannelHandle, ChannelMsg, JoinRequest};
 use tokio_util::task::TaskTracker;
 
-use crate::channel::{ChannelExit, Context, Router, SocketInfo};
+use crate::channel::{ChannelExit, Context, ExitSender, Router, SocketInfo};
 use crate::config::SocketSettings;
 use crate::limits::Limits;
 use crate::outbox::Outbox;
@@ -54,7 +55,7 @@ pub struct Socket {
     info: Arc<SocketInfo>,
     env: Arc<SocketEnv>,
     outbox: Outbox,
-    events: mpsc::UnboundedSender<Box<ChannelExit>>,
+    events: ExitSender,
     channels: HashMap<String, ChannelHandle>,
     id_subscription: Option<SubscriberId>,
     /// Inbound message rate limit (heartbeats exempt).
@@ -63,12 +64,7 @@ pub struct Socket {
 
 impl Socket {
     /// A socket with no channels. Channel actors report to `events`.
-    pub fn new(
-        info: SocketInfo,
-        env: Arc<SocketEnv>,
-        outbox: Outbox,
-        events: mpsc::UnboundedSender<Box<ChannelExit>>,
-    ) -> Self {
+    pub fn new(info: SocketInfo, env: Arc<SocketEnv>, outbox: Outbox, events: ExitSender) -> Self {
         let limiter = env.limits.message_limiter();
         Self {
             info: Arc::new(info),
@@ -203,10 +199,8 @@ impl Socket {
         channel.leaving |= is_leave;
         let delivered = match channel.inbox.try_send(cmsg) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(cmsg)) if is_leave => {
-                channel.inbox.send(cmsg).await.is_ok()
-            }
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(e) if e.is_full() && is_leave => channel.inbox.send(e.into_inner()).await.is_ok(),
+            Err(e) if e.is_full() => {
                 tracing::warn!(topic = %topic, "channel inbox full: event refused");
                 let jr = channel.join_ref.clone();
                 self.reply(
@@ -218,7 +212,7 @@ impl Socket {
                 );
                 return;
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(_) => false,
         };
         if !delivered {
             // The actor ended and its exit notice is still on the way.

@@ -17,6 +17,7 @@ use std::time::Duration;
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use base64::Engine;
+use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -317,7 +318,7 @@ async fn run(
     let serializer = info.serializer;
     let (out_tx, mut out) = outbox_bounded(serializer, super::queue_bounds(&limits));
     let close_signal = out.close_signal();
-    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let (events_tx, mut events) = crate::channel::exit_queue();
     let mut socket = Socket::new(info, env.socket.clone(), out_tx, events_tx);
     let mut id_rx = socket.subscribe_id().await;
     ::metrics::gauge!(crate::metrics::SOCKETS, "transport" => "longpoll").increment(1.0);
@@ -382,7 +383,7 @@ async fn run(
                     let _ = reply.send(PollResult::Messages(std::mem::take(&mut buffer)));
                 }
             }
-            Some(event) = events.recv() => socket.on_exit(*event),
+            Some(event) = events.next() => socket.on_exit(*event),
             Some(b) = async { match &mut id_rx { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
                 if b.event == crate::protocol::events::DISCONNECT {
                     tracing::info!("disconnect broadcast on the socket id");

@@ -13,8 +13,10 @@
 //! cannot go back to the dispatcher).
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::io;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use actix_codec::Framed;
@@ -23,7 +25,7 @@ use actix_http::header::{self, HeaderValue};
 use actix_http::ws::{self, CloseCode, CloseReason as WsClose};
 use actix_http::{h1, ConnectionType, Method, Request, Response, StatusCode};
 use bytes::BytesMut;
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -225,7 +227,7 @@ async fn run(env: Arc<Env>, serializer: Serializer, connected: Connected, conn: 
     let heartbeat_timeout_ms = env.socket.settings.heartbeat_timeout_ms;
     let mut reader = Reader::new(max_frame_bytes);
     let mut writer = Writer::default();
-    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let (events_tx, mut events) = crate::channel::exit_queue();
     let info = SocketInfo {
         id: connected.id,
         assigns: connected.assigns,
@@ -233,7 +235,7 @@ async fn run(env: Arc<Env>, serializer: Serializer, connected: Connected, conn: 
         peer_ip,
     };
     let mut socket = Socket::new(info, env.socket.clone(), out_tx, events_tx);
-    let mut id_rx = socket.subscribe_id().await;
+    let mut id_rx = Box::pin(socket.subscribe_id()).await;
     let timeout = Duration::from_millis(heartbeat_timeout_ms);
     let idle = tokio::time::sleep(timeout);
     tokio::pin!(idle);
@@ -260,9 +262,14 @@ async fn run(env: Arc<Env>, serializer: Serializer, connected: Connected, conn: 
     let mut client_closed = false;
     let reason: Option<CloseReason> = 'conn: loop {
         tokio::select! {
+            // Fixed order, cheapest and most urgent first (no random start per wake-up).
+            biased;
             reason = &mut close_requested => break Some(reason),
-            _ = &mut drained => break Some(CloseReason::Shutdown),
-            Some(event) = events.recv() => socket.on_exit(*event),
+            e = std::future::poll_fn(|cx| writer.poll_write(cx, &stream, &mut frames)) => {
+                tracing::debug!(error = %e, "connection lost while writing");
+                break None;
+            }
+            Some(event) = events.next() => socket.on_exit(*event),
             Some(b) = recv_id(&mut id_rx) => {
                 if b.event == crate::protocol::events::DISCONNECT {
                     tracing::info!("disconnect broadcast on the socket id");
@@ -273,10 +280,7 @@ async fn run(env: Arc<Env>, serializer: Serializer, connected: Connected, conn: 
                 tracing::info!(timeout_ms = heartbeat_timeout_ms, "heartbeat timeout");
                 break Some(CloseReason::HeartbeatTimeout);
             }
-            e = std::future::poll_fn(|cx| writer.poll_write(cx, &stream, &mut frames)) => {
-                tracing::debug!(error = %e, "connection lost while writing");
-                break None;
-            }
+            _ = &mut drained => break Some(CloseReason::Shutdown),
             ready = readable(&stream, buffered) => {
                 if let Err(e) = ready {
                     tracing::debug!(error = %e, "connection lost");
@@ -323,7 +327,9 @@ async fn run(env: Arc<Env>, serializer: Serializer, connected: Connected, conn: 
                         }
                     };
                     match decoded {
-                        Ok(message) => socket.handle(message).await,
+                        // Boxed: handling (a join) has large futures, and the task keeps the
+                        // size of its largest state while the socket lives.
+                        Ok(message) => Box::pin(socket.handle(message)).await,
                         Err(e) => {
                             ::metrics::counter!(crate::metrics::MESSAGES_IN, "kind" => "malformed").increment(1);
                             tracing::info!(error = %e, "malformed frame");
@@ -373,7 +379,7 @@ async fn run(env: Arc<Env>, serializer: Serializer, connected: Connected, conn: 
         writer.flush(&stream).await?;
         stream.shutdown().await
     };
-    if let Err(e) = tokio::time::timeout(CLOSE_WAIT, closed)
+    if let Err(e) = Box::pin(tokio::time::timeout(CLOSE_WAIT, closed))
         .await
         .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
     {
@@ -382,9 +388,13 @@ async fn run(env: Arc<Env>, serializer: Serializer, connected: Connected, conn: 
 }
 
 /// Ready when the connection has bytes to read, or at once when bytes are already buffered.
-async fn readable(stream: &TcpStream, buffered: bool) -> io::Result<()> {
-    if buffered {
-        return Ok(());
-    }
-    stream.readable().await
+/// Polls the stream's own readiness slot (this task is its only reader) rather than queueing
+/// a waiter on every wake-up.
+fn readable(stream: &TcpStream, buffered: bool) -> impl Future<Output = io::Result<()>> + '_ {
+    std::future::poll_fn(move |cx| {
+        if buffered {
+            return Poll::Ready(Ok(()));
+        }
+        stream.poll_read_ready(cx)
+    })
 }
