@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll};
 
 use futures_util::task::AtomicWaker;
-use tokio_util::sync::CancellationToken;
 
 use crate::protocol::{Frame, Outbound, Serializer};
 
@@ -72,8 +71,10 @@ impl CloseReason {
     }
 }
 
+/// The close request: lock-free, because the connection task checks it on every wake-up. One
+/// task waits on it (the socket's transport).
 struct Closer {
-    token: CancellationToken,
+    waiter: AtomicWaker,
     reason: OnceLock<CloseReason>,
 }
 
@@ -155,7 +156,7 @@ pub fn outbox_bounded(serializer: Serializer, bounds: Bounds) -> (Outbox, Outbox
         },
     });
     let closer = Arc::new(Closer {
-        token: CancellationToken::new(),
+        waiter: AtomicWaker::new(),
         reason: OnceLock::new(),
     });
     (
@@ -306,12 +307,12 @@ impl Outbox {
     /// Asks the socket's transport to close the connection. The first reason wins.
     pub fn close(&self, reason: CloseReason) {
         let _ = self.closer.reason.set(reason);
-        self.closer.token.cancel();
+        self.closer.waiter.wake();
     }
 
     /// Whether the socket is closed or closing.
     pub fn is_closed(&self) -> bool {
-        self.closer.token.is_cancelled() || self.shared.lock().receiver_gone
+        self.closer.reason.get().is_some() || self.shared.lock().receiver_gone
     }
 }
 
@@ -322,12 +323,18 @@ pub struct CloseSignal(Arc<Closer>);
 impl CloseSignal {
     /// Waits for a close request and returns its reason.
     pub async fn requested(&self) -> CloseReason {
-        self.0.token.cancelled().await;
-        self.0
-            .reason
-            .get()
-            .copied()
-            .unwrap_or(CloseReason::Shutdown)
+        std::future::poll_fn(|cx| {
+            if let Some(reason) = self.0.reason.get() {
+                return Poll::Ready(*reason);
+            }
+            self.0.waiter.register(cx.waker());
+            // Checked again: a close between the first check and the registration woke nobody.
+            match self.0.reason.get() {
+                Some(reason) => Poll::Ready(*reason),
+                None => Poll::Pending,
+            }
+        })
+        .await
     }
 }
 

@@ -31,6 +31,8 @@ pub(crate) struct Writer {
 }
 
 fn encode(buf: &mut BytesMut, frame: &Frame) {
+    // Room for the header too: one allocation for a lone frame, not an allocation and a grow.
+    buf.reserve(frame.len() + 10);
     match frame {
         Frame::Text(text) => Parser::write_message(buf, text.as_bytes(), OpCode::Text, true, false),
         Frame::Binary(bin) => Parser::write_message(buf, bin, OpCode::Binary, true, false),
