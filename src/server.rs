@@ -51,6 +51,11 @@ pub fn start(gateway: Arc<Gateway>, listener: TcpListener) -> std::io::Result<Ru
     let endpoint = Arc::new(websocket::Endpoint {
         env: gateway.transport().clone(),
         path: ws_path.clone(),
+        // Connections run on the caller's runtime when it is a work-stealing one (see
+        // `websocket::take_over`).
+        runtime: tokio::runtime::Handle::try_current()
+            .ok()
+            .filter(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread),
     });
     let demo = gateway.settings.demo.enabled;
     let longpoll = gateway.settings.longpoll.enabled;

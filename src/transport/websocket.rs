@@ -59,6 +59,9 @@ pub(crate) struct Endpoint {
     pub env: Arc<Env>,
     /// The endpoint's path (`/socket/websocket`).
     pub path: String,
+    /// The work-stealing runtime connections move to once upgraded; None: they stay on the
+    /// HTTP worker that accepted them.
+    pub runtime: Option<tokio::runtime::Handle>,
 }
 
 /// The upgrade hook: answers the handshake of a WebSocket request and starts its
@@ -146,8 +149,40 @@ async fn upgrade(endpoint: &Endpoint, req: Request, framed: Framed<TcpStream, h1
         out_tx,
         _admission: admission,
     };
-    // Its own task: the dispatcher's state and buffers are freed as this returns.
-    actix_web::rt::spawn(run(env.clone(), serializer, connected, conn).instrument(span));
+    // Its own task: the dispatcher's state and buffers are freed as this returns. On the
+    // work-stealing runtime, a broadcast's thousands of socket writes spread over every
+    // thread, where each HTTP worker would only run the sockets it accepted.
+    let env = env.clone();
+    match &endpoint.runtime {
+        Some(runtime) => {
+            let (stream, unread) = conn.stream;
+            let std = match stream.into_std() {
+                Ok(std) => std,
+                Err(e) => {
+                    tracing::debug!(error = %e, "connection lost at the hand-over");
+                    return;
+                }
+            };
+            runtime.spawn(
+                async move {
+                    match TcpStream::from_std(std) {
+                        Ok(stream) => {
+                            let conn = Conn {
+                                stream: (stream, unread),
+                                ..conn
+                            };
+                            run(env, serializer, connected, conn).await
+                        }
+                        Err(e) => tracing::warn!(error = %e, "connection not registered"),
+                    }
+                }
+                .instrument(span),
+            );
+        }
+        None => {
+            actix_web::rt::spawn(run(env, serializer, connected, conn).instrument(span));
+        }
+    }
 }
 
 /// Writes the 101 response and takes the connection out of the HTTP codec. Bytes the client
