@@ -156,28 +156,22 @@ async fn upgrade(endpoint: &Endpoint, req: Request, framed: Framed<TcpStream, h1
     match &endpoint.runtime {
         Some(runtime) => {
             let (stream, unread) = conn.stream;
-            let std = match stream.into_std() {
-                Ok(std) => std,
-                Err(e) => {
-                    tracing::debug!(error = %e, "connection lost at the hand-over");
-                    return;
+            // Re-registered with the runtime's I/O driver here, so the task is `run` itself
+            // (a wrapping future would add its own state to every socket's task).
+            let moved = stream.into_std().and_then(|std| {
+                let _entered = runtime.enter();
+                TcpStream::from_std(std)
+            });
+            match moved {
+                Ok(stream) => {
+                    let conn = Conn {
+                        stream: (stream, unread),
+                        ..conn
+                    };
+                    runtime.spawn(run(env, serializer, connected, conn).instrument(span));
                 }
-            };
-            runtime.spawn(
-                async move {
-                    match TcpStream::from_std(std) {
-                        Ok(stream) => {
-                            let conn = Conn {
-                                stream: (stream, unread),
-                                ..conn
-                            };
-                            run(env, serializer, connected, conn).await
-                        }
-                        Err(e) => tracing::warn!(error = %e, "connection not registered"),
-                    }
-                }
-                .instrument(span),
-            );
+                Err(e) => tracing::debug!(error = %e, "connection lost at the hand-over"),
+            }
         }
         None => {
             actix_web::rt::spawn(run(env, serializer, connected, conn).instrument(span));

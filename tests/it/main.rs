@@ -36,7 +36,8 @@ mod rust_channels;
 mod security;
 /// The server API (/api/v1) against docs/openapi.json.
 mod server_api;
+/// The Phoenix protocol over a real WebSocket, frame by frame.
+mod upgrade;
 /// Backend webhooks for joins and events.
 mod webhooks;
-/// The Phoenix protocol over a real WebSocket, frame by frame.
 mod websocket_protocol;
