@@ -8,15 +8,19 @@ mod ws_reader;
 mod ws_writer;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use rand::seq::SliceRandom;
+use slab::Slab;
+use tokio::time::Instant;
 
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{LongPollSettings, SocketSettings};
 use crate::limits::Limits;
-use crate::outbox::Bounds;
+use crate::outbox::{Bounds, CloseReason, Outbox};
 use crate::socket::{Connector, SocketEnv};
 
 /// The node's drain: started once at shutdown; sockets then close at random moments over
@@ -25,14 +29,65 @@ use crate::socket::{Connector, SocketEnv};
 pub struct Drain {
     started: CancellationToken,
     period_ms: AtomicU64,
+    /// Open WebSocket connections. The drain closes them itself, one by one over its period,
+    /// rather than have every connection wait on the drain: a shared signal polled on every
+    /// wake-up of every socket is a lock that all threads contend for.
+    sockets: Mutex<Slab<Outbox>>,
+}
+
+/// A connection's place in the drain's table, left when dropped.
+pub(crate) struct Draining {
+    drain: Arc<Drain>,
+    key: usize,
+}
+
+impl Drop for Draining {
+    fn drop(&mut self) {
+        let mut sockets = self.drain.lock();
+        if sockets.contains(self.key) {
+            sockets.remove(self.key);
+        }
+    }
 }
 
 impl Drain {
-    /// Starts draining over `period` (new sockets are refused from now on).
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slab<Outbox>> {
+        // Inserts and removals cannot leave the slab inconsistent.
+        self.sockets.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Files a connection's outbox, to be closed (`Shutdown`) when the drain reaches it.
+    pub(crate) fn register(self: &Arc<Self>, outbox: Outbox) -> Draining {
+        if self.is_draining() {
+            // Accepted just as the drain started.
+            outbox.close(CloseReason::Shutdown);
+        }
+        let key = self.lock().insert(outbox);
+        Draining {
+            drain: self.clone(),
+            key,
+        }
+    }
+
+    /// Starts draining over `period` (new sockets are refused from now on): the open
+    /// WebSocket connections are closed in a random order, spread evenly over the period.
     pub fn start(&self, period: Duration) {
         self.period_ms
             .store(period.as_millis() as u64, Ordering::Relaxed);
         self.started.cancel();
+        let mut sockets: Vec<Outbox> = self.lock().drain().collect();
+        sockets.shuffle(&mut rand::rng());
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            sockets.iter().for_each(|s| s.close(CloseReason::Shutdown));
+            return;
+        };
+        runtime.spawn(async move {
+            let (begin, n) = (Instant::now(), sockets.len() as u32);
+            for (i, socket) in (1..).zip(sockets) {
+                tokio::time::sleep_until(begin + period * i / n.max(1)).await;
+                socket.close(CloseReason::Shutdown);
+            }
+        });
     }
 
     /// Whether the node is draining.

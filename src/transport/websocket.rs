@@ -263,6 +263,9 @@ async fn run(env: Arc<Env>, serializer: Serializer, connected: Connected, conn: 
         serializer,
         peer_ip,
     };
+    // On shutdown the drain closes sockets one by one over its period (`Shutdown`), so that
+    // clients reconnect to the other nodes gradually.
+    let _draining = env.drain.register(out_tx.clone());
     let mut socket = Socket::new(info, env.socket.clone(), out_tx, events_tx);
     let mut id_rx = Box::pin(socket.subscribe_id()).await;
     let timeout = Duration::from_millis(heartbeat_timeout_ms);
@@ -270,14 +273,6 @@ async fn run(env: Arc<Env>, serializer: Serializer, connected: Connected, conn: 
     tokio::pin!(idle);
     tracing::debug!(?serializer, "socket connected");
     ::metrics::gauge!(crate::metrics::SOCKETS, "transport" => "websocket").increment(1.0);
-    // On shutdown each socket closes at its own random moment within the drain period, so
-    // that clients reconnect to the other nodes gradually.
-    let drain_share = rand::random::<f64>();
-    let drained = async {
-        env.drain.started().await;
-        tokio::time::sleep(env.drain.period().mul_f64(drain_share)).await;
-    };
-    tokio::pin!(drained);
     // Created once: a fresh cancellation future per loop turn would cost a lock and a
     // registration on every wake-up of a busy socket.
     let close_requested = close_signal.requested();
@@ -309,7 +304,6 @@ async fn run(env: Arc<Env>, serializer: Serializer, connected: Connected, conn: 
                 tracing::info!(timeout_ms = heartbeat_timeout_ms, "heartbeat timeout");
                 break Some(CloseReason::HeartbeatTimeout);
             }
-            _ = &mut drained => break Some(CloseReason::Shutdown),
             ready = readable(&stream, buffered) => {
                 if let Err(e) = ready {
                     tracing::debug!(error = %e, "connection lost");
