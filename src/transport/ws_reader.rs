@@ -244,4 +244,50 @@ mod tests {
             }))])
         );
     }
+
+    mod proptests {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn frames() -> impl Strategy<Value = Vec<u8>> {
+            // Valid-looking masked frames of any opcode and fin bit, with random payloads,
+            // sometimes followed by garbage.
+            let frame = (
+                0u8..16,
+                any::<bool>(),
+                prop::collection::vec(any::<u8>(), 0..40),
+            )
+                .prop_map(|(op, fin, payload)| super::frame(op, fin, &payload));
+            (
+                prop::collection::vec(frame, 0..6),
+                prop::collection::vec(any::<u8>(), 0..12),
+            )
+                .prop_map(|(frames, tail)| frames.concat().into_iter().chain(tail).collect())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+            #[test]
+            fn any_bytes_in_any_pieces_decode_or_close_never_panic(
+                bytes in frames(),
+                cut in 0usize..64,
+            ) {
+                let mut reader = Reader::new(48);
+                let mut buf = BytesMut::new();
+                let cut = cut.min(bytes.len());
+                'feed: for piece in [&bytes[..cut], &bytes[cut..]] {
+                    buf.extend_from_slice(piece);
+                    loop {
+                        match reader.next(&mut buf) {
+                            Ok(Some(Incoming::Text(t))) => prop_assert!(t.len() <= 48),
+                            Ok(Some(Incoming::Binary(b))) => prop_assert!(b.len() <= 48),
+                            Ok(Some(_)) => {}
+                            Ok(None) => break,
+                            Err(_) => break 'feed,
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
