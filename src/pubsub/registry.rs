@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use indexmap::IndexMap;
 use serde_json::Value;
 
 use super::{Broadcast, Subscriber, SubscriberId, Target};
@@ -19,10 +20,14 @@ pub struct DispatchStats {
     pub dropped: usize,
 }
 
+/// A topic's subscribers by id: removal is O(1) (a swap), so a mass disconnect from a big
+/// room is O(room), not O(room²), and iteration stays over one contiguous array.
+type Subscribers = IndexMap<SubscriberId, Subscriber>;
+
 /// Local subscriptions: topic -> subscribers.
 #[derive(Default)]
 pub struct Registry {
-    topics: RwLock<HashMap<String, Vec<Subscriber>>>,
+    topics: RwLock<HashMap<String, Subscribers>>,
 }
 
 impl Registry {
@@ -31,13 +36,13 @@ impl Registry {
         Self::default()
     }
 
-    fn read(&self) -> RwLockReadGuard<'_, HashMap<String, Vec<Subscriber>>> {
+    fn read(&self) -> RwLockReadGuard<'_, HashMap<String, Subscribers>> {
         // A panic while holding the lock cannot leave the map half-updated (single pushes
         // and removals), so a poisoned lock is still safe to use.
         self.topics.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, HashMap<String, Vec<Subscriber>>> {
+    fn write(&self) -> RwLockWriteGuard<'_, HashMap<String, Subscribers>> {
         self.topics.write().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -50,11 +55,11 @@ impl Registry {
         }
         match topics.get_mut(topic) {
             Some(subs) => {
-                subs.push(sub);
+                subs.insert(sub.id, sub);
                 false
             }
             None => {
-                topics.insert(topic.to_owned(), vec![sub]);
+                topics.insert(topic.to_owned(), IndexMap::from([(sub.id, sub)]));
                 true
             }
         }
@@ -66,7 +71,7 @@ impl Registry {
         let Some(subs) = topics.get_mut(topic) else {
             return false;
         };
-        subs.retain(|s| s.id != id);
+        subs.swap_remove(&id);
         if subs.is_empty() {
             topics.remove(topic);
             true
@@ -81,9 +86,7 @@ impl Registry {
         let Some(subs) = topics.get_mut(topic) else {
             return false;
         };
-        let before = subs.len();
-        subs.retain(|s| s.id != id);
-        let removed = subs.len() < before;
+        let removed = subs.swap_remove(&id).is_some();
         if subs.is_empty() {
             topics.remove(topic);
         }
@@ -92,7 +95,7 @@ impl Registry {
 
     /// Number of local subscribers of a topic.
     pub fn subscriber_count(&self, topic: &str) -> usize {
-        self.read().get(topic).map_or(0, Vec::len)
+        self.read().get(topic).map_or(0, IndexMap::len)
     }
 
     /// Number of topics with local subscribers.
@@ -122,7 +125,7 @@ impl Registry {
             return stats;
         };
         let mut frames: [Option<Option<Frame>>; Serializer::COUNT] = Default::default();
-        for sub in subs {
+        for sub in subs.values() {
             if Some(sub.id) == from {
                 continue;
             }
@@ -296,5 +299,24 @@ mod tests {
         );
         reg.dispatch(&bc("e"), None);
         assert_eq!(ra.rx.try_recv().unwrap(), Frame::Text("first".into()));
+    }
+
+    #[tokio::test]
+    async fn removing_a_subscriber_keeps_the_others_and_is_idempotent() {
+        let reg = Registry::new();
+        let ids: Vec<_> = (0..3).map(|_| next_subscriber_id()).collect();
+        let mut receivers = Vec::new();
+        for id in &ids {
+            let (tx, rx) = outbox(Serializer::V2, 8);
+            reg.subscribe("room:1", Subscriber::socket(*id, tx), None);
+            receivers.push(rx);
+        }
+        assert!(reg.remove("room:1", ids[1]));
+        assert!(!reg.remove("room:1", ids[1]), "already gone");
+        assert_eq!(reg.subscriber_count("room:1"), 2);
+        assert_eq!(reg.dispatch(&bc("e"), None).delivered, 2);
+        assert!(receivers[0].rx.try_recv().is_ok());
+        assert!(receivers[1].rx.try_recv().is_err(), "removed");
+        assert!(receivers[2].rx.try_recv().is_ok());
     }
 }
