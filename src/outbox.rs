@@ -83,14 +83,19 @@ struct Closer {
 pub struct Bounds {
     /// Most frames queued.
     pub frames: usize,
-    /// Most bytes queued. A frame is always accepted into an empty queue, so one large frame
-    /// (a big `presence_state`) cannot close a socket that keeps up.
+    /// Most bytes queued, not counting one frame larger than this bound: a big frame (the
+    /// `presence_state` of a huge room) is let through whatever is queued before it, so it
+    /// cannot close a socket that keeps up. A second one queued behind the first means the
+    /// client is not reading.
     pub bytes: usize,
 }
 
 struct Queue {
     frames: VecDeque<Frame>,
+    /// Bytes of the queued frames that are not oversized.
     bytes: usize,
+    /// Frames larger than the byte bound, queued (at most one).
+    oversized: usize,
     /// The receiving side is gone: nothing will be read again.
     receiver_gone: bool,
 }
@@ -147,6 +152,7 @@ pub fn outbox_bounded(serializer: Serializer, bounds: Bounds) -> (Outbox, Outbox
         queue: Mutex::new(Queue {
             frames: VecDeque::new(),
             bytes: 0,
+            oversized: 0,
             receiver_gone: false,
         }),
         reader: AtomicWaker::new(),
@@ -181,7 +187,7 @@ impl Frames {
     pub fn try_recv(&mut self) -> Result<Frame, Empty> {
         let mut q = self.shared.lock();
         let frame = q.frames.pop_front().ok_or(Empty)?;
-        q.bytes -= frame.len();
+        q.taken(&frame, self.shared.bounds);
         Ok(frame)
     }
 
@@ -218,7 +224,7 @@ impl Frames {
             let Some(frame) = q.frames.pop_front() else {
                 break;
             };
-            q.bytes -= frame.len();
+            q.taken(&frame, self.shared.bounds);
             taken += frame.len().max(1);
             take(frame);
         }
@@ -236,6 +242,18 @@ impl Drop for Frames {
         q.receiver_gone = true;
         q.frames.clear();
         q.bytes = 0;
+        q.oversized = 0;
+    }
+}
+
+impl Queue {
+    /// Accounts for a frame leaving the queue.
+    fn taken(&mut self, frame: &Frame, bounds: Bounds) {
+        if frame.len() > bounds.bytes {
+            self.oversized -= 1;
+        } else {
+            self.bytes -= frame.len();
+        }
     }
 }
 
@@ -259,8 +277,13 @@ impl Outbox {
                 return false;
             }
             let bounds = self.shared.bounds;
+            let oversized = frame.len() > bounds.bytes;
             let over = q.frames.len() >= bounds.frames
-                || (!q.frames.is_empty() && q.bytes + frame.len() > bounds.bytes);
+                || if oversized {
+                    q.oversized > 0
+                } else {
+                    q.bytes + frame.len() > bounds.bytes
+                };
             if over {
                 let (frames, bytes) = (q.frames.len(), q.bytes);
                 drop(q);
@@ -275,7 +298,11 @@ impl Outbox {
                 self.close(CloseReason::SlowConsumer);
                 return false;
             }
-            q.bytes += frame.len();
+            if oversized {
+                q.oversized += 1;
+            } else {
+                q.bytes += frame.len();
+            }
             q.frames.push_back(frame);
             q.frames.len() == 1
         };
@@ -386,6 +413,30 @@ mod tests {
         assert!(tx.push(Frame::Text("123456".into())));
         assert!(tx.push(Frame::Text("1234".into())), "exactly at the bound");
         assert!(!tx.push(Frame::Text("1".into())), "over the bound");
+        assert_eq!(rx.close_requested().await, CloseReason::SlowConsumer);
+    }
+
+    #[tokio::test]
+    async fn one_big_frame_passes_a_backlog_but_a_second_one_closes() {
+        let bounds = Bounds {
+            frames: 100,
+            bytes: 10,
+        };
+        let (tx, mut rx) = outbox_bounded(Serializer::V2, bounds);
+        let big = || Frame::Text("x".repeat(50).into());
+        // A join reply still queued, then the room's big presence_state, then diffs.
+        assert!(tx.push(Frame::Text("reply".into())));
+        assert!(tx.push(big()), "one big frame is let through a backlog");
+        assert!(tx.push(Frame::Text("diff1".into())), "it does not count");
+        assert!(!tx.is_closed());
+        // The client reads: the big frame leaves, and another may come.
+        for _ in 0..3 {
+            rx.rx.try_recv().expect("queued");
+        }
+        assert!(tx.push(big()));
+        assert!(tx.push(Frame::Text("1234567890".into())), "at the bound");
+        // A second big frame behind the first: the client is not reading.
+        assert!(!tx.push(big()));
         assert_eq!(rx.close_requested().await, CloseReason::SlowConsumer);
     }
 

@@ -136,3 +136,43 @@ async fn track_then_state_puts_the_joiners_own_presence_in_its_state() {
     let mut bview = View::strict();
     bview.wait_for(&mut b, &[("ann", 1), ("ben", 1)]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_larger_than_the_queue_bound_never_closes_a_joiner_that_reads() {
+    // A room whose presence_state (about 4 KB) is twice the outbound byte bound.
+    let srv = TestServer::start(|s| s.socket.outbound_queue_bytes = 2048);
+    let mut watcher = srv.v2("").await;
+    join_lobby(&mut watcher).await;
+    let names: Vec<String> = (0..40)
+        .map(|i| format!("member-with-a-long-name-{i:02}"))
+        .collect();
+    let mut members = Vec::new();
+    for name in &names {
+        let mut c = srv.v2(&format!("user_id={name}")).await;
+        join_lobby(&mut c).await;
+        members.push(c);
+    }
+    let expected: Vec<(&str, usize)> = names.iter().map(|n| (n.as_str(), 1)).collect();
+    View::default().wait_for(&mut watcher, &expected).await;
+    // Late joiners, all at once: each gets its join reply, then the big snapshot behind it.
+    let joiners = (0..10).map(|i| {
+        let srv_url = srv.ws_url(&format!("vsn=2.0.0&user_id=late-{i}"));
+        tokio::spawn(async move {
+            let mut c = Client::connect(&srv_url).await;
+            c.send(json!(["1", "1", "room:lobby", "phx_join", {}]))
+                .await;
+            let state = c
+                .recv_until("presence_state", |v| v[3] == "presence_state")
+                .await;
+            let users = state[4].as_object().map_or(0, |m| m.len());
+            assert!(users >= 40, "the snapshot holds the room: {users} users");
+            c.send(json!([null, "h", "phoenix", "heartbeat", {}])).await;
+            c.recv_until("heartbeat reply, so still open", |v| v[1] == "h")
+                .await;
+        })
+    });
+    for j in joiners.collect::<Vec<_>>() {
+        j.await.expect("joiner kept up and stayed connected");
+    }
+    drop(members);
+}
