@@ -111,13 +111,18 @@ impl Batcher {
     }
 
     async fn run(self: Arc<Self>, topic: String) {
+        let mut window = self.window;
         loop {
-            if !self.window.is_zero() {
-                tokio::time::sleep(self.window).await;
+            if !window.is_zero() {
+                tokio::time::sleep(window).await;
             }
             let Some(taken) = self.table().take(&topic) else {
                 return;
             };
+            window = next_window(
+                self.window,
+                taken.diff.joins.len() + taken.diff.leaves.len(),
+            );
             self.publish(&topic, taken).await;
         }
     }
@@ -158,6 +163,21 @@ impl Batcher {
             }
         }
     }
+}
+
+/// Changes per window below which the window stays at its base.
+const CALM_CHANGES: usize = 64;
+
+/// How much longer than its base a window may grow in a storm.
+const MAX_STRETCH: u32 = 8;
+
+/// The window after a batch of `changes`: the base while a room is calm, longer in a storm
+/// (up to 8× the base, 200 ms by default), so that a join storm of N members costs each
+/// member a bounded number of diff frames, not one per base window; back to the base once
+/// the storm passes.
+fn next_window(base: Duration, changes: usize) -> Duration {
+    let stretch = (changes / CALM_CHANGES).clamp(1, MAX_STRETCH as usize) as u32;
+    base * stretch
 }
 
 #[cfg(test)]
@@ -209,5 +229,23 @@ mod tests {
             "u0 came and went within the window"
         );
         assert!(rx.rx.try_recv().is_err(), "exactly one frame");
+    }
+
+    #[test]
+    fn windows_stretch_with_the_storm_and_come_back() {
+        let base = Duration::from_millis(25);
+        assert_eq!(next_window(base, 0), base);
+        assert_eq!(
+            next_window(base, 63),
+            base,
+            "a calm room keeps the base window"
+        );
+        assert_eq!(next_window(base, 128), base * 2);
+        assert_eq!(next_window(base, 15_000), base * 8, "bounded");
+        assert_eq!(
+            next_window(Duration::ZERO, 15_000),
+            Duration::ZERO,
+            "zero stays zero"
+        );
     }
 }
