@@ -7,7 +7,6 @@ pub(crate) mod websocket;
 mod ws_reader;
 mod ws_writer;
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,7 +27,6 @@ use crate::socket::{Connector, SocketEnv};
 #[derive(Default)]
 pub struct Drain {
     started: CancellationToken,
-    period_ms: AtomicU64,
     /// Open WebSocket connections. The drain closes them itself, one by one over its period,
     /// rather than have every connection wait on the drain: a shared signal polled on every
     /// wake-up of every socket is a lock that all threads contend for.
@@ -58,11 +56,14 @@ impl Drain {
 
     /// Files a connection's outbox, to be closed (`Shutdown`) when the drain reaches it.
     pub(crate) fn register(self: &Arc<Self>, outbox: Outbox) -> Draining {
+        let mut sockets = self.lock();
+        // Checked under the lock: a drain that took the table before this insert has
+        // already cancelled `started`, so a connection accepted just then is closed here.
         if self.is_draining() {
-            // Accepted just as the drain started.
             outbox.close(CloseReason::Shutdown);
         }
-        let key = self.lock().insert(outbox);
+        let key = sockets.insert(outbox);
+        drop(sockets);
         Draining {
             drain: self.clone(),
             key,
@@ -72,8 +73,7 @@ impl Drain {
     /// Starts draining over `period` (new sockets are refused from now on): the open
     /// WebSocket connections are closed in a random order, spread evenly over the period.
     pub fn start(&self, period: Duration) {
-        self.period_ms
-            .store(period.as_millis() as u64, Ordering::Relaxed);
+        // Cancelled before the table is taken: a connection registering after that sees it.
         self.started.cancel();
         let mut sockets: Vec<Outbox> = self.lock().drain().collect();
         sockets.shuffle(&mut rand::rng());
@@ -98,11 +98,6 @@ impl Drain {
     /// Resolves once draining starts.
     pub async fn started(&self) {
         self.started.cancelled().await;
-    }
-
-    /// The drain period in effect.
-    pub fn period(&self) -> Duration {
-        Duration::from_millis(self.period_ms.load(Ordering::Relaxed))
     }
 }
 

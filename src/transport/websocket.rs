@@ -129,9 +129,19 @@ async fn upgrade(endpoint: &Endpoint, req: Request, framed: Framed<TcpStream, h1
             HeaderValue::from_static(PHOENIX_SUBPROTOCOL),
         ));
     }
-    let Some(stream) = switch(framed, res.finish().drop_body()).await else {
+    let Some((stream, unread)) = switch(framed, res.finish().drop_body()).await else {
         count_error();
         return;
+    };
+    let stream = match &endpoint.runtime {
+        Some(runtime) => match rehome(stream, runtime) {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::debug!(error = %e, "connection lost at the hand-over");
+                return;
+            }
+        },
+        None => stream,
     };
     let Accepted {
         serializer,
@@ -143,7 +153,7 @@ async fn upgrade(endpoint: &Endpoint, req: Request, framed: Framed<TcpStream, h1
     let span = tracing::info_span!("socket", id = connected.id.as_deref().unwrap_or("-"));
     let conn = Conn {
         peer_ip,
-        stream,
+        stream: (stream, unread),
         close_signal: out_rx.close_signal(),
         frames: out_rx.rx,
         out_tx,
@@ -152,31 +162,19 @@ async fn upgrade(endpoint: &Endpoint, req: Request, framed: Framed<TcpStream, h1
     // Its own task: the dispatcher's state and buffers are freed as this returns. On the
     // work-stealing runtime, a broadcast's thousands of socket writes spread over every
     // thread, where each HTTP worker would only run the sockets it accepted.
-    let env = env.clone();
+    let task = run(env.clone(), serializer, connected, conn).instrument(span);
     match &endpoint.runtime {
-        Some(runtime) => {
-            let (stream, unread) = conn.stream;
-            // Re-registered with the runtime's I/O driver here, so the task is `run` itself
-            // (a wrapping future would add its own state to every socket's task).
-            let moved = stream.into_std().and_then(|std| {
-                let _entered = runtime.enter();
-                TcpStream::from_std(std)
-            });
-            match moved {
-                Ok(stream) => {
-                    let conn = Conn {
-                        stream: (stream, unread),
-                        ..conn
-                    };
-                    runtime.spawn(run(env, serializer, connected, conn).instrument(span));
-                }
-                Err(e) => tracing::debug!(error = %e, "connection lost at the hand-over"),
-            }
-        }
-        None => {
-            actix_web::rt::spawn(run(env, serializer, connected, conn).instrument(span));
-        }
+        Some(runtime) => drop(runtime.spawn(task)),
+        None => drop(actix_web::rt::spawn(task)),
     }
+}
+
+/// Moves a stream to `runtime`'s I/O driver. Done before the task is spawned, so the task is
+/// the connection's own future (a wrapping future would add its state to every socket).
+fn rehome(stream: TcpStream, runtime: &tokio::runtime::Handle) -> io::Result<TcpStream> {
+    let std = stream.into_std()?;
+    let _entered = runtime.enter();
+    TcpStream::from_std(std)
 }
 
 /// Writes the 101 response and takes the connection out of the HTTP codec. Bytes the client
