@@ -576,6 +576,18 @@ pub enum PresenceOrder {
     TrackThenState,
 }
 
+/// What a route's members learn about the topic's presences.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PresenceMode {
+    /// `presence_state` and `presence_diff`: every member sees the member list (Phoenix).
+    #[default]
+    List,
+    /// `presence_count` `{"users", "connections"}` only, at most once per
+    /// `presence_count_interval_ms`: for rooms where a member list is pointless.
+    Counts,
+}
+
 /// A config-driven channel route.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -602,6 +614,13 @@ pub struct RouteSettings {
     /// its own presence is already in its `presence_state`).
     #[serde(default)]
     pub presence_order: PresenceOrder,
+    /// `list` (Phoenix's `presence_state`/`presence_diff`) or `counts` (`presence_count`).
+    #[serde(default)]
+    pub presence: PresenceMode,
+    /// With `presence = "counts"`: the least time between two `presence_count` events of a
+    /// topic.
+    #[serde(default = "default_presence_count_interval_ms")]
+    pub presence_count_interval_ms: u64,
     /// Client events broadcast to every subscriber, the sender included; replied `ok`.
     #[serde(default)]
     pub broadcast: Vec<String>,
@@ -626,6 +645,10 @@ pub struct RouteSettings {
     /// How long a topic's history outlives its last message, in seconds.
     #[serde(default = "default_history_ttl_s")]
     pub history_ttl_s: u64,
+}
+
+fn default_presence_count_interval_ms() -> u64 {
+    1000
 }
 
 fn default_history_ttl_s() -> u64 {
@@ -655,6 +678,8 @@ pub fn default_routes() -> Vec<RouteSettings> {
         presence_meta: vec!["online_at".into()],
         presence_update_event: Some("update_meta".into()),
         presence_order: PresenceOrder::StateThenTrack,
+        presence: PresenceMode::List,
+        presence_count_interval_ms: default_presence_count_interval_ms(),
         broadcast: vec!["new_msg".into()],
         broadcast_from: vec!["typing".into()],
         echo: vec!["ping".into()],

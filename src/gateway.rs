@@ -12,7 +12,7 @@ use crate::channel::{builtin, PatternError, Router};
 use crate::cluster::{migrate, ClusterError, Redis};
 use crate::config::{AuthMode, RedisMode, Settings};
 use crate::limits::Limits;
-use crate::presence::{Presence, PresenceStats, Tracker};
+use crate::presence::{Counts, Presence, PresenceStats, Tracker};
 use crate::pubsub::{LocalPubSub, PubSub, RedisPubSub, RedisStats};
 use crate::socket::{AuthSetupError, Connector, ParamsConnector, SocketEnv, TokenConnector};
 use crate::transport::longpoll::Sessions;
@@ -134,11 +134,13 @@ impl Builder {
             };
         let limits = Limits::new(&settings.limits);
         let channel_tasks = TaskTracker::new();
+        let counts = Counts::new(pubsub.clone(), presence.clone());
         let socket = Arc::new(SocketEnv {
             settings: settings.socket.clone(),
             router,
             pubsub: pubsub.clone(),
             presence: presence.clone(),
+            counts: counts.clone(),
             limits: limits.clone(),
             channel_tasks: channel_tasks.clone(),
         });
@@ -220,6 +222,18 @@ impl Gateway {
     /// The history kept for `topic` by its route (see `Channel::history`).
     pub fn history_of(&self, topic: &str) -> Option<crate::pubsub::Retention> {
         self.transport.socket.router.history(topic)
+    }
+
+    /// The topic under which `topic`'s presences are tracked (its counting companion on a
+    /// `presence = "counts"` route).
+    pub fn presence_topic(&self, topic: &str) -> String {
+        self.transport.socket.router.presence_topic(topic)
+    }
+
+    /// The size of a topic's presence, cluster-wide.
+    pub async fn presence_count(&self, topic: &str) -> crate::presence::Count {
+        let state = self.presence.snapshot(&self.presence_topic(topic)).await;
+        crate::presence::counts::count_state(&state.state)
     }
 
     /// This node's id: the Redis node id in a cluster, `local` otherwise.

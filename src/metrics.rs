@@ -34,6 +34,8 @@ pub const FANOUT_SECONDS: &str = "phx_gateway_broadcast_fanout_seconds";
 pub const LAG_SECONDS: &str = "phx_gateway_broadcast_lag_seconds";
 /// Presences tracked by this node.
 pub const PRESENCE_ENTRIES: &str = "phx_gateway_presence_entries";
+/// `presence_count` events pushed by counting rooms.
+pub const PRESENCE_COUNTS: &str = "phx_gateway_presence_counts_total";
 /// Presence heartbeats, by `result` (ok, error).
 pub const PRESENCE_HEARTBEATS: &str = "phx_gateway_presence_heartbeats_total";
 /// Reaper runs, by `result` (ok, error).
@@ -139,6 +141,10 @@ fn describe() {
     );
     describe_gauge!(PRESENCE_ENTRIES, "Presences tracked by this node.");
     describe_counter!(PRESENCE_HEARTBEATS, "Presence heartbeats, by result.");
+    describe_counter!(
+        PRESENCE_COUNTS,
+        "presence_count events pushed by this node's counting rooms (one per room and change)."
+    );
     describe_counter!(REAPER_RUNS, "Dead-node reaper runs, by result.");
     describe_counter!(REAPED_NODES, "Dead nodes reaped by this node.");
     describe_histogram!(

@@ -34,10 +34,20 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             );
             error::InternalError::from_response(e, answer).into()
         });
+    let query = web::QueryConfig::default().error_handler(|e, _| {
+        let answer = error(StatusCode::BAD_REQUEST, &format!("invalid query: {e}"));
+        error::InternalError::from_response(e, answer).into()
+    });
     cfg.service(
         web::scope("/api/v1")
             .app_data(json)
+            .app_data(query)
             .service(keyed("/broadcast", web::post().to(broadcast)))
+            // Before the list: `{topic:.*}` would take `/count` as part of the topic.
+            .service(keyed(
+                "/presence/{topic:.*}/count",
+                web::get().to(presence_count),
+            ))
             .service(keyed("/presence/{topic:.*}", web::get().to(presence)))
             .service(keyed("/disconnect", web::post().to(disconnect)))
             .service(keyed("/info", web::get().to(info)))
@@ -194,12 +204,80 @@ async fn broadcast(
     HttpResponse::Accepted().json(json!({"ok": true, "count": count}))
 }
 
-async fn presence(gateway: web::Data<Arc<Gateway>>, topic: web::Path<String>) -> HttpResponse {
+/// Most presences in one page of the list.
+const MAX_PAGE: usize = 1000;
+
+/// A page of a presence list: `limit` keys after `cursor` (a key), in key order.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PageQuery {
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+fn valid_topic(gateway: &Gateway, topic: &str) -> bool {
+    !topic.is_empty() && topic.len() <= gateway.settings.socket.max_topic_bytes
+}
+
+/// The whole `presence_state` object, or with `limit`/`cursor` a page of it:
+/// `{"presences": {...}, "next_cursor": key or null}`.
+async fn presence(
+    gateway: web::Data<Arc<Gateway>>,
+    topic: web::Path<String>,
+    query: web::Query<PageQuery>,
+) -> HttpResponse {
     let topic = topic.into_inner();
-    if topic.is_empty() || topic.len() > gateway.settings.socket.max_topic_bytes {
+    if !valid_topic(&gateway, &topic) {
         return error(StatusCode::BAD_REQUEST, "invalid topic");
     }
-    HttpResponse::Ok().json(gateway.presence.list(&topic).await)
+    let list = gateway.presence.list(&gateway.presence_topic(&topic)).await;
+    let PageQuery { limit, cursor } = query.into_inner();
+    if limit.is_none() && cursor.is_none() {
+        return HttpResponse::Ok().json(list);
+    }
+    let limit = limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_PAGE {
+        return error(
+            StatusCode::BAD_REQUEST,
+            &format!("limit must be 1 to {MAX_PAGE}"),
+        );
+    }
+    let Value::Object(all) = list else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "presence unavailable");
+    };
+    let (presences, next_cursor) = page(all, cursor.as_deref(), limit);
+    HttpResponse::Ok().json(json!({"presences": presences, "next_cursor": next_cursor}))
+}
+
+/// The `limit` entries after `cursor` in key order, and the cursor of the next page.
+fn page(
+    all: serde_json::Map<String, Value>,
+    cursor: Option<&str>,
+    limit: usize,
+) -> (serde_json::Map<String, Value>, Option<String>) {
+    let mut entries: Vec<(String, Value)> = all
+        .into_iter()
+        .filter(|(k, _)| cursor.is_none_or(|c| k.as_str() > c))
+        .collect();
+    entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let more = entries.len() > limit;
+    entries.truncate(limit);
+    let next = more
+        .then(|| entries.last().map(|(k, _)| k.clone()))
+        .flatten();
+    (entries.into_iter().collect(), next)
+}
+
+/// `{"users": U, "connections": C}`: distinct presence keys and presences, cluster-wide.
+async fn presence_count(
+    gateway: web::Data<Arc<Gateway>>,
+    topic: web::Path<String>,
+) -> HttpResponse {
+    let topic = topic.into_inner();
+    if !valid_topic(&gateway, &topic) {
+        return error(StatusCode::BAD_REQUEST, "invalid topic");
+    }
+    HttpResponse::Ok().json(gateway.presence_count(&topic).await)
 }
 
 #[derive(Debug, Deserialize)]

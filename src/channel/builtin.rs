@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 
 use super::webhook::{self, Webhooks};
 use super::{Channel, Context, Reply, Router, TopicPattern};
-use crate::config::{JoinPolicy, PresenceOrder, RouteSettings};
+use crate::config::{JoinPolicy, PresenceMode, PresenceOrder, RouteSettings};
 use crate::presence::Meta;
 use crate::protocol::Payload;
 use crate::pubsub::Retention;
@@ -174,6 +174,11 @@ impl Channel for BuiltinChannel {
             size: self.route.history_size,
             ttl: Duration::from_secs(self.route.history_ttl_s.max(1)),
         })
+    }
+
+    fn presence_counts(&self) -> Option<Duration> {
+        (self.route.presence == PresenceMode::Counts)
+            .then(|| Duration::from_millis(self.route.presence_count_interval_ms.max(1)))
     }
 
     async fn join(&mut self, ctx: &mut Context, payload: Payload) -> Result<Value, Value> {

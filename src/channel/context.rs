@@ -1,16 +1,28 @@
 //! What a channel can do: reply, push, broadcast, track presence, keep assigns.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use serde_json::{Map, Value};
 
 use super::SocketInfo;
 use crate::outbox::Outbox;
-use crate::presence::{Meta, Presence, PresenceError};
+use crate::presence::counts::{companion, Watch};
+use crate::presence::{Counts, Meta, Presence, PresenceError};
 use crate::protocol::{events, Frame, Outbound, Payload, Ref};
 use crate::pubsub::{
     Broadcast, Gate, PubSub, PubSubError, Replay, Retention, Since, Subscriber, SubscriberId,
 };
+
+/// The node's services a channel works with.
+pub struct Services {
+    /// Broadcast delivery.
+    pub pubsub: Arc<dyn PubSub>,
+    /// Presence tracking.
+    pub presence: Arc<dyn Presence>,
+    /// Counting rooms over `presence`.
+    pub counts: Arc<Counts>,
+}
 
 /// The state and capabilities of one channel incarnation, owned by its actor.
 pub struct Context {
@@ -26,6 +38,12 @@ pub struct Context {
     gate: Arc<Gate>,
     /// The topic's history bounds (the channel's `history()`), given to its broadcasts.
     retention: Option<Retention>,
+    counts: Arc<Counts>,
+    /// Count-only presence (the channel's `presence_counts()`): the interval between counts,
+    /// and the companion topic the presences are tracked under.
+    counting: Option<(Duration, String)>,
+    /// This member's interest in its counting room's count, once it got the first one.
+    watch: OnceLock<Watch>,
 }
 
 impl Context {
@@ -34,10 +52,14 @@ impl Context {
         join_ref: Ref,
         socket: Arc<SocketInfo>,
         outbox: Outbox,
-        pubsub: Arc<dyn PubSub>,
-        presence: Arc<dyn Presence>,
+        services: Services,
         id: SubscriberId,
     ) -> Self {
+        let Services {
+            pubsub,
+            presence,
+            counts,
+        } = services;
         let assigns = socket.assigns.clone();
         Self {
             topic,
@@ -50,11 +72,23 @@ impl Context {
             id,
             gate: Arc::new(Gate::new()),
             retention: None,
+            counts,
+            counting: None,
+            watch: OnceLock::new(),
         }
     }
 
     pub(crate) fn set_retention(&mut self, retention: Option<Retention>) {
         self.retention = retention;
+    }
+
+    pub(crate) fn set_presence_counts(&mut self, interval: Option<Duration>) {
+        self.counting = interval.map(|i| (i, companion(&self.topic)));
+    }
+
+    /// Where this channel's presences are tracked: the topic, or its counting companion.
+    fn presence_topic(&self) -> &str {
+        self.counting.as_ref().map_or(&self.topic, |(_, t)| t)
     }
 
     /// Reads the topic's history (after subscribing; see [`crate::pubsub::PubSub::history`]).
@@ -142,29 +176,41 @@ impl Context {
 
     /// Tracks a presence for this channel under `key`; it leaves when the channel ends.
     pub async fn track(&self, key: &str, meta: Meta) -> Result<String, PresenceError> {
-        self.presence.track(&self.topic, key, self.id, meta).await
+        self.presence
+            .track(self.presence_topic(), key, self.id, meta)
+            .await
     }
 
     /// Replaces the meta of this channel's presence under `key`.
     pub async fn update_presence(&self, key: &str, meta: Meta) -> Result<String, PresenceError> {
-        self.presence.update(&self.topic, key, self.id, meta).await
+        self.presence
+            .update(self.presence_topic(), key, self.id, meta)
+            .await
     }
 
     /// Stops tracking this channel's presence under `key`.
     pub async fn untrack(&self, key: &str) -> Result<(), PresenceError> {
-        self.presence.untrack(&self.topic, key, self.id).await
+        self.presence
+            .untrack(self.presence_topic(), key, self.id)
+            .await
     }
 
     /// The presences on this topic, in the `presence_state` shape.
     pub async fn presence_list(&self) -> Value {
-        self.presence.list(&self.topic).await
+        self.presence.list(self.presence_topic()).await
     }
 
     /// Pushes `presence_state` (the full list) to this client. From then on the client
     /// gets exactly the presence changes after this snapshot. Pushed from
     /// [`super::Channel::after_join`], it is the first thing after the join reply:
     /// broadcasts are held until then.
+    ///
+    /// On a counting route (`presence = "counts"`) it pushes `presence_count` instead, and
+    /// from then on this client gets the room's count whenever it changes.
     pub async fn push_presence_state(&self) {
+        if let Some((interval, _)) = &self.counting {
+            return self.push_presence_count(*interval).await;
+        }
         let snapshot = self.presence.snapshot(&self.topic).await;
         let null = Value::Null;
         let push = Outbound::Event {
@@ -181,11 +227,36 @@ impl Context {
         }
     }
 
+    async fn push_presence_count(&self, interval: Duration) {
+        let watch = self
+            .watch
+            .get_or_init(|| self.counts.watch(&self.topic, interval));
+        let Some(count) = watch.current().await else {
+            tracing::warn!(topic = %self.topic, "no presence count yet: the next change brings it");
+            self.gate.open(&self.outbox, None, None);
+            return;
+        };
+        let null = Value::Null;
+        let payload = Payload::Json(serde_json::json!(count));
+        let push = Outbound::Event {
+            join_ref: &self.join_ref,
+            msg_ref: &null,
+            topic: &self.topic,
+            event: events::PRESENCE_COUNT,
+            payload: &payload,
+        };
+        ::metrics::counter!(crate::metrics::MESSAGES_OUT, "kind" => "push").increment(1);
+        match self.outbox.serializer().encode(&push) {
+            Ok(frame) => self.gate.open(&self.outbox, Some(frame), None),
+            Err(e) => tracing::warn!(error = %e, "cannot encode presence_count for this socket"),
+        }
+    }
+
     /// Waits until this node's presence changes on the topic so far are published: a
     /// snapshot taken after holds them (e.g. the channel's own presence, for apps that
     /// track before pushing `presence_state`).
     pub async fn presence_flushed(&self) {
-        self.presence.flushed(&self.topic).await;
+        self.presence.flushed(self.presence_topic()).await;
     }
 
     /// Releases the broadcasts held since the join (nothing to push first).
@@ -210,6 +281,8 @@ impl Context {
 
     pub(crate) async fn cleanup(&self) {
         self.pubsub.unsubscribe(&self.topic, self.id);
-        self.presence.untrack_owner(&self.topic, self.id).await;
+        self.presence
+            .untrack_owner(self.presence_topic(), self.id)
+            .await;
     }
 }

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 
 use crate::protocol::Payload;
 
-pub use context::Context;
+pub use context::{Context, Services};
 
 /// What channels know about the socket they belong to.
 #[derive(Debug, Clone)]
@@ -143,6 +143,13 @@ pub trait Channel: Send + 'static {
     /// is kept within these bounds and gets a position, and a join may ask for
     /// `history: {last: N}` or `history: {since: position}`.
     fn history(&self) -> Option<crate::pubsub::Retention> {
+        None
+    }
+
+    /// Count-only presence: with `Some(interval)` the topic's presences are tracked out of
+    /// the members' sight and members get `presence_count` (at most once per interval)
+    /// instead of `presence_state`/`presence_diff` (see `presence::counts`).
+    fn presence_counts(&self) -> Option<std::time::Duration> {
         None
     }
 

@@ -82,6 +82,18 @@ impl Router {
         self.find(topic).and_then(|f| f.create(topic).history())
     }
 
+    /// The topic under which `topic`'s presences are tracked: itself, or its counting
+    /// companion when its channel counts presences (`Channel::presence_counts`).
+    pub fn presence_topic(&self, topic: &str) -> String {
+        match self
+            .find(topic)
+            .and_then(|f| f.create(topic).presence_counts())
+        {
+            Some(_) => crate::presence::counts::companion(topic),
+            None => topic.to_owned(),
+        }
+    }
+
     /// The factory for `topic`, if a route matches.
     pub fn find(&self, topic: &str) -> Option<&Arc<dyn ChannelFactory>> {
         self.routes

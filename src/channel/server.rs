@@ -105,6 +105,7 @@ impl Actor {
     ) -> Option<Option<mpsc::Receiver<Arc<Broadcast>>>> {
         let retention = self.channel.history();
         self.ctx.set_retention(retention);
+        self.ctx.set_presence_counts(self.channel.presence_counts());
         // What the joiner asks of the topic's history: checked before the channel sees the
         // join, so a malformed request is refused the same way on every route.
         let since = match (retention, req.payload.as_json()) {

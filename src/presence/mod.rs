@@ -7,6 +7,7 @@
 //! ([`redis::start`]).
 
 mod batch;
+pub mod counts;
 mod memory;
 pub mod redis;
 pub mod state;
@@ -20,6 +21,7 @@ use serde_json::Value;
 
 use crate::pubsub::SubscriberId;
 
+pub use self::counts::{Count, Counts};
 pub use self::redis::PresenceStats;
 pub use state::{Diff, Meta};
 pub use tracker::Tracker;

@@ -34,6 +34,8 @@ pub mod events {
     pub const PRESENCE_STATE: &str = "presence_state";
     /// Incremental presence change broadcast.
     pub const PRESENCE_DIFF: &str = "presence_diff";
+    /// A counting room's size (`presence = "counts"`): `{"users": U, "connections": C}`.
+    pub const PRESENCE_COUNT: &str = "presence_count";
     /// Broadcast on a socket id topic (e.g. `users_socket:42`): closes that user's sockets.
     pub const DISCONNECT: &str = "disconnect";
 }

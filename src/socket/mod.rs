@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use crate::channel::server::{self, ChannelHandle, ChannelMsg, JoinRequest};
 use tokio_util::task::TaskTracker;
 
-use crate::channel::{ChannelExit, Context, ExitSender, Router, SocketInfo};
+use crate::channel::{ChannelExit, Context, ExitSender, Router, Services, SocketInfo};
 use crate::config::SocketSettings;
 use crate::limits::Limits;
 use crate::outbox::Outbox;
@@ -41,6 +41,8 @@ pub struct SocketEnv {
     pub pubsub: Arc<dyn PubSub>,
     /// Presence tracker (local or cluster).
     pub presence: Arc<dyn Presence>,
+    /// Counting rooms (`presence = "counts"`) over `presence`.
+    pub counts: Arc<crate::presence::Counts>,
     /// Join and message rate limits.
     pub limits: Arc<Limits>,
     /// Channel actors, so that shutdown can wait for their clean-up.
@@ -282,8 +284,11 @@ impl Socket {
             join_ref,
             self.info.clone(),
             self.outbox.clone(),
-            gw.pubsub.clone(),
-            gw.presence.clone(),
+            Services {
+                pubsub: gw.pubsub.clone(),
+                presence: gw.presence.clone(),
+                counts: gw.counts.clone(),
+            },
             next_subscriber_id(),
         );
         let req = JoinRequest {

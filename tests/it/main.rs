@@ -26,6 +26,8 @@ mod longpoll;
 mod operations;
 /// Presence over real sockets.
 mod presence;
+/// Count-only presence rooms: exact counts, never the list.
+mod presence_counts;
 /// Property tests of the decoders and encoders.
 mod protocol_fuzz;
 /// Redis Cluster and Sentinel topologies, failover under traffic.

@@ -215,6 +215,69 @@ async fn presence_disconnect_and_info() {
     assert_eq!(status, 400);
 }
 
+#[tokio::test]
+async fn presence_lists_come_in_pages_and_counts_cluster_wide() {
+    let srv = TestServer::start(with_key);
+    let names = ["dave", "alice", "erin", "carol", "bob"];
+    let mut members = Vec::new();
+    for name in names {
+        let mut c = srv.v2(&format!("user_id={name}")).await;
+        c.join("1", "room:pages").await;
+        members.push(c);
+    }
+    // Bob twice: one user, two connections.
+    let mut bob2 = srv.v2("user_id=bob").await;
+    bob2.join("1", "room:pages").await;
+    let get = |path: String| async move { http(srv.addr, "GET", &path, Some(KEY), None).await };
+    crate::support::wait_until("six presences", Duration::from_secs(5), async || {
+        get("/api/v1/presence/room:pages/count".into()).await.1
+            == json!({"users": 5, "connections": 6})
+    })
+    .await;
+    let (status, count) = get("/api/v1/presence/room:pages/count".into()).await;
+    assert_eq!(status, 200);
+    assert_schema("PresenceCount", &count);
+    // Pages of two, in key order, until next_cursor is null.
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..5 {
+        let query = match &cursor {
+            Some(c) => format!("limit=2&cursor={c}"),
+            None => "limit=2".into(),
+        };
+        let (status, page) = get(format!("/api/v1/presence/room:pages?{query}")).await;
+        assert_eq!(status, 200, "{page}");
+        assert_schema("PresencePage", &page);
+        let keys: Vec<String> = page["presences"]
+            .as_object()
+            .expect("presences")
+            .keys()
+            .cloned()
+            .collect();
+        assert!(keys.len() <= 2, "{page}");
+        seen.extend(keys);
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["alice", "bob", "carol", "dave", "erin"]);
+    let (_, bob) = get("/api/v1/presence/room:pages?limit=1&cursor=alice".into()).await;
+    assert_eq!(
+        bob["presences"]["bob"]["metas"].as_array().map(Vec::len),
+        Some(2)
+    );
+    for bad in ["limit=0", "limit=1001", "limit=x", "page=2"] {
+        let (status, body) = get(format!("/api/v1/presence/room:pages?{bad}")).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+    // Without limit and cursor: the whole presence_state, as before.
+    let (_, all) = get("/api/v1/presence/room:pages".into()).await;
+    assert_schema("PresenceState", &all);
+    assert_eq!(all.as_object().map(|m| m.len()), Some(5));
+    drop((members, bob2));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_acts_cluster_wide() {
     let redis = RedisServer::start();
