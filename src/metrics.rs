@@ -36,6 +36,8 @@ pub const LAG_SECONDS: &str = "phx_gateway_broadcast_lag_seconds";
 pub const PRESENCE_ENTRIES: &str = "phx_gateway_presence_entries";
 /// `presence_count` events pushed by counting rooms.
 pub const PRESENCE_COUNTS: &str = "phx_gateway_presence_counts_total";
+/// Topics whose presences a node wrote again (its heartbeat found them missing).
+pub const PRESENCE_REPAIRS: &str = "phx_gateway_presence_repairs_total";
 /// Presence heartbeats, by `result` (ok, error).
 pub const PRESENCE_HEARTBEATS: &str = "phx_gateway_presence_heartbeats_total";
 /// Reaper runs, by `result` (ok, error).
@@ -141,6 +143,10 @@ fn describe() {
     );
     describe_gauge!(PRESENCE_ENTRIES, "Presences tracked by this node.");
     describe_counter!(PRESENCE_HEARTBEATS, "Presence heartbeats, by result.");
+    describe_counter!(
+        PRESENCE_REPAIRS,
+        "Topics whose presences this node wrote again (gone from Redis, or a failed write)."
+    );
     describe_counter!(
         PRESENCE_COUNTS,
         "presence_count events pushed by this node's counting rooms (one per room and change)."

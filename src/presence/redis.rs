@@ -9,10 +9,14 @@
 //! `pubsub::Gate`), whichever node they come from.
 //!
 //! Liveness: every `heartbeat_ms` a node refreshes `<prefix>:n:{node}:hb` (expiring after
-//! `down_ms`), re-asserts all of its presences (so a Redis restarted empty is refilled within
-//! one heartbeat) and refreshes key TTLs (so nothing outlives the cluster). It then looks
-//! for nodes whose heartbeat expired; the first survivor to take the reap lock removes their
-//! presences atomically (Lua, one topic hash at a time) and broadcasts the leaves.
+//! `down_ms`) and the TTLs of its topics' keys: O(1) commands per topic, whatever the number
+//! of presences (a room of 15,000 costs what a room of one does). A node writes all of its
+//! presences of a topic again (a repair, one script) only when they may be missing: the
+//! topic's hash was gone (Redis restarted empty, or evicted it), its previous heartbeat was
+//! gone (Redis lost its state, or this node was reaped), or a write of that topic failed.
+//! It then looks for nodes whose heartbeat expired; the first survivor to take the reap lock
+//! removes their presences atomically (Lua, one topic hash at a time) and broadcasts the
+//! leaves.
 //!
 //! After Redis was lost (unreachable, restarted, or this node was reaped) the node
 //! re-announces its own presences as joins and, one heartbeat later, pushes a fresh
@@ -64,6 +68,31 @@ local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local seq = math.max(tonumber(redis.call('GET', KEYS[2]) or '0') + 1, now)
 redis.call('SET', KEYS[2], string.format('%.0f', seq), 'PX', ttl)
 return string.format('%.0f', seq)
+";
+
+/// Writes this node's presences of a topic again, exactly: its fields not given are removed,
+/// the given ones set. KEYS: hash. ARGV: ttl_ms, this node's field prefix, then field/value
+/// pairs. Runs only to repair (see `beat`), so the O(room) scan of field names is rare.
+const REPAIR_SCRIPT: &str = r"
+local prefix = ARGV[2]
+local keep = {}
+for i = 3, #ARGV, 2 do
+  keep[ARGV[i]] = true
+end
+local stale = {}
+for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if string.sub(f, 1, #prefix) == prefix and not keep[f] then
+    stale[#stale + 1] = f
+  end
+end
+if #stale > 0 then
+  redis.call('HDEL', KEYS[1], unpack(stale))
+end
+if #ARGV > 2 then
+  redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return #stale
 ";
 
 /// A topic's snapshot and the number of the last batch it holds. KEYS: hash, sequence.
@@ -126,6 +155,11 @@ struct RedisStore {
     /// A weak handle on ourselves, for the read tasks.
     me: std::sync::Weak<RedisStore>,
     watched: Mutex<HashSet<String>>,
+    /// Topics whose last write failed: repaired at the next heartbeat.
+    damaged: Mutex<HashSet<String>>,
+    /// Topics repaired by the last heartbeat, repaired once more by the next: a leave
+    /// committed while a repair was on its way is then removed again.
+    repaired: Mutex<HashSet<String>>,
     stats: Arc<PresenceStats>,
 }
 
@@ -209,7 +243,11 @@ impl Commit for RedisStore {
             Ok(seq) => Some(seq),
             Err(e) => {
                 self.stats.write_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, topic, "presence write failed; re-asserted at the next heartbeat");
+                self.damaged
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(topic.to_owned());
+                tracing::warn!(error = %e, topic, "presence write failed; repaired at the next heartbeat");
                 None
             }
         }
@@ -236,6 +274,8 @@ pub fn start(
         pubsub: pubsub.clone(),
         table: table.clone(),
         watched: Mutex::new(HashSet::new()),
+        damaged: Mutex::new(HashSet::new()),
+        repaired: Mutex::new(HashSet::new()),
         stats: stats.clone(),
     });
     let task = tokio::spawn(store.clone().heartbeat_loop(pubsub_stats, shutdown));
@@ -325,7 +365,8 @@ impl RedisStore {
         }
     }
 
-    /// Writes the heartbeat, re-asserts this node's committed presences and refreshes TTLs.
+    /// Writes the heartbeat and refreshes the TTLs of this node's topics (O(1) commands per
+    /// topic), then repairs the topics whose presences may be missing (see the module doc).
     /// Returns whether the previous heartbeat key was still there.
     ///
     /// The node's own keys share its hash tag (one pipeline); the node set and each topic's
@@ -349,44 +390,99 @@ impl RedisStore {
         nodes_ttl.arg(k.nodes()).arg(ttl);
         spread.push((k.nodes(), nodes));
         spread.push((k.nodes(), nodes_ttl));
+        // The topics where this node has committed presences, each with the position of its
+        // hash's PEXPIRE in `spread` (0 in the reply: the hash is gone).
+        let mut topics: Vec<(String, usize)> = Vec::new();
         {
             let table = lock(&self.table);
             let topics_key = k.node_topics(node);
             let mut sadd = redis::cmd("SADD");
             sadd.arg(&topics_key);
-            let mut any = false;
             for (topic, t) in table.topics() {
-                // Uncommitted joins are written by their batch, which numbers them: written
-                // here first, a snapshot would hold them before their diff.
-                let committed: Vec<_> = t.entries.iter().filter(|e| e.committed).collect();
-                if committed.is_empty() {
+                // Uncommitted joins are written by their batch, which numbers them.
+                if !t.entries.iter().any(|e| e.committed) {
                     continue;
                 }
                 let pkey = k.presence(topic);
-                let mut hset = redis::cmd("HSET");
-                hset.arg(&pkey);
-                for e in committed {
-                    hset.arg(field(node, e.phx_ref()))
-                        .arg(value(&e.key, &e.meta));
-                }
                 let mut expire = redis::cmd("PEXPIRE");
                 expire.arg(&pkey).arg(ttl);
                 let mut expire_seq = redis::cmd("PEXPIRE");
                 expire_seq.arg(k.presence_seq(topic)).arg(ttl);
-                spread.push((pkey.clone(), hset));
+                topics.push((topic.clone(), spread.len()));
                 spread.push((pkey.clone(), expire));
                 spread.push((pkey, expire_seq));
                 sadd.arg(keys::escape(topic));
-                any = true;
             }
-            if any {
+            if !topics.is_empty() {
                 own.add_command(sadd).ignore();
                 own.cmd("PEXPIRE").arg(&topics_key).arg(ttl).ignore();
             }
         }
         let (previous,): (Option<String>,) = self.redis.pipe(&own).await?;
-        self.redis.pipe_by_slot(spread).await?;
+        let replies = self.redis.pipe_by_slot(spread).await?;
+        let lost_all = previous.is_none();
+        let mut repair: HashSet<String> =
+            std::mem::take(&mut *self.damaged.lock().unwrap_or_else(|e| e.into_inner()));
+        let again = std::mem::take(&mut *self.repaired.lock().unwrap_or_else(|e| e.into_inner()));
+        for (topic, at) in topics {
+            let gone = replies
+                .get(at)
+                .is_some_and(|v| redis::from_redis_value::<i64>(v.clone()).is_ok_and(|n| n == 0));
+            if lost_all || gone {
+                repair.insert(topic);
+            }
+        }
+        let next: HashSet<String> = repair.difference(&again).cloned().collect();
+        repair.extend(again);
+        self.repair(repair).await;
+        *self.repaired.lock().unwrap_or_else(|e| e.into_inner()) = next;
         Ok(previous.is_some())
+    }
+
+    /// Writes this node's committed presences of `topics` again, exactly (`REPAIR_SCRIPT`).
+    /// A topic that fails stays damaged for the next heartbeat.
+    async fn repair(&self, topics: HashSet<String>) {
+        let k = &self.redis.keys;
+        let node = &*self.redis.node;
+        let script = redis::Script::new(REPAIR_SCRIPT);
+        for topic in topics {
+            let fields: Vec<(String, String)> = {
+                let table = lock(&self.table);
+                let Some(t) = table.topic(&topic) else {
+                    continue;
+                };
+                t.entries
+                    .iter()
+                    .filter(|e| e.committed)
+                    .map(|e| (field(node, e.phx_ref()), value(&e.key, &e.meta)))
+                    .collect()
+            };
+            let mut inv = script.prepare_invoke();
+            inv.key(k.presence(&topic))
+                .arg(self.ttl_ms())
+                .arg(format!("{node}|"));
+            for (f, v) in &fields {
+                inv.arg(f).arg(v);
+            }
+            match self.redis.script::<i64>(&inv).await {
+                Ok(stale) => {
+                    ::metrics::counter!(crate::metrics::PRESENCE_REPAIRS).increment(1);
+                    tracing::debug!(
+                        topic,
+                        presences = fields.len(),
+                        stale,
+                        "presences written again"
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, topic, "presence repair failed; retried at the next heartbeat");
+                    self.damaged
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(topic);
+                }
+            }
+        }
     }
 
     /// Broadcasts this node's presences as joins (after Redis lost them, or they were

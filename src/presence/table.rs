@@ -325,6 +325,11 @@ impl Table {
         self.topics.keys().cloned().collect()
     }
 
+    /// One topic's entries, if it has any.
+    pub(super) fn topic(&self, topic: &str) -> Option<&TopicTable> {
+        self.topics.get(topic).filter(|t| !t.entries.is_empty())
+    }
+
     /// Every topic's entries.
     pub(super) fn topics(&self) -> impl Iterator<Item = (&String, &TopicTable)> {
         self.topics.iter().filter(|(_, t)| !t.entries.is_empty())

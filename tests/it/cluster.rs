@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use crate::support::http::http;
 use crate::support::load::{spawn_load, LoadRun};
 use crate::support::presence_view::{counts, join_storm, Counts, View};
 use crate::support::process::{run_gateway, NodeProcess};
@@ -795,4 +796,82 @@ async fn joiners_spread_over_many_diffs_on_two_nodes_never_get_a_change_twice() 
     // Each snapshot is read while other nodes' diffs are on their way: the ones it already
     // holds must not reach the joiner after it.
     join_storm(&urls, "room:storm3", 30, Duration::from_millis(4)).await;
+}
+
+/// `calls=N` of one command in `INFO commandstats`.
+fn command_calls(info: &str, command: &str) -> u64 {
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_cost_the_same_for_a_big_room_and_a_lost_hash_is_written_again() {
+    const USERS: usize = 120;
+    let redis = RedisServer::start();
+    let [node] = TestServer::cluster(&redis, |s| s.api.key = Some("k".into())).await;
+    let mut members = Vec::new();
+    for i in 0..USERS {
+        let mut c = node.v2(&format!("user_id=hb{i}")).await;
+        c.join("1", "room:hb").await;
+        members.push(c);
+    }
+    let count = || async {
+        http(
+            node.addr,
+            "GET",
+            "/api/v1/presence/room:hb/count",
+            Some("k"),
+            None,
+        )
+        .await
+        .1
+    };
+    let all = json!({"users": USERS, "connections": USERS});
+    wait_until(
+        "every presence committed",
+        Duration::from_secs(10),
+        async || count().await == all,
+    )
+    .await;
+    let stats = node
+        .gateway
+        .cluster
+        .as_ref()
+        .expect("cluster")
+        .presence_stats
+        .clone();
+    let beats = || stats.heartbeats.load(std::sync::atomic::Ordering::Relaxed);
+    let _: () = redis.cmd(&["CONFIG", "RESETSTAT"]);
+    let from = beats();
+    wait_until("four heartbeats", Duration::from_secs(10), async || {
+        beats() >= from + 4
+    })
+    .await;
+    let info: String = redis.cmd(&["INFO", "commandstats"]);
+    let n = beats() - from;
+    // Steady state: no presence is written again; each heartbeat refreshes TTLs, O(1) per
+    // topic (the topic's hash and sequence, the node set, the node's topic index).
+    assert_eq!(command_calls(&info, "hset"), 0, "{info}");
+    let pexpires = command_calls(&info, "pexpire");
+    assert!(
+        pexpires <= (n + 1) * 4,
+        "{pexpires} PEXPIREs for {n} heartbeats of one topic with {USERS} presences: {info}"
+    );
+    // Redis loses the topic's hash (evicted, or a restart): the next heartbeat writes it again.
+    let key = redis
+        .cmd::<Vec<String>>(&["KEYS", "*:p:*"])
+        .into_iter()
+        .next()
+        .expect("the topic's presence hash");
+    let _: () = redis.cmd(&["DEL", &key]);
+    wait_until(
+        "the presences written again",
+        Duration::from_secs(10),
+        async || count().await == all,
+    )
+    .await;
+    drop(members);
 }

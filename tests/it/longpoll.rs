@@ -200,10 +200,29 @@ async fn polls_and_posts_landing_on_another_node_reach_the_owner() {
     );
     // A WebSocket client on B broadcasts; the session (owned by A) gets it through a poll on B.
     let mut ws = b.v2("").await;
-    ws.join("1", "room:lp").await;
+    let joined = ws.join("1", "room:lp").await;
+    assert_eq!(joined[4]["status"], "ok", "{joined}");
     ws.send_text(r#"["1","2","room:lp","new_msg",{"x":1}]"#)
         .await;
-    poll_until(b.addr, &token, "broadcast via B", |f| f[3] == "new_msg").await;
+    let stats = |s: &TestServer| {
+        s.gateway
+            .cluster
+            .as_ref()
+            .map(|c| format!("{:?}", c.pubsub_stats))
+    };
+    let via_b = tokio::spawn({
+        let token = token.clone();
+        let addr = b.addr;
+        async move { poll_until(addr, &token, "broadcast via B", |f| f[3] == "new_msg").await }
+    });
+    if let Err(e) = via_b.await {
+        // Which hop lost it: the publisher (publish_dropped), the receiver (lost, reconnects).
+        panic!(
+            "{e}\nnode A redis: {:?}\nnode B redis: {:?}",
+            stats(&a),
+            stats(&b)
+        );
+    }
     ws.send_text(r#"["1","3","room:lp","new_msg",{"x":2}]"#)
         .await;
     poll_until(a.addr, &token, "broadcast via A", |f| {
