@@ -232,8 +232,7 @@ impl Gateway {
 
     /// The size of a topic's presence, cluster-wide.
     pub async fn presence_count(&self, topic: &str) -> crate::presence::Count {
-        let state = self.presence.snapshot(&self.presence_topic(topic)).await;
-        crate::presence::counts::count_state(&state.state)
+        self.presence.count(&self.presence_topic(topic)).await
     }
 
     /// This node's id: the Redis node id in a cluster, `local` otherwise.

@@ -42,7 +42,7 @@ pub struct BuiltinChannel {
     webhooks: Option<Arc<Webhooks>>,
     /// The presence key this channel tracks, once tracked.
     key: Option<String>,
-    /// The meta currently tracked.
+    /// The meta currently tracked (kept only on routes with an update event).
     meta: Meta,
     /// Meta fields given by the join webhook.
     extra_meta: Map<String, Value>,
@@ -214,8 +214,14 @@ impl Channel for BuiltinChannel {
         match ctx.assigns.get(key_name).and_then(key_text) {
             Some(key) => {
                 let meta = self.initial_meta();
-                match ctx.track(&key, meta.clone()).await {
-                    Ok(_) => (self.key, self.meta) = (Some(key), meta),
+                // A copy is kept only where an update event can change it: a big room's
+                // members would otherwise each hold their meta twice.
+                let kept = match self.route.presence_update_event {
+                    Some(_) => meta.clone(),
+                    None => Meta::new(),
+                };
+                match ctx.track(&key, meta).await {
+                    Ok(_) => (self.key, self.meta) = (Some(key), kept),
                     Err(e) => tracing::warn!(error = %e, "presence track failed"),
                 }
             }

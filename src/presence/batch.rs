@@ -133,11 +133,14 @@ impl Batcher {
             .commit(topic, &taken.diff, taken.seq, taken.emptied)
             .await;
         self.table().committed(topic, &taken.diff);
-        let mut msg = Broadcast::new(
-            topic,
-            events::PRESENCE_DIFF,
-            Payload::Json(taken.diff.to_payload()),
-        );
+        // A counting room's diff only tells its counters that it changed (they count the
+        // store): the joins and leaves of a storm are not built and sent for nobody.
+        let payload = if super::counts::is_companion(topic) {
+            Payload::empty()
+        } else {
+            Payload::Json(taken.diff.to_payload())
+        };
+        let mut msg = Broadcast::new(topic, events::PRESENCE_DIFF, payload);
         msg.seq = seq.map(Seq::Change);
         self.pubsub.broadcast(Arc::new(msg), None);
         for waiter in taken.waiters {

@@ -24,12 +24,21 @@ use crate::pubsub::{next_subscriber_id, Broadcast, PubSub, Subscriber, Subscribe
 
 /// How long a joiner waits for a room's first count before it gets none.
 const FIRST_COUNT_WAIT: Duration = Duration::from_secs(5);
+/// A room without change notices is counted again after this long.
+const RECOUNT_QUIET_ROOMS: Duration = Duration::from_secs(10);
 /// Change notices queued for a room's task; more are not needed (one means "changed").
 const NOTICES: usize = 1024;
 
 /// The topic under which a counting room's presences are tracked.
 pub fn companion(topic: &str) -> String {
     format!("{INTERNAL_PREFIX}count:{topic}")
+}
+
+/// Whether `topic` is a counting room's companion.
+pub fn is_companion(topic: &str) -> bool {
+    topic
+        .strip_prefix(INTERNAL_PREFIX)
+        .is_some_and(|t| t.starts_with("count:"))
 }
 
 /// A room's size.
@@ -91,7 +100,7 @@ impl Counts {
 
     /// The room's count now, read from its snapshot (`topic` is the room, not the companion).
     pub async fn count(&self, topic: &str) -> Count {
-        count_state(&self.presence.snapshot(&companion(topic)).await.state)
+        self.presence.count(&companion(topic)).await
     }
 
     /// Watches `topic` while the returned guard lives: this node then pushes the room's count
@@ -194,8 +203,10 @@ impl Counts {
                 self.pubsub.local_broadcast(Arc::new(msg), None);
             }
             tokio::time::sleep(interval).await;
-            // Wait for a change, then take every notice queued with it.
-            if notices.recv().await.is_none() {
+            // Wait for a change, then take every notice queued with it. A quiet room is
+            // counted again now and then too: a notice lost with a Redis connection must not
+            // leave a wrong count standing.
+            if let Ok(None) = tokio::time::timeout(RECOUNT_QUIET_ROOMS, notices.recv()).await {
                 return;
             }
             while notices.try_recv().is_ok() {}
@@ -232,6 +243,13 @@ impl Drop for Watch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn companions_are_recognised() {
+        assert!(is_companion(&companion("room:big")));
+        assert!(!is_companion("room:big"));
+        assert!(!is_companion("phx_internal:lp:node"));
+    }
 
     #[test]
     fn users_are_keys_and_connections_are_metas() {

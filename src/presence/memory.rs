@@ -27,11 +27,15 @@ impl Commit for MemoryStore {
 #[async_trait]
 impl Store for MemoryStore {
     async fn snapshot(&self, topic: &str) -> Snapshot {
-        let (seq, state) = lock(&self.table).snapshot(topic);
+        let (seq, state) = lock(&self.table).snapshot_text(topic);
         Snapshot {
             seq: Some(seq),
-            state: Arc::from(state.to_string()),
+            state,
         }
+    }
+
+    async fn count(&self, topic: &str) -> super::Count {
+        lock(&self.table).count(topic)
     }
 
     fn leaves_on_shutdown(&self) -> bool {

@@ -95,6 +95,12 @@ pub trait Presence: Send + Sync + 'static {
         serde_json::from_str(&snapshot.state).unwrap_or_else(|_| Value::Object(Default::default()))
     }
 
+    /// The size of a topic's presence: distinct keys and presences, as its snapshot holds
+    /// them (without building the snapshot where the store can count in place).
+    async fn count(&self, topic: &str) -> Count {
+        counts::count_state(&self.snapshot(topic).await.state)
+    }
+
     /// Waits until this node's changes on `topic` made so far are published (so that a
     /// snapshot taken after holds them).
     async fn flushed(&self, topic: &str);

@@ -79,6 +79,9 @@ pub(crate) struct TopicTable {
     flushing: bool,
     /// Told once the changes pending when they asked are published.
     waiters: Vec<oneshot::Sender<()>>,
+    /// The `presence_state` text of what is published, with its number: built once per
+    /// flush, however many joiners ask (a join storm would otherwise build it per joiner).
+    published: Option<(u64, std::sync::Arc<str>)>,
 }
 
 impl TopicTable {
@@ -270,6 +273,7 @@ impl Table {
             return None;
         }
         let pending = std::mem::take(&mut t.pending);
+        t.published = None;
         self.seq += 1;
         Some(Taken {
             diff: pending.diff,
@@ -318,6 +322,44 @@ impl Table {
             .map(|e| (e.key.as_str(), &e.meta));
         let left = t.pending.diff.leaves.iter().map(|(k, m)| (k.as_str(), m));
         (self.seq, group(published.chain(left)))
+    }
+
+    /// The size of [`Table::snapshot`], counted in place.
+    pub(super) fn count(&self, topic: &str) -> super::Count {
+        let Some(t) = self.topics.get(topic) else {
+            return super::Count::default();
+        };
+        let joined = &t.pending.join_refs;
+        let published = t
+            .entries
+            .iter()
+            .filter(|e| !joined.contains(e.phx_ref()))
+            .map(|e| e.key.as_str());
+        let left = t.pending.diff.leaves.iter().map(|(k, _)| k.as_str());
+        let mut keys = std::collections::HashSet::new();
+        let mut connections = 0u64;
+        for key in published.chain(left) {
+            connections += 1;
+            keys.insert(key);
+        }
+        super::Count {
+            users: keys.len() as u64,
+            connections,
+        }
+    }
+
+    /// [`Table::snapshot`] as JSON text, built once between two flushes of the topic (what
+    /// it holds changes only when a flush takes the pending changes).
+    pub(super) fn snapshot_text(&mut self, topic: &str) -> (u64, std::sync::Arc<str>) {
+        if let Some(cached) = self.topics.get(topic).and_then(|t| t.published.clone()) {
+            return cached;
+        }
+        let (seq, state) = self.snapshot(topic);
+        let text: std::sync::Arc<str> = std::sync::Arc::from(state.to_string());
+        if let Some(t) = self.topics.get_mut(topic) {
+            t.published = Some((seq, text.clone()));
+        }
+        (seq, text)
     }
 
     /// Every topic with presences or pending changes.

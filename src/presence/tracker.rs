@@ -17,6 +17,11 @@ pub(crate) trait Store: Commit {
     /// The topic's snapshot and its number.
     async fn snapshot(&self, topic: &str) -> Snapshot;
 
+    /// The size of what [`Store::snapshot`] would hold.
+    async fn count(&self, topic: &str) -> super::Count {
+        super::counts::count_state(&self.snapshot(topic).await.state)
+    }
+
     /// Whether this node's presences are removed (with their leaves) when it stops: other
     /// nodes' clients must see them go; a single node's clients go with it.
     fn leaves_on_shutdown(&self) -> bool;
@@ -84,6 +89,10 @@ impl Presence for Tracker {
 
     async fn snapshot(&self, topic: &str) -> Snapshot {
         self.store.snapshot(topic).await
+    }
+
+    async fn count(&self, topic: &str) -> super::Count {
+        self.store.count(topic).await
     }
 
     async fn flushed(&self, topic: &str) {

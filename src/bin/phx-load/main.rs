@@ -83,6 +83,24 @@ struct PresenceArgs {
     /// Number of loopback source addresses.
     #[arg(long, default_value_t = 1)]
     sources: u8,
+    /// Most handshakes and joins in flight at once.
+    #[arg(long, default_value_t = 500)]
+    in_flight: usize,
+    /// What the route gives members: `list` (presence_state/diff, read by a watcher like
+    /// phoenix.js), `counts` (presence_count, read by every member), `none` (a route without
+    /// presence: the baseline for memory).
+    #[arg(long, value_enum, default_value = "list")]
+    mode: PresenceMode,
+    /// PIDs of the servers (comma-separated), to read their CPU time and resident memory.
+    #[arg(long, value_delimiter = ',')]
+    server_pids: Vec<u32>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum PresenceMode {
+    List,
+    Counts,
+    None,
 }
 
 #[derive(clap::Args)]
@@ -108,6 +126,10 @@ struct FanoutArgs {
     /// Number of loopback source addresses for subscriber sockets.
     #[arg(long, default_value_t = 1)]
     sources: u8,
+    /// Subscribers send `user_id=s<i>`, so that on a presence route (`room:*`) every one of
+    /// them is tracked: fan-out in a room with presence.
+    #[arg(long)]
+    tracked: bool,
     /// Step mode: start at --rate and multiply by --step-factor until a run loses messages or
     /// its p99 exceeds --max-p99-ms; report the highest passing rate.
     #[arg(long)]
@@ -493,7 +515,12 @@ async fn fanout_once(args: &FanoutArgs, rate: u64) -> Option<(u64, f64)> {
         let src: IpAddr = format!("127.0.0.{}", 1 + (i % usize::from(args.sources.max(1))))
             .parse()
             .expect("ip");
-        let mut ws = match open(addr, src, "").await {
+        let query = if args.tracked {
+            format!("&user_id=s{i}")
+        } else {
+            String::new()
+        };
+        let mut ws = match open(addr, src, &query).await {
             Ok(ws) => ws,
             Err(e) => return eprint_none(format!("subscriber {i}: {e}")),
         };
@@ -758,7 +785,41 @@ async fn rpc(args: RpcArgs) {
     println!("load tool CPU: {:.1} s", cpu_seconds_self() - cpu_before);
 }
 
+/// The servers' CPU seconds so far (summed) and resident memory (KiB, each).
+fn servers(pids: &[u32]) -> (f64, Vec<u64>) {
+    let cpu = pids.iter().filter_map(|p| cpu_seconds_of(*p)).sum();
+    let rss = pids.iter().filter_map(|p| rss_kib(*p)).collect();
+    (cpu, rss)
+}
+
+/// Waits until `done()` holds (polled every 10 ms), at most `limit`; the time it took.
+async fn within(limit: Duration, done: impl Fn() -> bool) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if done() {
+            return Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    None
+}
+
+/// The `users` of a `presence_count` text frame.
+fn count_users(text: &str) -> Option<u64> {
+    // Only the head names the event: a member of a list room must not parse every
+    // (megabyte) presence_state.
+    let head = text.get(..text.len().min(512)).unwrap_or(text);
+    if !head.contains("\"presence_count\"") {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    (v[3] == "presence_count").then(|| v[4]["users"].as_u64())?
+}
+
 async fn presence(args: PresenceArgs) {
+    let mode = args.mode;
+    let n_users = args.users;
+    // The watcher: a phoenix.js-like presence view (list), or the last count it got.
     let mut watcher = match open(args.addrs[0], "127.0.0.1".parse().expect("ip"), "").await {
         Ok(ws) => ws,
         Err(e) => return eprintln!("watcher: {e}"),
@@ -771,80 +832,182 @@ async fn presence(args: PresenceArgs) {
         let mut view = PresenceView::default();
         while let Some(Ok(msg)) = watcher.next().await {
             if let Message::Text(t) = msg {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&t) {
+                if let Some(users) = count_users(&t) {
+                    let _ = seen_tx.send(users as usize);
+                } else if let Ok(v) = serde_json::from_str::<serde_json::Value>(&t) {
                     view.apply(&v);
                     let _ = seen_tx.send(view.len());
                 }
             }
         }
     });
-    let cpu_before = cpu_seconds_self();
+    let (cpu_before, _) = servers(&args.server_pids);
     let started = Instant::now();
+    let permits = Arc::new(tokio::sync::Semaphore::new(args.in_flight.max(1)));
+    // Per member: the users of its last presence_count (counts mode).
+    let last_counts: Arc<Vec<std::sync::atomic::AtomicU64>> =
+        Arc::new((0..n_users).map(|_| Default::default()).collect());
+    // Members whose socket the server closed (or that failed to join).
+    let closed = Arc::new(AtomicUsize::new(0));
+    let leaving = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut users = Vec::new();
-    for i in 0..args.users {
+    for i in 0..n_users {
         let addr = args.addrs[i % args.addrs.len()];
         let src: IpAddr = format!("127.0.0.{}", 1 + (i % usize::from(args.sources.max(1))))
             .parse()
             .expect("ip");
         let topic = args.topic.clone();
+        let (permits, last_counts, closed, leaving) = (
+            permits.clone(),
+            last_counts.clone(),
+            closed.clone(),
+            leaving.clone(),
+        );
         users.push(tokio::spawn(async move {
-            let mut ws = open(addr, src, &format!("&user_id=u{i}")).await?;
-            join(&mut ws, &topic).await?;
-            // Keep reading so the server never sees a slow consumer.
-            let (tx, mut rx) = ws.split();
-            let drain = tokio::spawn(async move { while rx.next().await.is_some() {} });
-            Ok::<_, String>((tx, drain))
+            let ws = {
+                let _permit = permits.acquire().await.map_err(|e| e.to_string())?;
+                let mut ws = open(addr, src, &format!("&user_id=u{i}")).await?;
+                join(&mut ws, &topic).await?;
+                ws
+            };
+            let joined = Instant::now();
+            // Keep reading so that the server never sees a slow consumer.
+            let (mut tx, mut rx) = ws.split();
+            let drain = tokio::spawn(async move {
+                while let Some(msg) = rx.next().await {
+                    match msg {
+                        Ok(Message::Text(t)) => {
+                            if let Some(users) = count_users(&t) {
+                                last_counts[i].store(users, Ordering::Relaxed);
+                            }
+                        }
+                        Ok(Message::Close(_)) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                }
+                if !leaving.load(Ordering::Relaxed) {
+                    closed.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+            // Heartbeats every 30 s, as phoenix.js sends them, until told to leave.
+            let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+            let sender = tokio::spawn(async move {
+                let mut beat = tokio::time::interval(Duration::from_secs(30));
+                beat.tick().await;
+                loop {
+                    tokio::select! {
+                        _ = &mut stopped => break,
+                        _ = beat.tick() => {
+                            let hb = frame(None, "hb", "phoenix", "heartbeat", &json!({}));
+                            if tx.send(hb).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                let _ = tx.close().await;
+            });
+            Ok::<_, String>((stop, sender, drain, joined))
         }));
     }
     let mut held = Vec::new();
+    let mut last_reply = started;
     for u in users {
         match u.await {
-            Ok(Ok(h)) => held.push(h),
-            Ok(Err(e)) => eprintln!("user: {e}"),
+            Ok(Ok((stop, sender, drain, joined))) => {
+                last_reply = last_reply.max(joined);
+                held.push((stop, sender, drain));
+            }
+            Ok(Err(e)) => {
+                closed.fetch_add(1, Ordering::Relaxed);
+                eprintln!("user: {e}");
+            }
             Err(e) => eprintln!("user task: {e}"),
         }
     }
-    let joined_in = started.elapsed();
+    let joined_in = last_reply - started;
     let n = held.len();
-    let all_seen = matches!(
-        tokio::time::timeout(Duration::from_secs(30), seen_rx.wait_for(|s| *s >= n)).await,
-        Ok(Ok(_))
+    println!(
+        "scenario presence ({}): {n} of {n_users} users joined over {} node(s), {} in flight",
+        match mode {
+            PresenceMode::List => "list",
+            PresenceMode::Counts => "counts",
+            PresenceMode::None => "no presence",
+        },
+        args.addrs.len(),
+        args.in_flight
     );
-    if !all_seen {
-        eprintln!("watcher sees {} of {n}", *seen_rx.borrow());
+    println!("last join reply after {:.3} s", joined_in.as_secs_f64());
+    if mode != PresenceMode::None {
+        let all_seen = matches!(
+            tokio::time::timeout(Duration::from_secs(60), seen_rx.wait_for(|s| *s >= n)).await,
+            Ok(Ok(_))
+        );
+        println!(
+            "watcher saw all {n}: {} {:.3} s after the last join reply",
+            if all_seen { "yes" } else { "NO" },
+            last_reply.elapsed().as_secs_f64()
+        );
+        if !all_seen {
+            println!("watcher sees {}", *seen_rx.borrow());
+        }
     }
-    let see_all = started.elapsed();
-    let leaving = Instant::now();
-    for (mut tx, drain) in held {
-        let _ = tx.close().await;
+    if mode == PresenceMode::Counts {
+        let exact = within(Duration::from_secs(60), || {
+            last_counts
+                .iter()
+                .all(|c| c.load(Ordering::Relaxed) == n as u64)
+        })
+        .await;
+        let wrong = last_counts
+            .iter()
+            .filter(|c| c.load(Ordering::Relaxed) != n as u64)
+            .count();
+        println!(
+            "every member's last presence_count exact: {} {:.3} s after the last join reply ({wrong} not)",
+            if exact.is_some() { "yes" } else { "NO" },
+            last_reply.elapsed().as_secs_f64()
+        );
+    }
+    // Settled: memory with every member held.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (cpu_joined, rss) = servers(&args.server_pids);
+    println!("closed by the server: {}", closed.load(Ordering::Relaxed));
+    println!(
+        "server RSS with all joined: {} KiB; server CPU for the joins: {:.1} s",
+        rss.iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(" + "),
+        cpu_joined - cpu_before
+    );
+    leaving.store(true, Ordering::Relaxed);
+    let leave_started = Instant::now();
+    for (stop, sender, drain) in held {
+        let _ = stop.send(());
+        let _ = sender.await;
         drain.abort();
     }
-    let none_seen = matches!(
-        tokio::time::timeout(Duration::from_secs(30), seen_rx.wait_for(|s| *s == 0)).await,
-        Ok(Ok(_))
+    if mode != PresenceMode::None {
+        let none_seen = matches!(
+            tokio::time::timeout(Duration::from_secs(60), seen_rx.wait_for(|s| *s == 0)).await,
+            Ok(Ok(_))
+        );
+        println!(
+            "watcher saw none after the leaves: {} after {:.3} s",
+            if none_seen { "yes" } else { "NO" },
+            leave_started.elapsed().as_secs_f64()
+        );
+    }
+    // The leave storm's CPU, with what trails it (2 s).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (cpu_left, _) = servers(&args.server_pids);
+    println!(
+        "server CPU for the leave storm: {:.2} s",
+        cpu_left - cpu_joined
     );
-    let see_none = leaving.elapsed();
     watch_task.abort();
-    println!(
-        "scenario presence: {} users over {} node(s) on one topic",
-        n,
-        args.addrs.len()
-    );
-    println!(
-        "all joined (join replies) after {:.3} s",
-        joined_in.as_secs_f64()
-    );
-    println!(
-        "watcher saw all {n}: {} after {:.3} s",
-        if all_seen { "yes" } else { "NO" },
-        see_all.as_secs_f64()
-    );
-    println!(
-        "watcher saw none after the leaves: {} after {:.3} s",
-        if none_seen { "yes" } else { "NO" },
-        see_none.as_secs_f64()
-    );
-    println!("load tool CPU: {:.1} s", cpu_seconds_self() - cpu_before);
+    println!("load tool CPU: {:.1} s", cpu_seconds_self());
 }
 
 fn main() {
