@@ -78,23 +78,31 @@ struct Closer {
     reason: OnceLock<CloseReason>,
 }
 
+impl Bounds {
+    /// A frame that the byte bound does not count while it is the only big one queued.
+    fn is_big(&self, frame: &Frame) -> bool {
+        frame.len() > self.bytes / 2
+    }
+}
+
 /// How much one socket may have queued.
 #[derive(Debug, Clone, Copy)]
 pub struct Bounds {
     /// Most frames queued.
     pub frames: usize,
-    /// Most bytes queued, not counting one frame larger than this bound: a big frame (the
-    /// `presence_state` of a huge room) is let through whatever is queued before it, so it
-    /// cannot close a socket that keeps up. A second one queued behind the first means the
-    /// client is not reading.
+    /// Most bytes queued, not counting one big frame (more than half this bound): a big frame
+    /// (the `presence_state` of a huge room) is let through whatever is queued before it, and
+    /// the bound then measures the backlog beside it, so a room's size cannot close a socket
+    /// that keeps up. A second big frame queued with the first means the client is not
+    /// reading.
     pub bytes: usize,
 }
 
 struct Queue {
     frames: VecDeque<Frame>,
-    /// Bytes of the queued frames that are not oversized.
+    /// Bytes of the queued frames that are not big.
     bytes: usize,
-    /// Frames larger than the byte bound, queued (at most one).
+    /// Big frames queued (more than half the byte bound; at most one uncounted).
     oversized: usize,
     /// The receiving side is gone: nothing will be read again.
     receiver_gone: bool,
@@ -249,7 +257,7 @@ impl Drop for Frames {
 impl Queue {
     /// Accounts for a frame leaving the queue.
     fn taken(&mut self, frame: &Frame, bounds: Bounds) {
-        if frame.len() > bounds.bytes {
+        if bounds.is_big(frame) {
             self.oversized -= 1;
         } else {
             self.bytes -= frame.len();
@@ -277,7 +285,7 @@ impl Outbox {
                 return false;
             }
             let bounds = self.shared.bounds;
-            let oversized = frame.len() > bounds.bytes;
+            let oversized = bounds.is_big(&frame);
             let over = q.frames.len() >= bounds.frames
                 || if oversized {
                     q.oversized > 0
@@ -410,8 +418,8 @@ mod tests {
             "empty queue admits"
         );
         assert_eq!(rx.rx.recv().await, Some(Frame::Text("x".repeat(50).into())));
-        assert!(tx.push(Frame::Text("123456".into())));
-        assert!(tx.push(Frame::Text("1234".into())), "exactly at the bound");
+        assert!(tx.push(Frame::Text("12345".into())));
+        assert!(tx.push(Frame::Text("12345".into())), "exactly at the bound");
         assert!(!tx.push(Frame::Text("1".into())), "over the bound");
         assert_eq!(rx.close_requested().await, CloseReason::SlowConsumer);
     }
@@ -434,10 +442,26 @@ mod tests {
             rx.rx.try_recv().expect("queued");
         }
         assert!(tx.push(big()));
-        assert!(tx.push(Frame::Text("1234567890".into())), "at the bound");
+        assert!(tx.push(Frame::Text("12345".into())));
+        assert!(tx.push(Frame::Text("12345".into())), "at the bound");
         // A second big frame behind the first: the client is not reading.
         assert!(!tx.push(big()));
         assert_eq!(rx.close_requested().await, CloseReason::SlowConsumer);
+    }
+
+    #[tokio::test]
+    async fn a_frame_just_under_the_bound_leaves_room_for_the_diffs_behind_it() {
+        let bounds = Bounds {
+            frames: 100,
+            bytes: 10,
+        };
+        let (tx, rx) = outbox_bounded(Serializer::V2, bounds);
+        // A presence_state of nearly the whole bound, then the room's next diffs.
+        assert!(tx.push(Frame::Text("x".repeat(9).into())));
+        assert!(tx.push(Frame::Text("d1".into())));
+        assert!(tx.push(Frame::Text("d2".into())));
+        assert!(!tx.is_closed(), "a reader that keeps up is not closed");
+        drop(rx);
     }
 
     #[tokio::test]

@@ -983,8 +983,13 @@ async fn presence(args: PresenceArgs) {
     );
     leaving.store(true, Ordering::Relaxed);
     let leave_started = Instant::now();
+    // All at once: every member is told to close before any close is awaited.
+    let mut closing = Vec::with_capacity(held.len());
     for (stop, sender, drain) in held {
         let _ = stop.send(());
+        closing.push((sender, drain));
+    }
+    for (sender, drain) in closing {
         let _ = sender.await;
         drain.abort();
     }
