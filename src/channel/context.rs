@@ -1,5 +1,6 @@
 //! What a channel can do: reply, push, broadcast, track presence, keep assigns.
 
+use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -39,9 +40,10 @@ pub struct Context {
     /// The topic's history bounds (the channel's `history()`), given to its broadcasts.
     retention: Option<Retention>,
     counts: Arc<Counts>,
-    /// Count-only presence (the channel's `presence_counts()`): the interval between counts,
-    /// and the companion topic the presences are tracked under.
-    counting: Option<(Duration, String)>,
+    /// Count-only presence (the channel's `presence_counts()`): the interval between counts.
+    /// The presences are then tracked under the topic's companion (named when needed: a
+    /// big room's members would each hold the name).
+    counting: Option<Duration>,
     /// This member's interest in its counting room's count, once it got the first one.
     watch: OnceLock<Watch>,
 }
@@ -83,12 +85,15 @@ impl Context {
     }
 
     pub(crate) fn set_presence_counts(&mut self, interval: Option<Duration>) {
-        self.counting = interval.map(|i| (i, companion(&self.topic)));
+        self.counting = interval;
     }
 
     /// Where this channel's presences are tracked: the topic, or its counting companion.
-    fn presence_topic(&self) -> &str {
-        self.counting.as_ref().map_or(&self.topic, |(_, t)| t)
+    fn presence_topic(&self) -> Cow<'_, str> {
+        match self.counting {
+            Some(_) => Cow::Owned(companion(&self.topic)),
+            None => Cow::Borrowed(&self.topic),
+        }
     }
 
     /// Reads the topic's history (after subscribing; see [`crate::pubsub::PubSub::history`]).
@@ -177,27 +182,27 @@ impl Context {
     /// Tracks a presence for this channel under `key`; it leaves when the channel ends.
     pub async fn track(&self, key: &str, meta: Meta) -> Result<String, PresenceError> {
         self.presence
-            .track(self.presence_topic(), key, self.id, meta)
+            .track(&self.presence_topic(), key, self.id, meta)
             .await
     }
 
     /// Replaces the meta of this channel's presence under `key`.
     pub async fn update_presence(&self, key: &str, meta: Meta) -> Result<String, PresenceError> {
         self.presence
-            .update(self.presence_topic(), key, self.id, meta)
+            .update(&self.presence_topic(), key, self.id, meta)
             .await
     }
 
     /// Stops tracking this channel's presence under `key`.
     pub async fn untrack(&self, key: &str) -> Result<(), PresenceError> {
         self.presence
-            .untrack(self.presence_topic(), key, self.id)
+            .untrack(&self.presence_topic(), key, self.id)
             .await
     }
 
     /// The presences on this topic, in the `presence_state` shape.
     pub async fn presence_list(&self) -> Value {
-        self.presence.list(self.presence_topic()).await
+        self.presence.list(&self.presence_topic()).await
     }
 
     /// Pushes `presence_state` (the full list) to this client. From then on the client
@@ -208,8 +213,8 @@ impl Context {
     /// On a counting route (`presence = "counts"`) it pushes `presence_count` instead, and
     /// from then on this client gets the room's count whenever it changes.
     pub async fn push_presence_state(&self) {
-        if let Some((interval, _)) = &self.counting {
-            return self.push_presence_count(*interval).await;
+        if let Some(interval) = self.counting {
+            return self.push_presence_count(interval).await;
         }
         let snapshot = self.presence.snapshot(&self.topic).await;
         let null = Value::Null;
@@ -256,7 +261,7 @@ impl Context {
     /// snapshot taken after holds them (e.g. the channel's own presence, for apps that
     /// track before pushing `presence_state`).
     pub async fn presence_flushed(&self) {
-        self.presence.flushed(self.presence_topic()).await;
+        self.presence.flushed(&self.presence_topic()).await;
     }
 
     /// Releases the broadcasts held since the join (nothing to push first).
@@ -282,7 +287,7 @@ impl Context {
     pub(crate) async fn cleanup(&self) {
         self.pubsub.unsubscribe(&self.topic, self.id);
         self.presence
-            .untrack_owner(self.presence_topic(), self.id)
+            .untrack_owner(&self.presence_topic(), self.id)
             .await;
     }
 }

@@ -72,6 +72,8 @@ type Notices = mpsc::Sender<Arc<Broadcast>>;
 
 /// One counting room on this node.
 struct Room {
+    /// The room's topic, shared with its watches.
+    name: Arc<str>,
     watchers: usize,
     latest: watch::Receiver<Option<Count>>,
     stop: CancellationToken,
@@ -107,10 +109,10 @@ impl Counts {
     /// to its local members whenever it changes, at most once per `interval`.
     pub fn watch(self: &Arc<Self>, topic: &str, interval: Duration) -> Watch {
         let mut rooms = self.rooms();
-        let latest = match rooms.get_mut(topic) {
+        let (name, latest) = match rooms.get_mut(topic) {
             Some(room) => {
                 room.watchers += 1;
-                room.latest.clone()
+                (room.name.clone(), room.latest.clone())
             }
             None => {
                 let (tx, rx) = watch::channel(None);
@@ -123,20 +125,22 @@ impl Counts {
                     tx,
                     stop.clone(),
                 ));
+                let name: Arc<str> = Arc::from(topic);
                 rooms.insert(
                     topic.to_owned(),
                     Room {
+                        name: name.clone(),
                         watchers: 1,
                         latest: rx.clone(),
                         stop,
                     },
                 );
-                rx
+                (name, rx)
             }
         };
         Watch {
             counts: self.clone(),
-            topic: topic.to_owned(),
+            topic: name,
             latest,
         }
     }
@@ -217,7 +221,7 @@ impl Counts {
 /// A member's interest in a counting room (see [`Counts::watch`]).
 pub struct Watch {
     counts: Arc<Counts>,
-    topic: String,
+    topic: Arc<str>,
     latest: watch::Receiver<Option<Count>>,
 }
 

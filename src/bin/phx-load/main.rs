@@ -415,9 +415,16 @@ async fn subscriber(mut ws: Ws, expected: u64, done: Arc<tokio::sync::Notify>) -
     let mut last: Option<u64> = None;
     let finished = done.notified();
     tokio::pin!(finished);
+    // Heartbeats every 30 s, as phoenix.js sends them: joining a big room takes a while.
+    let mut beat = tokio::time::interval(Duration::from_secs(30));
+    beat.tick().await;
     loop {
         let msg = tokio::select! {
             _ = &mut finished => break,
+            _ = beat.tick() => {
+                let _ = ws.send(frame(None, "hb", "phoenix", "heartbeat", &json!({}))).await;
+                continue;
+            }
             m = ws.next() => m,
         };
         let Some(Ok(Message::Text(t))) = msg else {
