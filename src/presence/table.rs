@@ -9,7 +9,9 @@
 
 use std::collections::{HashMap, HashSet};
 
+use indexmap::IndexMap;
 use serde_json::Value;
+use smallvec::SmallVec;
 use tokio::sync::oneshot;
 
 use super::state::{group, new_phx_ref, updated_meta, Diff, Meta};
@@ -46,6 +48,74 @@ impl Entry {
     }
 }
 
+/// A topic's presences on this node, by owner: finding, adding and removing one is O(1) in
+/// the room's size (a join or leave storm in a room of N is O(N), not O(N²)). An owner (a
+/// channel) tracks one key in practice, kept inline.
+#[derive(Default)]
+pub(crate) struct Entries {
+    by_owner: IndexMap<SubscriberId, SmallVec<[Entry; 1]>>,
+    len: usize,
+}
+
+impl Entries {
+    /// Every presence, in no particular order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Entry> {
+        self.by_owner.values().flatten()
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = &mut Entry> {
+        self.by_owner.values_mut().flatten()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    fn contains(&self, owner: SubscriberId, key: &str) -> bool {
+        self.by_owner
+            .get(&owner)
+            .is_some_and(|es| es.iter().any(|e| e.key == key))
+    }
+
+    fn push(&mut self, e: Entry) {
+        self.by_owner.entry(e.owner).or_default().push(e);
+        self.len += 1;
+    }
+
+    fn find_mut(&mut self, owner: SubscriberId, key: &str) -> Option<&mut Entry> {
+        self.by_owner
+            .get_mut(&owner)?
+            .iter_mut()
+            .find(|e| e.key == key)
+    }
+
+    fn remove(&mut self, owner: SubscriberId, key: &str) -> Option<Entry> {
+        let es = self.by_owner.get_mut(&owner)?;
+        let pos = es.iter().position(|e| e.key == key)?;
+        let gone = es.remove(pos);
+        if es.is_empty() {
+            self.by_owner.swap_remove(&owner);
+        }
+        self.len -= 1;
+        Some(gone)
+    }
+
+    fn remove_owner(&mut self, owner: SubscriberId) -> SmallVec<[Entry; 1]> {
+        let gone = self.by_owner.swap_remove(&owner).unwrap_or_default();
+        self.len -= gone.len();
+        gone
+    }
+
+    fn take_all(&mut self) -> impl Iterator<Item = Entry> {
+        self.len = 0;
+        std::mem::take(&mut self.by_owner).into_values().flatten()
+    }
+}
+
 #[derive(Default)]
 struct Pending {
     diff: Diff,
@@ -73,7 +143,7 @@ impl Pending {
 /// One topic's presences on this node.
 #[derive(Default)]
 pub(crate) struct TopicTable {
-    pub entries: Vec<Entry>,
+    pub entries: Entries,
     pending: Pending,
     /// A flush task runs for this topic.
     flushing: bool,
@@ -144,7 +214,7 @@ impl Table {
         mut meta: Meta,
     ) -> Result<(String, StartFlush), PresenceError> {
         let t = self.topics.entry(topic.to_owned()).or_default();
-        if t.entries.iter().any(|e| e.owner == owner && e.key == key) {
+        if t.entries.contains(owner, key) {
             return Err(PresenceError::AlreadyTracked);
         }
         let r = new_phx_ref(self.node_tag);
@@ -177,8 +247,7 @@ impl Table {
             .ok_or(PresenceError::NoPresence)?;
         let entry = t
             .entries
-            .iter_mut()
-            .find(|e| e.owner == owner && e.key == key)
+            .find_mut(owner, key)
             .ok_or(PresenceError::NoPresence)?;
         let new = updated_meta(&entry.meta, meta, r.clone());
         let old = std::mem::replace(&mut entry.meta, new.clone());
@@ -199,12 +268,10 @@ impl Table {
             .topics
             .get_mut(topic)
             .ok_or(PresenceError::NoPresence)?;
-        let pos = t
+        let gone = t
             .entries
-            .iter()
-            .position(|e| e.owner == owner && e.key == key)
+            .remove(owner, key)
             .ok_or(PresenceError::NoPresence)?;
-        let gone = t.entries.remove(pos);
         t.pending.leave(gone.key, gone.meta);
         ::metrics::gauge!(crate::metrics::PRESENCE_ENTRIES).decrement(1.0);
         Ok(self.changed(topic))
@@ -215,23 +282,13 @@ impl Table {
         let Some(t) = self.topics.get_mut(topic) else {
             return StartFlush(false);
         };
-        let before = t.entries.len();
-        let mut gone = Vec::new();
-        t.entries.retain_mut(|e| {
-            if e.owner == owner {
-                gone.push((std::mem::take(&mut e.key), std::mem::take(&mut e.meta)));
-                false
-            } else {
-                true
-            }
-        });
+        let gone = t.entries.remove_owner(owner);
         if gone.is_empty() {
             return StartFlush(false);
         }
-        ::metrics::gauge!(crate::metrics::PRESENCE_ENTRIES)
-            .decrement((before - t.entries.len()) as f64);
-        for (key, meta) in gone {
-            t.pending.leave(key, meta);
+        ::metrics::gauge!(crate::metrics::PRESENCE_ENTRIES).decrement(gone.len() as f64);
+        for e in gone {
+            t.pending.leave(e.key, e.meta);
         }
         self.changed(topic)
     }
@@ -244,11 +301,11 @@ impl Table {
             let Some(t) = self.topics.get_mut(&topic) else {
                 continue;
             };
-            let gone = std::mem::take(&mut t.entries);
-            if gone.is_empty() {
+            if t.entries.is_empty() {
                 continue;
             }
-            ::metrics::gauge!(crate::metrics::PRESENCE_ENTRIES).decrement(gone.len() as f64);
+            ::metrics::gauge!(crate::metrics::PRESENCE_ENTRIES).decrement(t.entries.len() as f64);
+            let gone: Vec<Entry> = t.entries.take_all().collect();
             for e in gone {
                 t.pending.leave(e.key, e.meta);
             }
@@ -289,7 +346,7 @@ impl Table {
             return;
         };
         let refs: HashSet<&str> = diff.joins.iter().map(|(_, m)| phx_ref(m)).collect();
-        for e in &mut t.entries {
+        for e in t.entries.iter_mut() {
             if refs.contains(e.phx_ref()) {
                 e.committed = true;
             }
@@ -385,6 +442,44 @@ mod tests {
 
     fn meta(v: Value) -> Meta {
         v.as_object().cloned().expect("object")
+    }
+
+    #[test]
+    fn presences_are_found_and_removed_by_owner_and_key() {
+        let mut t = Table::new();
+        let _ = t.track("t", "alice", 1, Meta::new()).unwrap();
+        let _ = t.track("t", "alice-phone", 1, Meta::new()).unwrap();
+        let _ = t.track("t", "bob", 2, Meta::new()).unwrap();
+        assert_eq!(
+            t.track("t", "alice", 1, Meta::new()).err(),
+            Some(PresenceError::AlreadyTracked)
+        );
+        let _ = t.track("t", "alice", 3, Meta::new()).unwrap();
+        assert_eq!(t.topic("t").map(|t| t.entries.len()), Some(4));
+        let _ = t.untrack("t", "alice-phone", 1).unwrap();
+        assert_eq!(
+            t.untrack("t", "alice-phone", 1).err(),
+            Some(PresenceError::NoPresence)
+        );
+        let _ = t.untrack_owner("t", 2);
+        let _ = t.untrack_owner("t", 2);
+        let keys: Vec<(u64, &str)> = t
+            .topic("t")
+            .map(|t| {
+                t.entries
+                    .iter()
+                    .map(|e| (e.owner, e.key.as_str()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert_eq!(keys.len(), 2);
+        assert!(keys.contains(&(1, "alice")) && keys.contains(&(3, "alice")));
+        let count = |t: &Table| (t.count("t").users, t.count("t").connections);
+        assert_eq!(count(&t), (0, 0), "nothing published yet");
+        let _ = t.take("t");
+        assert_eq!(count(&t), (1, 2), "one user, two connections");
+        let _ = t.untrack_all();
+        assert_eq!(t.topic("t").map(|t| t.entries.len()), None);
     }
 
     #[test]
