@@ -171,6 +171,14 @@ fn value(key: &str, meta: &Meta) -> String {
     json!({"key": key, "meta": meta}).to_string()
 }
 
+/// [`value`] of a meta kept as JSON text.
+fn value_text(key: &str, meta: &str) -> String {
+    format!(
+        "{{\"key\":{},\"meta\":{meta}}}",
+        Value::String(key.to_owned())
+    )
+}
+
 fn phx_ref(meta: &Meta) -> &str {
     meta.get("phx_ref")
         .and_then(Value::as_str)
@@ -454,7 +462,7 @@ impl RedisStore {
                 t.entries
                     .iter()
                     .filter(|e| e.committed)
-                    .map(|e| (field(node, e.phx_ref()), value(&e.key, &e.meta)))
+                    .map(|e| (field(node, e.phx_ref()), value_text(&e.key, e.meta_text())))
                     .collect()
             };
             let mut inv = script.prepare_invoke();
@@ -494,7 +502,7 @@ impl RedisStore {
                 let joins = t
                     .entries
                     .iter()
-                    .map(|e| (e.key.clone(), e.meta.clone()))
+                    .map(|e| (e.key.clone(), e.meta()))
                     .collect();
                 (
                     topic.clone(),
@@ -681,7 +689,7 @@ impl RedisStore {
                 let (_, state) = lock(&self.table).snapshot(topic);
                 Snapshot {
                     seq: None,
-                    state: Arc::from(state.to_string()),
+                    state: Arc::from(state),
                 }
             }
         }
@@ -760,6 +768,23 @@ impl Store for RedisStore {
         if let Err(e) = self.redis.pipe_by_slot(cmds).await {
             self.stats.write_failures.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(error = %e, "presence shutdown write failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_value_from_meta_text_reads_back_as_from_the_map() {
+        let meta: Meta =
+            serde_json::from_value(json!({"online_at": "1", "phx_ref": "r\"1"})).expect("meta");
+        let text = Value::Object(meta.clone()).to_string();
+        for key in ["alice", "quo\"te", "ü\\n"] {
+            let (a, b) = (value(key, &meta), value_text(key, &text));
+            assert_eq!(parse_value(&a), parse_value(&b), "{a} vs {b}");
+            assert_eq!(parse_value(&b).map(|(k, _)| k), Some(key.to_owned()));
         }
     }
 }

@@ -14,7 +14,7 @@ use serde_json::Value;
 use smallvec::SmallVec;
 use tokio::sync::oneshot;
 
-use super::state::{group, new_phx_ref, updated_meta, Diff, Meta};
+use super::state::{encode_grouped, new_phx_ref, updated_meta, Diff, Meta};
 use super::PresenceError;
 use crate::pubsub::SubscriberId;
 
@@ -31,7 +31,11 @@ pub(crate) fn lock(table: &SharedTable) -> std::sync::MutexGuard<'_, Table> {
 pub(crate) struct Entry {
     pub key: String,
     pub owner: SubscriberId,
-    pub meta: Meta,
+    /// The meta as JSON text, `phx_ref` included: kept as a map, a presence would hold a
+    /// B-tree node of eleven slots (about 650 bytes for two fields); the text is what
+    /// snapshots and Redis need anyway.
+    meta: Box<str>,
+    phx_ref: Box<str>,
     /// Its join was committed (written where snapshots are read).
     pub committed: bool,
 }
@@ -43,8 +47,31 @@ fn phx_ref(meta: &Meta) -> &str {
 }
 
 impl Entry {
+    fn new(key: String, owner: SubscriberId, meta: &Meta) -> Self {
+        Self {
+            key,
+            owner,
+            meta: Value::Object(meta.clone()).to_string().into_boxed_str(),
+            phx_ref: phx_ref(meta).into(),
+            committed: false,
+        }
+    }
+
     pub(super) fn phx_ref(&self) -> &str {
-        phx_ref(&self.meta)
+        &self.phx_ref
+    }
+
+    /// The meta as JSON text.
+    pub(super) fn meta_text(&self) -> &str {
+        &self.meta
+    }
+
+    /// The meta (parsed from its text: for diffs and updates, not per snapshot).
+    pub(super) fn meta(&self) -> Meta {
+        match serde_json::from_str(&self.meta) {
+            Ok(Value::Object(m)) => m,
+            _ => Meta::new(),
+        }
     }
 }
 
@@ -220,13 +247,8 @@ impl Table {
         let r = new_phx_ref(self.node_tag);
         meta.remove("phx_ref_prev");
         meta.insert("phx_ref".into(), Value::String(r.clone()));
-        t.pending.join(key.to_owned(), meta.clone());
-        t.entries.push(Entry {
-            key: key.to_owned(),
-            owner,
-            meta,
-            committed: false,
-        });
+        t.entries.push(Entry::new(key.to_owned(), owner, &meta));
+        t.pending.join(key.to_owned(), meta);
         ::metrics::gauge!(crate::metrics::PRESENCE_ENTRIES).increment(1.0);
         Ok((r, self.changed(topic)))
     }
@@ -249,9 +271,9 @@ impl Table {
             .entries
             .find_mut(owner, key)
             .ok_or(PresenceError::NoPresence)?;
-        let new = updated_meta(&entry.meta, meta, r.clone());
-        let old = std::mem::replace(&mut entry.meta, new.clone());
-        entry.committed = false;
+        let old = entry.meta();
+        let new = updated_meta(&old, meta, r.clone());
+        *entry = Entry::new(key.to_owned(), owner, &new);
         t.pending.leave(key.to_owned(), old);
         t.pending.join(key.to_owned(), new);
         Ok((r, self.changed(topic)))
@@ -272,7 +294,8 @@ impl Table {
             .entries
             .remove(owner, key)
             .ok_or(PresenceError::NoPresence)?;
-        t.pending.leave(gone.key, gone.meta);
+        let meta = gone.meta();
+        t.pending.leave(gone.key, meta);
         ::metrics::gauge!(crate::metrics::PRESENCE_ENTRIES).decrement(1.0);
         Ok(self.changed(topic))
     }
@@ -288,7 +311,8 @@ impl Table {
         }
         ::metrics::gauge!(crate::metrics::PRESENCE_ENTRIES).decrement(gone.len() as f64);
         for e in gone {
-            t.pending.leave(e.key, e.meta);
+            let meta = e.meta();
+            t.pending.leave(e.key, meta);
         }
         self.changed(topic)
     }
@@ -307,7 +331,8 @@ impl Table {
             ::metrics::gauge!(crate::metrics::PRESENCE_ENTRIES).decrement(t.entries.len() as f64);
             let gone: Vec<Entry> = t.entries.take_all().collect();
             for e in gone {
-                t.pending.leave(e.key, e.meta);
+                let meta = e.meta();
+                t.pending.leave(e.key, meta);
             }
             let start = self.changed(&topic);
             changed.push((topic, start));
@@ -367,18 +392,25 @@ impl Table {
 
     /// The `presence_state` of what this node published on `topic` (pending changes left
     /// out), and the number of the last flush it holds.
-    pub(super) fn snapshot(&self, topic: &str) -> (u64, Value) {
+    pub(super) fn snapshot(&self, topic: &str) -> (u64, String) {
         let Some(t) = self.topics.get(topic) else {
-            return (self.seq, Value::Object(Default::default()));
+            return (self.seq, "{}".to_owned());
         };
         let joined = &t.pending.join_refs;
+        let left: Vec<(&str, String)> = t
+            .pending
+            .diff
+            .leaves
+            .iter()
+            .map(|(k, m)| (k.as_str(), Value::Object(m.clone()).to_string()))
+            .collect();
         let published = t
             .entries
             .iter()
             .filter(|e| !joined.contains(e.phx_ref()))
-            .map(|e| (e.key.as_str(), &e.meta));
-        let left = t.pending.diff.leaves.iter().map(|(k, m)| (k.as_str(), m));
-        (self.seq, group(published.chain(left)))
+            .map(|e| (e.key.as_str(), e.meta_text()));
+        let state = encode_grouped(published.chain(left.iter().map(|(k, m)| (*k, m.as_str()))));
+        (self.seq, state)
     }
 
     /// The size of [`Table::snapshot`], counted in place.
@@ -412,7 +444,7 @@ impl Table {
             return cached;
         }
         let (seq, state) = self.snapshot(topic);
-        let text: std::sync::Arc<str> = std::sync::Arc::from(state.to_string());
+        let text: std::sync::Arc<str> = std::sync::Arc::from(state);
         if let Some(t) = self.topics.get_mut(topic) {
             t.published = Some((seq, text.clone()));
         }
@@ -442,6 +474,10 @@ mod tests {
 
     fn meta(v: Value) -> Meta {
         v.as_object().cloned().expect("object")
+    }
+
+    fn state(t: &Table) -> Value {
+        serde_json::from_str(&t.snapshot("t").1).expect("JSON")
     }
 
     #[test]
@@ -489,14 +525,14 @@ mod tests {
         assert!(start.0, "the first change starts a flush");
         let taken = t.take("t").expect("pending");
         assert_eq!(taken.diff.joins.len(), 1);
-        assert_eq!(t.snapshot("t").1["alice"]["metas"][0]["phx_ref"], json!(r1));
+        assert_eq!(state(&t)["alice"]["metas"][0]["phx_ref"], json!(r1));
 
         let (_, start) = t.track("t", "bob", 2, meta(json!({}))).unwrap();
         assert!(!start.0, "a flush is already running");
-        let (seq, state) = t.snapshot("t");
+        let (seq, _) = t.snapshot("t");
         assert_eq!(seq, taken.seq);
         assert!(
-            state.get("bob").is_none(),
+            state(&t).get("bob").is_none(),
             "bob's join is not published yet"
         );
         let _ = t.untrack_owner("t", 2);
@@ -507,7 +543,7 @@ mod tests {
 
         let _ = t.untrack("t", "alice", 1).unwrap();
         assert!(
-            t.snapshot("t").1.get("alice").is_some(),
+            state(&t).get("alice").is_some(),
             "alice's leave is not published yet"
         );
         let taken = t.take("t").expect("the leave");
