@@ -35,28 +35,25 @@ presence() { # $1 addrs, $2 pids, $3 mode, $4 topic
   "$bin/phx-load" presence --addrs "$1" --server-pids "$2" --mode "$3" --topic "$4" \
     -n "$users" --sources 4 --in-flight 500 2>&1 | grep -v "^user"
 }
-if has rooms; then
+rooms() { # $1: number of nodes (more than one share a fresh Redis)
+  local nodes=$1 run mode topic url="" addrs="" pids="" port pid
   for run in "none fan:big" "list room:big" "counts count:big"; do
     read -r mode topic <<<"$run"
-    read -r port pid < <(gateway "")
-    echo "== one node, $mode"
-    presence "127.0.0.1:$port" "$pid" "$mode" "$topic"
+    url="" addrs="" pids=""
+    [ "$nodes" -gt 1 ] && url=$(redis)
+    for _ in $(seq "$nodes"); do
+      read -r port pid < <(gateway "$url")
+      addrs+="${addrs:+,}127.0.0.1:$port" pids+="${pids:+,}$pid"
+    done
+    echo "== $nodes node(s)${url:+ on one Redis}, $mode"
+    presence "$addrs" "$pids" "$mode" "$topic"
     kill_all
   done
-fi
-if has cluster; then
-  for run in "none fan:big" "list room:big" "counts count:big"; do
-    read -r mode topic <<<"$run"
-    url=$(redis)
-    read -r p1 pid1 < <(gateway "$url")
-    read -r p2 pid2 < <(gateway "$url")
-    echo "== two nodes on one Redis, $mode"
-    presence "127.0.0.1:$p1,127.0.0.1:$p2" "$pid1,$pid2" "$mode" "$topic"
-    # What the nodes' heartbeats cost Redis with the room held is in the test suite
-    # (cluster::heartbeats_cost_the_same_for_a_big_room_...): O(1) commands per topic.
-    kill_all
-  done
-fi
+}
+# What the nodes' heartbeats cost Redis with a big room held is in the test suite
+# (cluster::heartbeats_cost_the_same_for_a_big_room_...): O(1) commands per topic.
+has rooms && rooms 1
+has cluster && rooms 2
 if has fanout; then
   for rate in $rates; do
     for run in "--tracked room:big" "-- fan:big"; do
