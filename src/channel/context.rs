@@ -40,11 +40,17 @@ pub struct Context {
     /// The topic's history bounds (the channel's `history()`), given to its broadcasts.
     retention: Option<Retention>,
     counts: Arc<Counts>,
-    /// Count-only presence (the channel's `presence_counts()`): the interval between counts.
-    /// The presences are then tracked under the topic's companion (named when needed: a
-    /// big room's members would each hold the name).
-    counting: Option<Duration>,
-    /// This member's interest in its counting room's count, once it got the first one.
+    /// Count-only presence (the channel's `presence_counts()`); boxed, so that the channels
+    /// of other routes carry one pointer for it.
+    counting: Option<Box<Counting>>,
+}
+
+/// A counting room member's part: its presences are tracked under the topic's companion
+/// (named when needed: a big room's members would each hold the name).
+struct Counting {
+    /// The least time between two counts.
+    interval: Duration,
+    /// This member's interest in the room's count, once it got the first one.
     watch: OnceLock<Watch>,
 }
 
@@ -76,7 +82,6 @@ impl Context {
             retention: None,
             counts,
             counting: None,
-            watch: OnceLock::new(),
         }
     }
 
@@ -85,12 +90,17 @@ impl Context {
     }
 
     pub(crate) fn set_presence_counts(&mut self, interval: Option<Duration>) {
-        self.counting = interval;
+        self.counting = interval.map(|interval| {
+            Box::new(Counting {
+                interval,
+                watch: OnceLock::new(),
+            })
+        });
     }
 
     /// Where this channel's presences are tracked: the topic, or its counting companion.
     fn presence_topic(&self) -> Cow<'_, str> {
-        match self.counting {
+        match &self.counting {
             Some(_) => Cow::Owned(companion(&self.topic)),
             None => Cow::Borrowed(&self.topic),
         }
@@ -213,8 +223,8 @@ impl Context {
     /// On a counting route (`presence = "counts"`) it pushes `presence_count` instead, and
     /// from then on this client gets the room's count whenever it changes.
     pub async fn push_presence_state(&self) {
-        if let Some(interval) = self.counting {
-            return self.push_presence_count(interval).await;
+        if let Some(counting) = &self.counting {
+            return self.push_presence_count(counting).await;
         }
         let snapshot = self.presence.snapshot(&self.topic).await;
         let null = Value::Null;
@@ -232,10 +242,10 @@ impl Context {
         }
     }
 
-    async fn push_presence_count(&self, interval: Duration) {
-        let watch = self
+    async fn push_presence_count(&self, counting: &Counting) {
+        let watch = counting
             .watch
-            .get_or_init(|| self.counts.watch(&self.topic, interval));
+            .get_or_init(|| self.counts.watch(&self.topic, counting.interval));
         let Some(count) = watch.current().await else {
             tracing::warn!(topic = %self.topic, "no presence count yet: the next change brings it");
             self.gate.open(&self.outbox, None, None);
