@@ -389,6 +389,12 @@ impl OutboxReceiver {
 mod tests {
     use super::*;
 
+    /// Room for 100 frames but only 10 bytes: the byte bound decides.
+    const TEN_BYTES: Bounds = Bounds {
+        frames: 100,
+        bytes: 10,
+    };
+
     #[tokio::test]
     async fn full_queue_closes_as_slow_consumer() {
         let (tx, rx) = outbox(Serializer::V2, 2);
@@ -408,11 +414,7 @@ mod tests {
 
     #[tokio::test]
     async fn byte_bound_counts_the_backlog_but_admits_one_large_frame() {
-        let bounds = Bounds {
-            frames: 100,
-            bytes: 10,
-        };
-        let (tx, mut rx) = outbox_bounded(Serializer::V2, bounds);
+        let (tx, mut rx) = outbox_bounded(Serializer::V2, TEN_BYTES);
         assert!(
             tx.push(Frame::Text("x".repeat(50).into())),
             "empty queue admits"
@@ -426,11 +428,7 @@ mod tests {
 
     #[tokio::test]
     async fn one_big_frame_passes_a_backlog_but_a_second_one_closes() {
-        let bounds = Bounds {
-            frames: 100,
-            bytes: 10,
-        };
-        let (tx, mut rx) = outbox_bounded(Serializer::V2, bounds);
+        let (tx, mut rx) = outbox_bounded(Serializer::V2, TEN_BYTES);
         let big = || Frame::Text("x".repeat(50).into());
         // A join reply still queued, then the room's big presence_state, then diffs.
         assert!(tx.push(Frame::Text("reply".into())));
@@ -451,11 +449,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_frame_just_under_the_bound_leaves_room_for_the_diffs_behind_it() {
-        let bounds = Bounds {
-            frames: 100,
-            bytes: 10,
-        };
-        let (tx, rx) = outbox_bounded(Serializer::V2, bounds);
+        let (tx, rx) = outbox_bounded(Serializer::V2, TEN_BYTES);
         // A presence_state of nearly the whole bound, then the room's next diffs.
         assert!(tx.push(Frame::Text("x".repeat(9).into())));
         assert!(tx.push(Frame::Text("d1".into())));

@@ -227,18 +227,27 @@ impl Context {
             return self.push_presence_count(counting).await;
         }
         let snapshot = self.presence.snapshot(&self.topic).await;
+        self.open_with(
+            events::PRESENCE_STATE,
+            &Payload::Encoded(snapshot.state),
+            snapshot.seq,
+        );
+    }
+
+    /// Opens the gate with `event` pushed first (the joiner's snapshot of the room).
+    fn open_with(&self, event: &str, payload: &Payload, seq: Option<u64>) {
         let null = Value::Null;
         let push = Outbound::Event {
             join_ref: &self.join_ref,
             msg_ref: &null,
             topic: &self.topic,
-            event: events::PRESENCE_STATE,
-            payload: &Payload::Encoded(snapshot.state),
+            event,
+            payload,
         };
         ::metrics::counter!(crate::metrics::MESSAGES_OUT, "kind" => "push").increment(1);
         match self.outbox.serializer().encode(&push) {
-            Ok(frame) => self.gate.open(&self.outbox, Some(frame), snapshot.seq),
-            Err(e) => tracing::warn!(error = %e, "cannot encode presence_state for this socket"),
+            Ok(frame) => self.gate.open(&self.outbox, Some(frame), seq),
+            Err(e) => tracing::warn!(error = %e, event, "cannot encode a push for this socket"),
         }
     }
 
@@ -251,20 +260,8 @@ impl Context {
             self.gate.open(&self.outbox, None, None);
             return;
         };
-        let null = Value::Null;
         let payload = Payload::Json(serde_json::json!(count));
-        let push = Outbound::Event {
-            join_ref: &self.join_ref,
-            msg_ref: &null,
-            topic: &self.topic,
-            event: events::PRESENCE_COUNT,
-            payload: &payload,
-        };
-        ::metrics::counter!(crate::metrics::MESSAGES_OUT, "kind" => "push").increment(1);
-        match self.outbox.serializer().encode(&push) {
-            Ok(frame) => self.gate.open(&self.outbox, Some(frame), None),
-            Err(e) => tracing::warn!(error = %e, "cannot encode presence_count for this socket"),
-        }
+        self.open_with(events::PRESENCE_COUNT, &payload, None);
     }
 
     /// Waits until this node's presence changes on the topic so far are published: a

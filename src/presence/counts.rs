@@ -4,9 +4,10 @@
 //! A counting room's presences are tracked under a companion topic
 //! (`phx_internal:count:<topic>`), so their diffs never reach the members: on each node one
 //! task per counting room subscribes to the companion, and when a diff (from any node) says
-//! the room changed, counts the room's snapshot and pushes the count to the node's members,
-//! at most once per interval and only when it changed. Users are distinct presence keys,
-//! connections are metas, over every node: the snapshot is the cluster's.
+//! the room changed, counts the room in its store (`Presence::count`: in place, no snapshot
+//! built) and pushes the count to the node's members, at most once per interval and only
+//! when it changed. Users are distinct presence keys, connections are presences, over every
+//! node: the store is the cluster's.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
