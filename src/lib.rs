@@ -18,6 +18,7 @@ pub mod auth;
 pub mod channel;
 pub mod cluster;
 pub mod config;
+pub mod etf;
 pub mod gateway;
 pub mod limits;
 pub mod logging;

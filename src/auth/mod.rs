@@ -11,7 +11,6 @@
 //! Every input path treats the token as hostile: no panics, bounded allocation and recursion,
 //! constant-time MAC comparison, and error messages that never contain key material.
 
-mod etf;
 pub mod jwt;
 mod keys;
 pub mod phoenix_token;

@@ -15,7 +15,8 @@
 //! decompression); `local: true` payloads are rejected, as only the issuing runtime can
 //! decode them.
 
-use super::{etf, TokenError, MAX_TOKEN_LEN};
+use super::{TokenError, MAX_TOKEN_LEN};
+use crate::etf::{self, json as etf_json};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use hmac::{Hmac, KeyInit, Mac};
@@ -33,6 +34,15 @@ const HS512_HEADER: &str = "SFM1MTI";
 /// Plug.Crypto's key-derivation defaults (`key_iterations`, `key_length`).
 const KEY_ITERATIONS: u32 = 1000;
 const KEY_LEN: usize = 32;
+
+/// What a token's payload may cost to decode: real connect data is a user id or a small map.
+/// A compressed payload (`compressed: true`) may inflate to at most `max_bytes`, which is what
+/// stops a zlib bomb.
+const TERM_LIMITS: etf::Limits = etf::Limits {
+    max_bytes: 256 * 1024,
+    max_depth: 64,
+    max_atoms: 4096,
+};
 
 /// `max_age` written by `Phoenix.Token.sign` when none is given, and assumed for the legacy
 /// token shapes that carry none.
@@ -166,7 +176,13 @@ impl PhoenixToken {
         let payload = self.verify_mac(token)?;
         let message = decode_message(&payload)?;
         check_age(&message, max_age, now_ms, self.future_leeway_ms)?;
-        etf::term_to_json(&message.data, 0)
+        etf_json::term_to_json(
+            &message.data,
+            etf_json::Style::Token,
+            0,
+            TERM_LIMITS.max_depth,
+        )
+        .map_err(|e| TokenError::invalid(e.0))
     }
 
     /// Mints a token as `Phoenix.Token.sign(ctx, salt, data, signed_at: signed_at_ms / 1000,
@@ -182,9 +198,10 @@ impl PhoenixToken {
     ) -> Result<String, TokenError> {
         // {data, signed_at_ms, max_age_s} as SMALL_TUPLE_EXT of arity 3.
         let mut message = vec![131, 104, 3];
-        etf::encode_json(data, &mut message, 1)?;
-        etf::encode_int(i128::from(signed_at_ms), &mut message);
-        etf::encode_int(i128::from(max_age_s), &mut message);
+        etf_json::encode_json(data, &mut message, 1, TERM_LIMITS.max_depth)
+            .map_err(|e| TokenError::invalid(e.0))?;
+        etf_json::encode_int(i128::from(signed_at_ms), &mut message);
+        etf_json::encode_int(i128::from(max_age_s), &mut message);
         self.sign_message(&message)
     }
 
@@ -252,7 +269,7 @@ fn hmac_tag(header: &str, key: &[u8], data: &[u8]) -> Option<Vec<u8>> {
 fn decode_message(payload: &[u8]) -> Result<Message, TokenError> {
     use eetf::Term;
     let shape = || TokenError::invalid("unexpected payload shape");
-    let term = etf::decode(payload)?;
+    let term = etf::decode(payload, &TERM_LIMITS).map_err(|e| TokenError::invalid(e.0))?;
     let (data, signed, max_age) = match term {
         Term::Tuple(t) => {
             let mut it = t.elements.into_iter();
@@ -278,7 +295,7 @@ fn decode_message(payload: &[u8]) -> Result<Message, TokenError> {
         }
         _ => return Err(shape()),
     };
-    let signed_ms = etf::term_to_int(&signed).ok_or_else(shape)?;
+    let signed_ms = etf_json::term_to_int(&signed).ok_or_else(shape)?;
     let max_age = match max_age {
         None => StoredMaxAge::Finite {
             non_positive: false,
@@ -291,7 +308,7 @@ fn decode_message(payload: &[u8]) -> Result<Message, TokenError> {
             ms: (f.value * 1000.0).trunc() as i128,
         },
         Some(other) => {
-            let secs = etf::term_to_int(&other).ok_or_else(shape)?;
+            let secs = etf_json::term_to_int(&other).ok_or_else(shape)?;
             StoredMaxAge::Finite {
                 non_positive: secs <= 0,
                 ms: secs.saturating_mul(1000),
@@ -550,7 +567,7 @@ mod tests {
 
     fn signed_ms_bytes() -> Vec<u8> {
         let mut out = Vec::new();
-        etf::encode_int(i128::from(SIGNED_AT_MS), &mut out);
+        etf_json::encode_int(i128::from(SIGNED_AT_MS), &mut out);
         out
     }
 
@@ -749,9 +766,9 @@ mod tests {
         let t = pt();
         let data = json!({"user": "u".repeat(300)});
         let mut inner = vec![104, 3];
-        etf::encode_json(&data, &mut inner, 1).expect("encode");
-        etf::encode_int(i128::from(SIGNED_AT_MS), &mut inner);
-        etf::encode_int(60, &mut inner);
+        etf_json::encode_json(&data, &mut inner, 1, TERM_LIMITS.max_depth).expect("encode");
+        etf_json::encode_int(i128::from(SIGNED_AT_MS), &mut inner);
+        etf_json::encode_int(60, &mut inner);
         let mut body = vec![80];
         body.extend(u32::try_from(inner.len()).expect("len").to_be_bytes());
         body.extend(noflate::zlib::compress(&inner).expect("zlib"));
@@ -806,9 +823,9 @@ mod tests {
                 // validator rather than failing at the first tag.
                 let data = json!({"a": [1, -2, "x", {"b": null}], "c": 1.5, "d": u64::MAX});
                 let mut inner = vec![131, 104, 3];
-                etf::encode_json(&data, &mut inner, 1).map_err(|e| TestCaseError::fail(e.to_string()))?;
-                etf::encode_int(i128::from(SIGNED_AT_MS), &mut inner);
-                etf::encode_int(60, &mut inner);
+                etf_json::encode_json(&data, &mut inner, 1, TERM_LIMITS.max_depth).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                etf_json::encode_int(i128::from(SIGNED_AT_MS), &mut inner);
+                etf_json::encode_int(60, &mut inner);
                 let len = inner.len();
                 if let Some(b) = inner.get_mut(1 + idx % (len - 1)) {
                     *b = byte;
