@@ -10,6 +10,7 @@ mod gate;
 pub mod history;
 mod local;
 mod numbering;
+pub mod phoenix_frame;
 pub mod redis;
 mod redis_history;
 mod registry;
