@@ -480,6 +480,15 @@ pub struct RedisSettings {
     pub auto_migrate: bool,
     /// `/readyz` stays 200 this long after Redis became unreachable (local traffic still works).
     pub ready_grace_ms: u64,
+    /// The Phoenix PubSub to join, as the Phoenix app names it (e.g. `MyApp.PubSub`, whose
+    /// adapter Phoenix.PubSub.Redis publishes on `phx:Elixir.MyApp.PubSub.Adapter`): its
+    /// channel broadcasts reach this gateway's sockets and the gateway's broadcasts reach the
+    /// Phoenix nodes' channels. Unset: off.
+    pub phoenix_pubsub: Option<String>,
+    /// The node name gateway nodes publish under on that channel; Phoenix nodes must use
+    /// other names. A Phoenix `direct_broadcast` to it reaches every gateway node, one to a
+    /// gateway's `node_name` (or node id) reaches that node.
+    pub phoenix_node_name: String,
 }
 
 impl Default for RedisSettings {
@@ -502,6 +511,8 @@ impl Default for RedisSettings {
             publish_queue: 65_536,
             auto_migrate: true,
             ready_grace_ms: 30_000,
+            phoenix_pubsub: None,
+            phoenix_node_name: "phx-gateway".into(),
         }
     }
 }
@@ -799,7 +810,42 @@ impl Settings {
                 "redis.sentinel_master is set but redis.sentinel_urls is not".into(),
             )),
             _ => Ok(()),
+        }?;
+        self.validate_phoenix_pubsub()
+    }
+
+    /// The Phoenix PubSub to join: a module name, on one Redis endpoint (Phoenix.PubSub.Redis
+    /// talks to one server through Redix, never to a Redis Cluster).
+    fn validate_phoenix_pubsub(&mut self) -> Result<(), ConfigError> {
+        let r = &mut self.redis;
+        if r.phoenix_pubsub
+            .as_deref()
+            .is_some_and(|n| n.trim().is_empty())
+        {
+            r.phoenix_pubsub = None;
         }
+        let Some(name) = &r.phoenix_pubsub else {
+            return Ok(());
+        };
+        let module_like = name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+        if !module_like || name.starts_with('.') || name.ends_with('.') {
+            return Err(ConfigError::Invalid(format!(
+                "redis.phoenix_pubsub must be the PubSub's module name as the Phoenix app writes it (e.g. MyApp.PubSub): {name:?}"
+            )));
+        }
+        if r.url.is_none() && r.sentinel_urls.is_empty() {
+            return Err(ConfigError::Invalid(
+                "redis.phoenix_pubsub needs the Redis the Phoenix app uses: set redis.url or redis.sentinel_urls (Phoenix.PubSub.Redis does not run on a Redis Cluster)".into(),
+            ));
+        }
+        if r.phoenix_node_name.trim().is_empty() {
+            return Err(ConfigError::Invalid(
+                "redis.phoenix_node_name must not be empty".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Checks values and fills in the default routes when none are configured.
@@ -887,6 +933,41 @@ mod tests {
         assert_eq!(s.routes[0].topic, "room:private:*");
         assert_eq!(s.routes[0].join, JoinPolicy::Deny);
         assert_eq!(s.socket.heartbeat_timeout_ms, 60_000);
+    }
+
+    #[test]
+    fn joining_a_phoenix_pubsub_needs_its_redis_and_a_module_name() {
+        let with = |f: fn(&mut RedisSettings)| {
+            let mut s = Settings::defaults();
+            f(&mut s.redis);
+            s.validated()
+        };
+        let ok = with(|r| {
+            r.url = Some("redis://127.0.0.1:7000".into());
+            r.phoenix_pubsub = Some("MyApp.PubSub".into());
+        })
+        .expect("one endpoint");
+        assert_eq!(ok.redis.phoenix_pubsub.as_deref(), Some("MyApp.PubSub"));
+        let off = with(|r| r.phoenix_pubsub = Some(" ".into())).expect("blank is unset");
+        assert_eq!(off.redis.phoenix_pubsub, None);
+        for bad in [
+            with(|r| r.phoenix_pubsub = Some("MyApp.PubSub".into())),
+            with(|r| {
+                r.cluster_urls = vec!["redis://127.0.0.1:7000".into()];
+                r.phoenix_pubsub = Some("MyApp.PubSub".into());
+            }),
+            with(|r| {
+                r.url = Some("redis://127.0.0.1:7000".into());
+                r.phoenix_pubsub = Some("phx:MyApp PubSub".into());
+            }),
+            with(|r| {
+                r.url = Some("redis://127.0.0.1:7000".into());
+                r.phoenix_pubsub = Some("MyApp.PubSub".into());
+                r.phoenix_node_name = String::new();
+            }),
+        ] {
+            assert!(matches!(bad, Err(ConfigError::Invalid(_))), "{bad:?}");
+        }
     }
 
     #[test]

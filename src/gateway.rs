@@ -13,7 +13,7 @@ use crate::cluster::{migrate, ClusterError, Redis};
 use crate::config::{AuthMode, RedisMode, Settings};
 use crate::limits::Limits;
 use crate::presence::{Counts, Presence, PresenceStats, Tracker};
-use crate::pubsub::{LocalPubSub, PubSub, RedisPubSub, RedisStats};
+use crate::pubsub::{LocalPubSub, PhoenixStats, PubSub, RedisPubSub, RedisStats};
 use crate::socket::{AuthSetupError, Connector, ParamsConnector, SocketEnv, TokenConnector};
 use crate::transport::longpoll::Sessions;
 use crate::transport::relay::Relay;
@@ -41,6 +41,8 @@ pub struct Cluster {
     pub pubsub_stats: Arc<RedisStats>,
     /// Presence tracker counters.
     pub presence_stats: Arc<PresenceStats>,
+    /// Phoenix PubSub bridge counters (`redis.phoenix_pubsub` set).
+    pub phoenix_stats: Option<Arc<PhoenixStats>>,
 }
 
 /// A running gateway's parts. Built by [`Builder::start`]; the HTTP server
@@ -114,6 +116,7 @@ impl Builder {
                     migrate::ensure(&redis, settings.redis.auto_migrate).await?;
                     let (pubsub, mut tasks) = RedisPubSub::start(redis.clone(), background.clone());
                     let pubsub_stats = pubsub.stats().clone();
+                    let phoenix_stats = pubsub.phoenix_stats().cloned();
                     let pubsub: Arc<dyn PubSub> = pubsub;
                     let (presence, presence_stats, heartbeat) = crate::presence::redis::start(
                         redis.clone(),
@@ -123,11 +126,12 @@ impl Builder {
                         background.clone(),
                     );
                     tasks.push(heartbeat);
-                    tracing::info!(node = %redis.node, ?mode, "cluster node started (redis pub/sub and presence)");
+                    tracing::info!(node = %redis.node, ?mode, phoenix_pubsub = ?redis.settings.phoenix_pubsub, "cluster node started (redis pub/sub and presence)");
                     let cluster = Cluster {
                         redis,
                         pubsub_stats,
                         presence_stats,
+                        phoenix_stats,
                     };
                     (pubsub, presence, Some(cluster), tasks)
                 }

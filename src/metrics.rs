@@ -54,6 +54,11 @@ pub const REDIS_UP: &str = "phx_gateway_redis_up";
 pub const REDIS_RECONNECTS: &str = "phx_gateway_redis_reconnects_total";
 /// Broadcasts from other nodes that never arrived (gaps in their per-topic numbering).
 pub const REDIS_LOST: &str = "phx_gateway_redis_lost_total";
+/// Frames read from the Phoenix PubSub channel (`result`: delivered, own, other_node,
+/// no_subscribers, not_broadcast, unsupported, malformed, version).
+pub const PHOENIX_FRAMES: &str = "phx_gateway_phoenix_frames_total";
+/// Broadcasts written to the Phoenix PubSub channel (`result`: ok, dropped).
+pub const PHOENIX_PUBLISHED: &str = "phx_gateway_phoenix_published_total";
 /// History appends (`result`: ok, error).
 pub const HISTORY_APPENDS: &str = "phx_gateway_history_appends_total";
 /// Joins that asked to recover from a position (`result`: recovered, failed, error).
@@ -163,6 +168,14 @@ fn describe() {
     describe_counter!(
         REDIS_RECONNECTS,
         "Redis reconnections (subscriber connection, or a new primary's connection)."
+    );
+    describe_counter!(
+        PHOENIX_FRAMES,
+        "Frames read from the Phoenix PubSub channel, by result (delivered, own, other_node, no_subscribers, not_broadcast, unsupported, malformed, version)."
+    );
+    describe_counter!(
+        PHOENIX_PUBLISHED,
+        "Gateway broadcasts written to the Phoenix PubSub channel (result: ok, dropped)."
     );
     describe_counter!(
         REDIS_LOST,

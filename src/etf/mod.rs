@@ -77,6 +77,11 @@ const UNSUPPORTED: &str = "unsupported term";
 const TRUNCATED: &str = "truncated payload";
 const MALFORMED: &str = "malformed payload";
 
+/// Whether a term's bytes (no version byte) start a map.
+pub fn is_map(body: &[u8]) -> bool {
+    body.first() == Some(&MAP_EXT)
+}
+
 /// Parses a complete `term_to_binary` output (version byte, optionally compressed) into a
 /// term, refusing anything outside the accepted subset or beyond `limits`.
 pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Term, EtfError> {

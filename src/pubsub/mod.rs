@@ -10,6 +10,7 @@ mod gate;
 pub mod history;
 mod local;
 mod numbering;
+mod phoenix;
 pub mod phoenix_frame;
 pub mod redis;
 mod redis_history;
@@ -29,6 +30,7 @@ pub use self::redis::{RedisPubSub, RedisStats};
 pub use gate::Gate;
 pub use history::{Position, Replay, Retention, Since};
 pub use local::LocalPubSub;
+pub use phoenix::PhoenixStats;
 pub(crate) use registry::encode_broadcast;
 pub use registry::{DispatchStats, Registry};
 

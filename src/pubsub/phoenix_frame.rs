@@ -134,8 +134,14 @@ pub fn read(plain: &[u8]) -> Result<Frame<'_>, Refused> {
 }
 
 impl Frame<'_> {
-    /// The channel broadcast this frame carries.
-    pub fn broadcast(&self) -> Result<Broadcast, Refused> {
+    /// Whether the frame may hold a channel broadcast, without decoding it: the message is
+    /// a map (a struct) for a channel dispatcher. Tracker replication (a tuple, or a term
+    /// holding pids) is refused here.
+    pub fn may_be_broadcast(&self) -> Result<(), Refused> {
+        self.message().map(|_| ())
+    }
+
+    fn message(&self) -> Result<&[u8], Refused> {
         let (message, dispatcher) = match &self.rest {
             Ok(rest) => rest,
             // A pid or a reference is a term we do not read, not broken bytes.
@@ -145,6 +151,15 @@ impl Frame<'_> {
         if dispatcher != CHANNEL_DISPATCHER && dispatcher != PUBSUB_DISPATCHER {
             return Err(Refused::NotBroadcast);
         }
+        if !etf::is_map(message) {
+            return Err(Refused::NotBroadcast);
+        }
+        Ok(message)
+    }
+
+    /// The channel broadcast this frame carries.
+    pub fn broadcast(&self) -> Result<Broadcast, Refused> {
+        let message = self.message()?;
         let Term::Map(map) = etf::decode_validated(message).map_err(Refused::Malformed)? else {
             return Err(Refused::NotBroadcast);
         };

@@ -23,6 +23,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::phoenix::{Bridge, PhoenixStats};
 use super::subscriber::{Manager, SubCmd};
 use super::{
     envelope, numbering, redis_history, Broadcast, PubSub, PubSubError, Registry, Replay,
@@ -62,14 +63,18 @@ pub struct RedisPubSub {
     subs: mpsc::UnboundedSender<SubCmd>,
     stats: Arc<RedisStats>,
     subscribe_wait: Duration,
+    /// The Phoenix PubSub this node joins (`redis.phoenix_pubsub`).
+    phoenix: Option<Arc<Bridge>>,
 }
 
 /// A broadcast waiting for the publisher.
 struct Outgoing {
     /// The topic's channel.
     channel: String,
-    /// The envelope.
+    /// The envelope (or a Phoenix frame).
     bytes: Vec<u8>,
+    /// Number it for its topic (envelopes; Phoenix frames are not numbered).
+    numbered: bool,
     /// A broadcast for a route with history: appended to the topic's stream and delivered
     /// (here too) when it comes back with its position; delivered here without one if the
     /// append fails.
@@ -118,10 +123,22 @@ impl RedisPubSub {
             rx: publish_rx,
             last_warn: None,
         };
-        let tasks = vec![
+        let phoenix = redis
+            .settings
+            .phoenix_pubsub
+            .as_deref()
+            .map(|name| Arc::new(Bridge::new(&redis, name)));
+        let mut tasks = vec![
             tokio::spawn(manager.run()),
-            tokio::spawn(publisher.run(shutdown)),
+            tokio::spawn(publisher.run(shutdown.clone())),
         ];
+        if let Some(bridge) = &phoenix {
+            tasks.push(tokio::spawn(bridge.clone().run(
+                redis.clone(),
+                registry.clone(),
+                shutdown,
+            )));
+        }
         let subscribe_wait = Duration::from_millis(redis.settings.command_timeout_ms);
         (
             Arc::new(Self {
@@ -131,6 +148,7 @@ impl RedisPubSub {
                 subs,
                 stats,
                 subscribe_wait,
+                phoenix,
             }),
             tasks,
         )
@@ -141,11 +159,35 @@ impl RedisPubSub {
         &self.stats
     }
 
+    /// The Phoenix PubSub bridge's counters, when `redis.phoenix_pubsub` is set.
+    pub fn phoenix_stats(&self) -> Option<&Arc<PhoenixStats>> {
+        self.phoenix.as_ref().map(|b| b.stats())
+    }
+
     fn publish(&self, msg: &Arc<Broadcast>, from: Option<SubscriberId>) {
+        self.publish_envelope(msg, from);
+        if let Some(bridge) = &self.phoenix {
+            if let Some(frame) = bridge.frame_for(msg) {
+                let out = Outgoing {
+                    channel: bridge.channel().to_owned(),
+                    bytes: frame,
+                    numbered: false,
+                    history: None,
+                };
+                match self.publish.try_send(out) {
+                    Ok(()) => bridge.queued(),
+                    Err(_) => bridge.dropped(),
+                }
+            }
+        }
+    }
+
+    fn publish_envelope(&self, msg: &Arc<Broadcast>, from: Option<SubscriberId>) {
         let bytes = envelope::encode(&self.redis.node, from, now_ms(), msg);
         let out = Outgoing {
             channel: self.redis.keys.channel(&msg.topic),
             bytes,
+            numbered: true,
             history: msg.retention.map(|retention| Kept {
                 msg: msg.clone(),
                 from,
@@ -275,7 +317,7 @@ impl Publisher {
     }
 
     async fn send(&mut self, batch: &mut Vec<Outgoing>) {
-        for o in batch.iter_mut() {
+        for o in batch.iter_mut().filter(|o| o.numbered) {
             let n = self.numbering.next(&o.channel);
             o.bytes = numbering::stamp(&o.bytes, n);
         }

@@ -24,6 +24,8 @@ mod layering;
 mod longpoll;
 /// Operating a node: admin endpoints, readiness, draining, leaks.
 mod operations;
+/// Gateway nodes in a Phoenix app's cluster through Phoenix.PubSub.Redis.
+mod phoenix_interop;
 /// Presence over real sockets.
 mod presence;
 /// Count-only presence rooms: exact counts, never the list.
