@@ -63,6 +63,26 @@ impl Keys {
         unescape(rest)
     }
 
+    /// A PSUBSCRIBE pattern matching every topic's channel: `phx:b:{*}` (glob characters of
+    /// the prefix escaped).
+    pub fn all_channels(&self) -> String {
+        let mut out = String::with_capacity(self.prefix.len() + 6);
+        for c in self.prefix.chars() {
+            if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out.push_str(":b:{*}");
+        out
+    }
+
+    /// The lease of the node forwarding external publishes to the Phoenix PubSub:
+    /// `phx:phoenix:forwarder`.
+    pub fn phoenix_forwarder(&self) -> String {
+        format!("{}:phoenix:forwarder", self.prefix)
+    }
+
     /// The presence hash of a topic: `phx:p:{<topic>}`.
     pub fn presence(&self, topic: &str) -> String {
         format!("{}:p:{{{}}}", self.prefix, escape(topic))

@@ -104,6 +104,17 @@ pub enum EnvelopeError {
     Version(u32),
 }
 
+/// Whether an envelope was published by a backend rather than a gateway node (no `node`, or
+/// an empty one). Reads only the top-level keys; the payload is skipped, not built.
+pub fn is_external(bytes: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    struct Origin<'a> {
+        #[serde(default, borrow)]
+        node: Option<std::borrow::Cow<'a, str>>,
+    }
+    serde_json::from_slice::<Origin<'_>>(bytes).is_ok_and(|o| o.node.is_none_or(|n| n.is_empty()))
+}
+
 /// Encodes a broadcast for Redis (unnumbered: the publisher task stamps the number).
 pub fn encode(node: &str, from: Option<u64>, ts: u64, msg: &Broadcast) -> Vec<u8> {
     encode_numbered(node, from, ts, msg, None)
@@ -188,6 +199,21 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope, EnvelopeError> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn external_envelopes_are_the_ones_without_an_origin() {
+        let msg = Broadcast::new("t", "e", Payload::Json(json!({"node": "x"})));
+        assert!(!is_external(&encode("gw-1", None, 1, &msg)));
+        assert!(is_external(&encode("", None, 1, &msg)));
+        assert!(is_external(
+            br#"{"v":1,"topic":"t","event":"e","payload":{"node":"x"}}"#
+        ));
+        assert!(is_external(br#"{"v":1,"node":"","topic":"t","event":"e"}"#));
+        assert!(!is_external(
+            br#"{"pos":"1:2-0","v":1,"node":"gw\u002d1","topic":"t","event":"e"}"#
+        ));
+        assert!(!is_external(b"not json"));
+    }
 
     #[test]
     fn round_trips_json_and_binary() {

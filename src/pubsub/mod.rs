@@ -11,6 +11,7 @@ pub mod history;
 mod local;
 mod numbering;
 mod phoenix;
+mod phoenix_forward;
 pub mod phoenix_frame;
 pub mod redis;
 mod redis_history;

@@ -39,6 +39,9 @@ pub struct PhoenixStats {
     pub published: AtomicU64,
     /// Broadcasts that could not be written as a frame or queued.
     pub publish_dropped: AtomicU64,
+    /// External publishes (the Redis emitter) forwarded by this node while it held the
+    /// forwarder lease (`phoenix_forward.rs`).
+    pub forwarded: AtomicU64,
 }
 
 /// The gateway's side of a Phoenix PubSub on Redis.
@@ -96,8 +99,20 @@ impl Bridge {
 
     /// Counts a frame that was not published.
     pub(super) fn dropped(&self) {
-        self.stats.publish_dropped.fetch_add(1, Ordering::Relaxed);
-        ::metrics::counter!(crate::metrics::PHOENIX_PUBLISHED, "result" => "dropped").increment(1);
+        self.dropped_many(1);
+    }
+
+    /// Counts frames that were not published.
+    pub(super) fn dropped_many(&self, n: u64) {
+        self.stats.publish_dropped.fetch_add(n, Ordering::Relaxed);
+        ::metrics::counter!(crate::metrics::PHOENIX_PUBLISHED, "result" => "dropped").increment(n);
+    }
+
+    /// Counts external publishes written to the Phoenix channel.
+    pub(super) fn forwarded(&self, n: u64) {
+        self.stats.forwarded.fetch_add(n, Ordering::Relaxed);
+        ::metrics::counter!(crate::metrics::PHOENIX_PUBLISHED, "result" => "forwarded")
+            .increment(n);
     }
 
     /// Counts a frame handed to the publisher.

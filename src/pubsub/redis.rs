@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::phoenix::{Bridge, PhoenixStats};
+use super::phoenix_forward;
 use super::subscriber::{Manager, SubCmd};
 use super::{
     envelope, numbering, redis_history, Broadcast, PubSub, PubSubError, Registry, Replay,
@@ -136,6 +137,11 @@ impl RedisPubSub {
             tasks.push(tokio::spawn(bridge.clone().run(
                 redis.clone(),
                 registry.clone(),
+                shutdown.clone(),
+            )));
+            tasks.push(tokio::spawn(phoenix_forward::run(
+                bridge.clone(),
+                redis.clone(),
                 shutdown,
             )));
         }

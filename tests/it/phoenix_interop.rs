@@ -358,3 +358,72 @@ impl PhoenixListener {
             .map(|m| m.get_payload_bytes().to_vec())
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_backend_publishes_through_redis_reaches_phoenix_once_even_when_the_forwarder_dies()
+{
+    let redis = RedisServer::start();
+    let nodes = nodes(&redis).await;
+    listening(&redis).await;
+    let mut phoenix = PhoenixListener::start(&redis).await;
+    let lease = || redis.try_cmd::<String>(&["GET", "phx:phoenix:forwarder"]);
+    let forwarding = async || {
+        let numpat: i64 = redis.cmd(&["PUBSUB", "NUMPAT"]);
+        numpat == 1 && lease().is_some()
+    };
+    wait_until(
+        "one node to take the forwarder lease",
+        Duration::from_secs(5),
+        forwarding,
+    )
+    .await;
+    let emit = |event: &str| {
+        let envelope =
+            json!({"v": 1, "topic": "room:emit", "event": event, "payload": {"from": "backend"}});
+        let _: i64 = redis.cmd(&["PUBLISH", "phx:b:{room:emit}", &envelope.to_string()]);
+    };
+    // No gateway node has a subscriber of room:emit: the forwarder still sends it on.
+    emit("srv_push");
+    let (mode, node, topic, event, payload) = phoenix.broadcast().await;
+    assert_eq!(
+        (mode, node.as_str(), topic.as_str(), event.as_str()),
+        (Mode::Except, "phx-gateway", "room:emit", "srv_push")
+    );
+    assert_eq!(payload, Payload::Json(json!({"from": "backend"})));
+    assert!(
+        phoenix
+            .next_within(Duration::from_millis(300))
+            .await
+            .is_none(),
+        "forwarded once, by one node"
+    );
+
+    // The forwarder crashes: the other node takes the lease when it expires.
+    let holder = lease().expect("a lease holder");
+    let (dead, alive): (Vec<_>, Vec<_>) = nodes.iter().partition(|n| {
+        n.gateway
+            .cluster
+            .as_ref()
+            .is_some_and(|c| *c.redis.node == holder)
+    });
+    dead[0].gateway.abort();
+    let survivor = alive[0]
+        .gateway
+        .cluster
+        .as_ref()
+        .expect("cluster")
+        .redis
+        .node
+        .to_string();
+    wait_until(
+        "the surviving node to take the forwarder lease",
+        Duration::from_secs(5),
+        async || lease().as_deref() == Some(survivor.as_str()) && forwarding().await,
+    )
+    .await;
+    emit("after_failover");
+    let (_, _, _, event, _) = phoenix.broadcast().await;
+    assert_eq!(event, "after_failover");
+    use std::sync::atomic::Ordering::Relaxed;
+    assert_eq!(stats(alive[0]).forwarded.load(Relaxed), 1);
+}
