@@ -230,3 +230,13 @@ write("jwt", "signed_aud_array.bin",
       pt_seed(0x03, 0, b'{"iss":"https://auth.example","aud":["x","phx-gateway"],"exp":1750003600}'))
 write("jwt", "near_signed_alg_none.bin", pt_seed(0x01, 0, b'{"alg":"none"}\x00{"exp":1750003600}'))
 write("jwt", "near_signed_no_exp.bin", pt_seed(0x01, 0, b'{"sub":"user-1"}'))
+
+# Phoenix.PubSub.Redis frames recorded from Phoenix 1.7.21 (the tests' fixture); the
+# 70,000-byte one is left out to keep the corpus small.
+FRAMES = os.path.join(os.path.dirname(ROOT), "..", "tests", "fixtures",
+                      "phoenix-pubsub-redis-frames.json")
+with open(FRAMES) as f:
+    for frame in json.load(f)["frames"]:
+        data = bytes.fromhex(frame["hex"])
+        if len(data) <= 4096:
+            write("phoenix_frame", "recorded-%02d.bin" % int(frame["file_order"]), data)
