@@ -365,10 +365,13 @@ impl Publisher {
             if let Err(e) = redis_history::load(&self.redis).await {
                 tracing::warn!(error = %e, "loading the history append script failed");
             }
+            // Only the appends failed: a pipeline runs every command, so the plain PUBLISHes
+            // beside them (envelopes, Phoenix frames) went out and must not go out twice.
             let failed: Vec<usize> = results
                 .iter()
                 .filter(|(_, r)| r.is_err())
                 .flat_map(|(idx, _)| idx.iter().copied())
+                .filter(|i| batch[*i].history.is_some())
                 .collect();
             let retried = self
                 .redis

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use phx_gateway::config::Settings;
 use phx_gateway::etf;
 use phx_gateway::protocol::Payload;
 use phx_gateway::pubsub::phoenix_frame::{self, Mode};
@@ -39,6 +40,11 @@ fn recorded() -> Vec<Vec<u8>> {
 
 /// Two gateway nodes joined to `Ref.PubSub`, named gw-node-1 and gw-node-2.
 async fn nodes(redis: &RedisServer) -> [TestServer; 2] {
+    nodes_with(redis, without_history).await
+}
+
+/// [`nodes`] with the routes changed by `tweak`.
+async fn nodes_with(redis: &RedisServer, tweak: fn(&mut Settings)) -> [TestServer; 2] {
     let mut out = Vec::new();
     for name in ["gw-node-1", "gw-node-2"] {
         out.push(
@@ -52,7 +58,7 @@ async fn nodes(redis: &RedisServer) -> [TestServer; 2] {
                     .clone();
                 fan.topic = "fan:*".into();
                 s.routes.push(fan);
-                without_history(s);
+                tweak(s);
                 s.redis.phoenix_pubsub = Some(PUBSUB.into());
                 s.redis.node_name = name.into();
                 s.api.key = Some(API_KEY.into());
@@ -426,4 +432,38 @@ async fn what_a_backend_publishes_through_redis_reaches_phoenix_once_even_when_t
     assert_eq!(event, "after_failover");
     use std::sync::atomic::Ordering::Relaxed;
     assert_eq!(stats(alive[0]).forwarded.load(Relaxed), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_with_history_publishes_each_broadcast_once_on_a_fresh_redis() {
+    // A fresh Redis has no append script: the first pipeline's append fails with NOSCRIPT and
+    // is sent again; the PUBLISHes beside it (the Phoenix frame) went out and must not.
+    let redis = RedisServer::start();
+    let [n1, n2] = nodes_with(&redis, |_| {}).await;
+    listening(&redis).await;
+    let mut phoenix = PhoenixListener::start(&redis).await;
+    let mut a = n1.v2("").await;
+    let mut b = n2.v2("").await;
+    a.join("1", "room:lobby").await;
+    b.join("1", "room:lobby").await;
+    for n in 1..=2 {
+        a.send(json!(["1", format!("m{n}"), "room:lobby", "new_msg", {"n": n}]))
+            .await;
+        let (_, _, _, event, payload) = phoenix.broadcast().await;
+        assert_eq!(
+            (event.as_str(), payload),
+            ("new_msg", Payload::Json(json!({"n": n})))
+        );
+        let got = b
+            .recv_until("new_msg on node 2", |v| v[3] == "new_msg")
+            .await;
+        assert_eq!(got[4]["n"], n, "once each, in order");
+    }
+    assert!(
+        phoenix
+            .next_within(Duration::from_millis(300))
+            .await
+            .is_none(),
+        "one frame per broadcast"
+    );
 }
