@@ -467,3 +467,23 @@ async fn a_route_with_history_publishes_each_broadcast_once_on_a_fresh_redis() {
         "one frame per broadcast"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bridge_listens_again_after_redis_restarts() {
+    let mut redis = RedisServer::start();
+    let [n1, _n2] = nodes(&redis).await;
+    listening(&redis).await;
+    let frames = recorded();
+    let mut a = n1.v2("").await;
+    a.join("1", "room:lobby").await;
+    publish(&redis, &frames[6]);
+    a.recv_until("shout before the restart", |v| v[3] == "shout")
+        .await;
+    redis.restart();
+    listening(&redis).await;
+    publish(&redis, &frames[6]);
+    let got = a
+        .recv_until("shout after the restart", |v| v[3] == "shout")
+        .await;
+    assert_eq!(got[4], json!({"body": "to others"}));
+}
