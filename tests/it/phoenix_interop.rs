@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use crate::support::client::Received;
 use crate::support::http::http;
 use crate::support::redis_server::RedisServer;
+use crate::support::redis_topology::RedisSentinels;
 use crate::support::{process_metric, wait_until, without_history, Client, TestServer};
 
 const PUBSUB: &str = "Ref.PubSub";
@@ -90,7 +91,7 @@ fn stats(node: &TestServer) -> &phx_gateway::pubsub::PhoenixStats {
         .expect("the bridge runs")
 }
 
-/// Waits until both nodes listen to the Phoenix channel.
+/// Waits until both nodes listen to the Phoenix channel on `redis`.
 async fn listening(redis: &RedisServer) {
     wait_until(
         "both gateway nodes to subscribe the phoenix channel",
@@ -486,4 +487,60 @@ async fn the_bridge_listens_again_after_redis_restarts() {
         .recv_until("shout after the restart", |v| v[3] == "shout")
         .await;
     assert_eq!(got[4], json!({"body": "to others"}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_sentinel_the_bridge_follows_a_failover_both_ways() {
+    let mut sentinels = RedisSentinels::start();
+    let urls = sentinels.urls();
+    let mut nodes = Vec::new();
+    for name in ["gw-node-1", "gw-node-2"] {
+        nodes.push(
+            TestServer::start_node("redis://unused", |s| {
+                without_history(s);
+                s.redis.url = None;
+                s.redis.sentinel_urls = urls.split(',').map(|u| u.into()).collect();
+                s.redis.sentinel_master = Some(RedisSentinels::MASTER.into());
+                s.redis.command_timeout_ms = 1000;
+                s.redis.down_ms = 1500;
+                s.redis.phoenix_pubsub = Some(PUBSUB.into());
+                s.redis.node_name = name.into();
+            })
+            .await,
+        );
+    }
+    listening(&sentinels.primary).await;
+    let frames = recorded();
+    let mut a = nodes[0].v2("").await;
+    let mut b = nodes[1].v2("").await;
+    a.join("1", "room:lobby").await;
+    b.join("1", "room:lobby").await;
+    publish(&sentinels.primary, &frames[6]);
+    a.recv_until("shout before the failover", |v| v[3] == "shout")
+        .await;
+
+    sentinels.primary.kill();
+    wait_until(
+        "the Sentinels to promote the replica",
+        Duration::from_secs(20),
+        async || sentinels.primary_port() == Some(sentinels.replica.port),
+    )
+    .await;
+    let primary = &sentinels.replica;
+    listening(primary).await;
+    // Phoenix -> gateway, on the new primary.
+    publish(primary, &frames[6]);
+    for c in [&mut a, &mut b] {
+        let got = c
+            .recv_until("shout after the failover", |v| v[3] == "shout")
+            .await;
+        assert_eq!(got[4], json!({"body": "to others"}));
+    }
+    // Gateway -> Phoenix, on the new primary.
+    let mut phoenix = PhoenixListener::start(primary).await;
+    a.send(json!(["1", "2", "room:lobby", "new_msg", {"after": "failover"}]))
+        .await;
+    let (_, node, _, event, payload) = phoenix.broadcast().await;
+    assert_eq!((node.as_str(), event.as_str()), ("phx-gateway", "new_msg"));
+    assert_eq!(payload, Payload::Json(json!({"after": "failover"})));
 }
