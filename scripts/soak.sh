@@ -7,7 +7,8 @@
 #
 #   SOAK_SECONDS=600 SOAK_SOCKETS=10000 SOAK_TOPICS=1000 SOAK_RATE=100 scripts/soak.sh
 #
-# SOAK_CHURN=0.10 is the share of sockets reopened per minute. Before the baseline sample,
+# SOAK_BIN=target/release runs the binaries found there instead of building them (e.g. a
+# build with another allocator). SOAK_CHURN=0.10 is the share of sockets reopened per minute. Before the baseline sample,
 # SOAK_WARMUP=180 seconds of fast churn (every socket reopened once a minute) let the
 # allocator reach its working set (docs/soak.md). Everything listens on
 # loopback; all processes are stopped on exit.
@@ -22,7 +23,11 @@ redis_port=${SOAK_REDIS_PORT:-6899}
 ports=(4751 4752)
 admins=(4851 4852)
 
-cargo build --release --bins --quiet
+bin=${SOAK_BIN:-}
+if [ -z "$bin" ]; then
+  cargo build --release --bins --quiet
+  bin=target/release
+fi
 ulimit -n 20000 2>/dev/null || true
 
 pids=()
@@ -39,12 +44,12 @@ wait_port "$redis_port"
 for i in 0 1; do
   PHX_GATEWAY__HTTP__PORT=${ports[$i]} PHX_GATEWAY__ADMIN__PORT=${admins[$i]} \
   PHX_GATEWAY__REDIS__URL=redis://127.0.0.1:$redis_port PHX_GATEWAY__REDIS__NODE_NAME=soak$i \
-  RUST_LOG=warn ./target/release/phx-gateway --config config/bench.toml &
+  RUST_LOG=warn "$bin/phx-gateway" --config config/bench.toml &
   pids+=($!)
 done
 for port in "${ports[@]}"; do wait_port "$port"; done
 
-./target/release/phx-load soak \
+"$bin/phx-load" soak \
   --addrs "127.0.0.1:${ports[0]},127.0.0.1:${ports[1]}" \
   --admin "127.0.0.1:${admins[0]},127.0.0.1:${admins[1]}" \
   --redis "redis://127.0.0.1:$redis_port" \

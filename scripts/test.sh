@@ -2,7 +2,7 @@
 # Runs every test: Rust unit and integration tests, the phoenix.js end-to-end tests under
 # Node, the headless Chromium test of the demo page, the chart checks and a bounded fuzzing
 # run. Installs what a fresh Debian machine lacks (Chromium, Node/npm, redis-server,
-# redis-tools, redis-sentinel, openssl; cargo-fuzz) first; fuzzing needs the nightly toolchain.
+# redis-tools, redis-sentinel, openssl, make and a C compiler for jemalloc; cargo-fuzz) first; fuzzing needs the nightly toolchain.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +20,9 @@ command -v redis-cli >/dev/null || missing+=(redis-tools)
 command -v redis-sentinel >/dev/null || missing+=(redis-sentinel)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v python3 >/dev/null || missing+=(python3 python3-venv)
+# jemalloc (the release allocator) is built from C sources.
+command -v make >/dev/null || missing+=(make)
+command -v cc >/dev/null || missing+=(gcc)
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then

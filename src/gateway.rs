@@ -101,7 +101,7 @@ impl Builder {
         };
         let background = CancellationToken::new();
         let batch = Duration::from_millis(settings.presence.diff_batch_ms);
-        let (pubsub, presence, cluster, tasks): (Arc<dyn PubSub>, Arc<dyn Presence>, _, _) =
+        let (pubsub, presence, cluster, mut tasks): (Arc<dyn PubSub>, Arc<dyn Presence>, _, _) =
             match settings.redis.mode() {
                 RedisMode::Embedded => {
                     let pubsub: Arc<dyn PubSub> = Arc::new(LocalPubSub::new());
@@ -137,6 +137,9 @@ impl Builder {
                 }
             };
         let limits = Limits::new(&settings.limits);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            tasks.push(runtime.spawn(tidy_limits(limits.clone(), background.clone())));
+        }
         let channel_tasks = TaskTracker::new();
         let counts = Counts::new(pubsub.clone(), presence.clone());
         let socket = Arc::new(SocketEnv {
@@ -185,6 +188,20 @@ impl Builder {
 }
 
 /// The webhook client, when a route calls a backend.
+/// How often per-IP rate-limiter state is tidied.
+const TIDY_EVERY: Duration = Duration::from_secs(60);
+
+/// Forgets idle per-IP limiter state every minute until `stop`.
+async fn tidy_limits(limits: Arc<Limits>, stop: CancellationToken) {
+    let mut every = tokio::time::interval(TIDY_EVERY);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = every.tick() => limits.tidy(),
+        }
+    }
+}
+
 fn webhooks(settings: &Settings) -> Option<Arc<crate::channel::webhook::Webhooks>> {
     let needed = settings
         .routes

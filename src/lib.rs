@@ -28,6 +28,7 @@ pub mod presence;
 pub mod protocol;
 pub mod pubsub;
 pub mod server;
+pub mod shrink;
 pub mod socket;
 pub mod transport;
 

@@ -78,6 +78,7 @@ impl Drop for Admission {
                 *n -= 1;
                 if *n == 0 {
                     per_user.remove(user);
+                    crate::shrink::when_sparse(&mut *per_user);
                 }
             }
         }
@@ -179,13 +180,13 @@ impl Limits {
         .map(RateLimiter::direct)
     }
 
-    /// Forgets idle per-IP state (call now and then).
+    /// Forgets per-IP state that is back to a full bucket, and the room it took: without
+    /// this every client address ever seen stays in memory. The gateway calls it every
+    /// minute.
     pub fn tidy(&self) {
-        if let Some(l) = &self.per_ip {
+        for l in [&self.per_ip, &self.joins_per_ip].into_iter().flatten() {
             l.retain_recent();
-        }
-        if let Some(l) = &self.joins_per_ip {
-            l.retain_recent();
+            l.shrink_to_fit();
         }
     }
 }

@@ -14,6 +14,42 @@ use secrecy::ExposeSecret;
 #[global_allocator]
 static ALLOC: dhat::Alloc = dhat::Alloc;
 
+// The allocator, chosen by measurement (docs/benchmarks.md, "Memory under churn"): jemalloc
+// by default; mimalloc or the system allocator by feature.
+#[cfg(all(feature = "mimalloc", not(feature = "dhat-heap")))]
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+#[cfg(all(
+    feature = "jemalloc",
+    not(feature = "mimalloc"),
+    not(feature = "dhat-heap")
+))]
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// Names the allocator in the start-up log; with jemalloc, starts its background threads,
+/// which return freed pages to the OS on a timer (`dirty_decay_ms`, 10 s) even when nothing
+/// allocates any more, e.g. once the sockets of a peak are gone.
+fn set_up_allocator() -> &'static str {
+    #[cfg(feature = "dhat-heap")]
+    return "dhat";
+    #[cfg(all(feature = "mimalloc", not(feature = "dhat-heap")))]
+    return "mimalloc";
+    #[cfg(all(
+        feature = "jemalloc",
+        not(feature = "mimalloc"),
+        not(feature = "dhat-heap")
+    ))]
+    {
+        if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
+            tracing::warn!(error = %e, "jemalloc background threads not started: freed memory is returned only while allocating");
+        }
+        return "jemalloc";
+    }
+    #[allow(unreachable_code)]
+    "system"
+}
+
 /// A realtime gateway speaking the Phoenix Channels protocol.
 ///
 /// Settings come from built-in defaults, then the config file (`--config`, or
@@ -208,6 +244,8 @@ fn run_migrate(settings: Settings) -> anyhow::Result<()> {
 
 fn serve(settings: Settings) -> anyhow::Result<()> {
     logging::init(settings.log.format);
+    let allocator = set_up_allocator();
+    tracing::info!(allocator, "memory allocator");
     // Panics are caught per channel; make sure they reach the structured log too.
     std::panic::set_hook(Box::new(|info| tracing::error!(panic = %info, "panic")));
     let runtime = tokio::runtime::Builder::new_multi_thread()

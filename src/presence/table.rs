@@ -126,6 +126,7 @@ impl Entries {
         let gone = es.remove(pos);
         if es.is_empty() {
             self.by_owner.swap_remove(&owner);
+            crate::shrink::when_sparse(&mut self.by_owner);
         }
         self.len -= 1;
         Some(gone)
@@ -133,6 +134,7 @@ impl Entries {
 
     fn remove_owner(&mut self, owner: SubscriberId) -> SmallVec<[Entry; 1]> {
         let gone = self.by_owner.swap_remove(&owner).unwrap_or_default();
+        crate::shrink::when_sparse(&mut self.by_owner);
         self.len -= gone.len();
         gone
     }
@@ -351,6 +353,7 @@ impl Table {
             }
             if t.is_idle() {
                 self.topics.remove(topic);
+                crate::shrink::when_sparse(&mut self.topics);
             }
             return None;
         }

@@ -33,6 +33,7 @@ impl Outgoing {
             self.since_sweep = 0;
             self.next
                 .retain(|_, (_, at)| now.duration_since(*at) < FORGET_AFTER);
+            crate::shrink::when_sparse(&mut self.next);
         }
         let entry = self.next.entry(topic.to_owned()).or_insert((0, now));
         entry.0 += 1;
@@ -73,7 +74,9 @@ impl Incoming {
 
     /// Forgets `topic`: this node unsubscribed on purpose.
     pub(super) fn forget(&self, topic: &str) {
-        self.last().retain(|(_, t), _| t != topic);
+        let mut last = self.last();
+        last.retain(|(_, t), _| t != topic);
+        crate::shrink::when_sparse(&mut *last);
     }
 }
 

@@ -67,30 +67,28 @@ impl Registry {
 
     /// Removes a subscriber. Returns true when the topic has no local subscriber left.
     pub fn unsubscribe(&self, topic: &str, id: SubscriberId) -> bool {
-        let mut topics = self.write();
-        let Some(subs) = topics.get_mut(topic) else {
-            return false;
-        };
-        subs.swap_remove(&id);
-        if subs.is_empty() {
-            topics.remove(topic);
-            true
-        } else {
-            false
-        }
+        self.take_out(topic, id).is_some_and(|(_, emptied)| emptied)
     }
 
     /// Removes a subscriber; true if it was subscribed.
     pub fn remove(&self, topic: &str, id: SubscriberId) -> bool {
+        self.take_out(topic, id).is_some_and(|(removed, _)| removed)
+    }
+
+    /// Removes a subscriber of a known topic: (it was there, the topic emptied). Tables
+    /// that a peak left mostly empty give their room back.
+    fn take_out(&self, topic: &str, id: SubscriberId) -> Option<(bool, bool)> {
         let mut topics = self.write();
-        let Some(subs) = topics.get_mut(topic) else {
-            return false;
-        };
+        let subs = topics.get_mut(topic)?;
         let removed = subs.swap_remove(&id).is_some();
-        if subs.is_empty() {
+        let emptied = subs.is_empty();
+        if emptied {
             topics.remove(topic);
+            crate::shrink::when_sparse(&mut *topics);
+        } else {
+            crate::shrink::when_sparse(subs);
         }
-        removed
+        Some((removed, emptied))
     }
 
     /// Number of local subscribers of a topic.

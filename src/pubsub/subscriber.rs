@@ -281,6 +281,7 @@ impl Manager {
                     *n = n.saturating_sub(1);
                     if *n == 0 {
                         self.refs.remove(&topic);
+                        crate::shrink::when_sparse(&mut self.refs);
                         let delay = Duration::from_millis(self.redis.settings.unsubscribe_delay_ms);
                         self.pending_unsub.insert(topic, Instant::now() + delay);
                     }
@@ -477,6 +478,7 @@ impl Manager {
                     for topic in chunk {
                         self.active.remove(topic);
                     }
+                    crate::shrink::when_sparse(&mut self.active);
                 }
             }
             Link::Sharded(conn) => {
@@ -485,6 +487,7 @@ impl Manager {
                 for t in &topics {
                     self.active.remove(t);
                 }
+                crate::shrink::when_sparse(&mut self.active);
                 sharded(conn, &self.redis, topics, timeout, Op::Unsubscribe).await;
             }
         }
