@@ -4,10 +4,13 @@
 # `ulimit -n` >= 20000.
 # One gateway node on a fresh redis-server (config/bench.toml). Each round, CHURN_SOCKETS
 # sockets with new user ids open, join one of CHURN_TOPICS presence topics (room:), are held
-# a second and close; once the node counts no socket, channel task or presence, its RSS is
-# sampled. After the last round: the peak RSS seen (sampled every 0.5 s), and the RSS every
-# 10 s for CHURN_AFTER seconds with nothing connected (memory handed back to the OS).
-#   CHURN_ROUNDS=40 CHURN_SOCKETS=5000 CHURN_TOPICS=100 CHURN_AFTER=60 BENCH_BIN=target/release
+# a second and close. Each round prints the highest RSS while its sockets were open (sampled
+# every 0.5 s) and the RSS with them closed: once the node counts no socket, channel task or
+# presence, and CHURN_SETTLE seconds more (what the allocator hands back within seconds is
+# not counted as kept). After the last round: the RSS every 10 s for CHURN_AFTER seconds
+# with nothing connected (memory handed back to the OS), against the highest RSS of the run.
+#   CHURN_ROUNDS=40 CHURN_SOCKETS=5000 CHURN_TOPICS=100 CHURN_SETTLE=3 CHURN_AFTER=60
+#   BENCH_BIN=target/release
 #   CHURN_LABEL=jemalloc (printed with every line, to tell runs apart)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +18,7 @@ rounds=${CHURN_ROUNDS:-40}
 sockets=${CHURN_SOCKETS:-5000}
 topics=${CHURN_TOPICS:-100}
 after=${CHURN_AFTER:-60}
+settle=${CHURN_SETTLE:-3}
 bin=${BENCH_BIN:-target/release}
 label=${CHURN_LABEL:-churn}
 # shellcheck source=scripts/bench-lib.sh
@@ -49,6 +53,7 @@ idle() { # waits (60 s at most) until the node holds nothing
 }
 peak_file="$work/peak"
 echo 0 >"$peak_file"
+top=0
 ( while kill -0 "$pid" 2>/dev/null; do
     r=$(rss_mib); awk -v r="$r" '{ if (r > $1) print r; else print $1 }' "$peak_file" >"$peak_file.new"
     mv "$peak_file.new" "$peak_file"; sleep 0.5
@@ -61,9 +66,13 @@ for round in $(seq "$rounds"); do
     { cat "$work/load.log"; exit 1; }
   errors=$(grep -c "^errors:" "$work/load.log" || true)
   idle
-  echo "[$label] round $round: RSS $(rss_mib) MiB (load errors: $errors)"
+  sleep "$settle"
+  open=$(cat "$peak_file")
+  echo 0 >"$peak_file"
+  top=$(awk -v a="$top" -v b="$open" 'BEGIN { print (b > a) ? b : a }')
+  echo "[$label] round $round: RSS $open MiB open, $(rss_mib) MiB closed (load errors: $errors)"
 done
-echo "[$label] peak RSS $(cat "$peak_file") MiB"
+echo "[$label] peak RSS $top MiB"
 for t in $(seq 10 10 "$after"); do
   sleep 10
   echo "[$label] ${t} s after the last close: RSS $(rss_mib) MiB"

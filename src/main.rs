@@ -27,27 +27,19 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// Names the allocator in the start-up log; with jemalloc, starts its background threads,
-/// which return freed pages to the OS on a timer (`dirty_decay_ms`, 10 s) even when nothing
-/// allocates any more, e.g. once the sockets of a peak are gone.
-fn set_up_allocator() -> &'static str {
-    #[cfg(feature = "dhat-heap")]
-    return "dhat";
-    #[cfg(all(feature = "mimalloc", not(feature = "dhat-heap")))]
-    return "mimalloc";
-    #[cfg(all(
-        feature = "jemalloc",
-        not(feature = "mimalloc"),
-        not(feature = "dhat-heap")
-    ))]
-    {
-        if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
-            tracing::warn!(error = %e, "jemalloc background threads not started: freed memory is returned only while allocating");
-        }
-        return "jemalloc";
+/// The allocator's name, for the start-up log. jemalloc's settings (background threads
+/// returning freed pages to the OS about a second after they are freed) are built in: see
+/// .cargo/config.toml.
+fn allocator() -> &'static str {
+    if cfg!(feature = "dhat-heap") {
+        "dhat"
+    } else if cfg!(feature = "mimalloc") {
+        "mimalloc"
+    } else if cfg!(feature = "jemalloc") {
+        "jemalloc"
+    } else {
+        "system"
     }
-    #[allow(unreachable_code)]
-    "system"
 }
 
 /// A realtime gateway speaking the Phoenix Channels protocol.
@@ -244,8 +236,7 @@ fn run_migrate(settings: Settings) -> anyhow::Result<()> {
 
 fn serve(settings: Settings) -> anyhow::Result<()> {
     logging::init(settings.log.format);
-    let allocator = set_up_allocator();
-    tracing::info!(allocator, "memory allocator");
+    tracing::info!(allocator = allocator(), "memory allocator");
     // Panics are caught per channel; make sure they reach the structured log too.
     std::panic::set_hook(Box::new(|info| tracing::error!(panic = %info, "panic")));
     let runtime = tokio::runtime::Builder::new_multi_thread()
