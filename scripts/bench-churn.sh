@@ -7,7 +7,8 @@
 # a second and close. Each round prints the highest RSS while its sockets were open (sampled
 # every 0.5 s) and the RSS with them closed: once the node counts no socket, channel task or
 # presence, and CHURN_SETTLE seconds more (what the allocator hands back within seconds is
-# not counted as kept). After the last round: the RSS every 10 s for CHURN_AFTER seconds
+# not counted as kept), with the live heap by the allocator's count (jemalloc builds; 0 with
+# another allocator). After the last round: the RSS every 10 s for CHURN_AFTER seconds
 # with nothing connected (memory handed back to the OS), against the highest RSS of the run.
 #   CHURN_ROUNDS=40 CHURN_SOCKETS=5000 CHURN_TOPICS=100 CHURN_SETTLE=3 CHURN_AFTER=60
 #   BENCH_BIN=target/release
@@ -70,7 +71,8 @@ for round in $(seq "$rounds"); do
   open=$(cat "$peak_file")
   echo 0 >"$peak_file"
   top=$(awk -v a="$top" -v b="$open" 'BEGIN { print (b > a) ? b : a }')
-  echo "[$label] round $round: RSS $open MiB open, $(rss_mib) MiB closed (load errors: $errors)"
+  heap=$(metric phx_gateway_heap_allocated_bytes | awk '{ printf "%.1f", $1 / 1048576 }')
+  echo "[$label] round $round: RSS $open MiB open, $(rss_mib) MiB closed, live heap $heap MiB (load errors: $errors)"
 done
 echo "[$label] peak RSS $top MiB"
 for t in $(seq 10 10 "$after"); do

@@ -27,6 +27,21 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's own counts of its heap, for `/metrics`.
+#[cfg(all(
+    feature = "jemalloc",
+    not(feature = "mimalloc"),
+    not(feature = "dhat-heap")
+))]
+fn jemalloc_heap() -> Option<phx_gateway::metrics::HeapStats> {
+    // The counts are a snapshot taken when the epoch advances.
+    tikv_jemalloc_ctl::epoch::advance().ok()?;
+    Some(phx_gateway::metrics::HeapStats {
+        allocated: tikv_jemalloc_ctl::stats::allocated::read().ok()? as u64,
+        resident: tikv_jemalloc_ctl::stats::resident::read().ok()? as u64,
+    })
+}
+
 /// The allocator's name, for the start-up log. jemalloc's settings (background threads
 /// returning freed pages to the OS about a second after they are freed) are built in: see
 /// .cargo/config.toml.
@@ -237,6 +252,12 @@ fn run_migrate(settings: Settings) -> anyhow::Result<()> {
 fn serve(settings: Settings) -> anyhow::Result<()> {
     logging::init(settings.log.format);
     tracing::info!(allocator = allocator(), "memory allocator");
+    #[cfg(all(
+        feature = "jemalloc",
+        not(feature = "mimalloc"),
+        not(feature = "dhat-heap")
+    ))]
+    phx_gateway::metrics::report_heap(jemalloc_heap);
     // Panics are caught per channel; make sure they reach the structured log too.
     std::panic::set_hook(Box::new(|info| tracing::error!(panic = %info, "panic")));
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -82,6 +82,31 @@ pub const SOCKET_CLOSES: &str = "phx_gateway_socket_closes_total";
 /// Client messages for a topic the socket has not joined (answered `unmatched topic`).
 pub const UNMATCHED: &str = "phx_gateway_unmatched_total";
 
+/// Bytes the program holds in the heap, by the allocator's own count (builds whose allocator
+/// reports it: jemalloc). Against `process_resident_memory_bytes`: a leak grows both, an
+/// allocator keeping freed memory only the second.
+pub const HEAP_ALLOCATED: &str = "phx_gateway_heap_allocated_bytes";
+/// Bytes of physical memory the allocator holds (its live heap, metadata and freed pages not
+/// yet returned to the OS).
+pub const HEAP_RESIDENT: &str = "phx_gateway_heap_resident_bytes";
+
+/// What an allocator says about its heap.
+#[derive(Debug, Clone, Copy)]
+pub struct HeapStats {
+    /// Bytes allocated and not freed.
+    pub allocated: u64,
+    /// Bytes of physical memory it holds.
+    pub resident: u64,
+}
+
+/// Reads the allocator's counts, installed by the binary that chose the allocator.
+static HEAP: OnceLock<fn() -> Option<HeapStats>> = OnceLock::new();
+
+/// Lets the binary report its allocator's heap (read at each render).
+pub fn report_heap(read: fn() -> Option<HeapStats>) {
+    let _ = HEAP.set(read);
+}
+
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
@@ -217,6 +242,16 @@ fn describe() {
         "Client messages for a topic the socket has not joined."
     );
     describe_counter!(WEBHOOK_ERRORS, "Webhook failures, by kind.");
+    describe_gauge!(
+        HEAP_ALLOCATED,
+        Unit::Bytes,
+        "Bytes held in the heap, by the allocator's count (jemalloc builds)."
+    );
+    describe_gauge!(
+        HEAP_RESIDENT,
+        Unit::Bytes,
+        "Physical memory the allocator holds: live heap, metadata, freed pages not yet returned (jemalloc builds)."
+    );
     PROCESS.describe();
 }
 
@@ -227,5 +262,9 @@ pub fn render() -> String {
     };
     handle.run_upkeep();
     PROCESS.collect();
+    if let Some(stats) = HEAP.get().and_then(|read| read()) {
+        ::metrics::gauge!(HEAP_ALLOCATED).set(stats.allocated as f64);
+        ::metrics::gauge!(HEAP_RESIDENT).set(stats.resident as f64);
+    }
     handle.render()
 }
