@@ -61,6 +61,9 @@ pub(crate) struct SoakArgs {
     /// Loopback source addresses for the sockets.
     #[arg(long, default_value_t = 4)]
     sources: u8,
+    /// Seconds after every socket closed for a last sample (memory handed back; 0: none).
+    #[arg(long, default_value_t = 60)]
+    after_close: u64,
 }
 
 /// Counters shared by all sockets.
@@ -105,8 +108,9 @@ fn sample(args: &SoakArgs, started: Instant, counts: &Counts) {
     for (i, admin) in args.admin.iter().enumerate() {
         let page = http_get(*admin, "/metrics").unwrap_or_default();
         line.push_str(&format!(
-            " | node{i}: rss {:.1} MiB, sockets {}, channel tasks {}, presences {}",
+            " | node{i}: rss {:.1} MiB, heap {:.1} MiB, sockets {}, channel tasks {}, presences {}",
             metric(&page, "process_resident_memory_bytes") / 1048576.0,
+            metric(&page, "phx_gateway_heap_allocated_bytes") / 1048576.0,
             metric(&page, "phx_gateway_sockets{transport=\"websocket\"}"),
             metric(&page, "phx_gateway_channel_tasks"),
             metric(&page, "phx_gateway_presence_entries"),
@@ -428,5 +432,11 @@ pub(crate) async fn soak(args: SoakArgs) {
     println!("after all sockets closed:");
     let (a, c) = (args.clone(), counts.clone());
     let _ = tokio::task::spawn_blocking(move || sample(&a, run_start, &c)).await;
+    if args.after_close > 0 {
+        tokio::time::sleep(Duration::from_secs(args.after_close)).await;
+        println!("{} s after all sockets closed:", args.after_close);
+        let (a, c) = (args.clone(), counts.clone());
+        let _ = tokio::task::spawn_blocking(move || sample(&a, run_start, &c)).await;
+    }
     println!("errors: {}", counts.errors.load(Ordering::Relaxed));
 }
