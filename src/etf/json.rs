@@ -277,14 +277,10 @@ fn encode_list(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::etf::{decode, Limits, VERSION};
+    use crate::etf::{decode, Limits, TEST_LIMITS, VERSION};
     use serde_json::json;
 
-    const LIMITS: Limits = Limits {
-        max_bytes: 256 * 1024,
-        max_depth: 64,
-        max_atoms: 1024,
-    };
+    const LIMITS: Limits = TEST_LIMITS;
 
     fn to_json(bytes: &[u8], style: Style) -> Result<Value, EtfError> {
         term_to_json(&decode(bytes, &LIMITS)?, style, 0, LIMITS.max_depth)

@@ -295,15 +295,19 @@ impl<'a> Walk<'a> {
     }
 }
 
+/// The limits the unit tests decode with.
+#[cfg(test)]
+pub(crate) const TEST_LIMITS: Limits = Limits {
+    max_bytes: 256 * 1024,
+    max_depth: 64,
+    max_atoms: 1024,
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const LIMITS: Limits = Limits {
-        max_bytes: 256 * 1024,
-        max_depth: 64,
-        max_atoms: 1024,
-    };
+    const LIMITS: Limits = TEST_LIMITS;
 
     #[test]
     fn rejects_unsafe_or_unsupported_terms() {

@@ -202,29 +202,19 @@ impl Bridge {
     }
 
     /// One subscriber connection: subscribe, then read until it fails.
-    async fn listen(
-        &self,
-        redis: &Redis,
-        registry: &Registry,
-        subscribed: &mut bool,
-    ) -> ListenError {
+    async fn listen(&self, redis: &Redis, registry: &Registry, subscribed: &mut bool) -> Lost {
         let timeout = Duration::from_millis(redis.settings.command_timeout_ms);
         let generation = redis.generation();
-        let client = match redis.subscriptions().await {
-            Ok(Subscriptions::Classic(client)) => client,
-            Ok(Subscriptions::Sharded(_)) => return ListenError::Sharded,
-            Err(e) => return e.into(),
-        };
-        let conn = match tokio::time::timeout(timeout, client.get_async_pubsub()).await {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => return e.into(),
-            Err(_) => return ListenError::Timeout("connect"),
-        };
-        let (mut sink, mut stream) = conn.split();
+        let (mut sink, mut stream) =
+            match tokio::time::timeout(timeout, pubsub_connection(redis)).await {
+                Ok(Ok(conn)) => conn,
+                Ok(Err(e)) => return e,
+                Err(_) => return Lost::Timeout("connect"),
+            };
         match tokio::time::timeout(timeout, sink.subscribe(&self.channel)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return e.into(),
-            Err(_) => return ListenError::Timeout("SUBSCRIBE"),
+            Err(_) => return Lost::Timeout("SUBSCRIBE"),
         }
         *subscribed = true;
         tracing::info!(channel = %self.channel, "listening to the phoenix pubsub");
@@ -234,16 +224,16 @@ impl Bridge {
             tokio::select! {
                 msg = stream.next() => match msg {
                     Some(msg) => self.receive(msg.get_payload_bytes(), registry),
-                    None => return ListenError::Ended,
+                    None => return Lost::Ended,
                 },
                 _ = ping.tick() => {
                     if generation != redis.generation() {
-                        return ListenError::PrimaryChanged;
+                        return Lost::PrimaryChanged;
                     }
                     match tokio::time::timeout(timeout, sink.ping::<redis::Value>()).await {
                         Ok(Ok(_)) => {}
                         Ok(Err(e)) => return e.into(),
-                        Err(_) => return ListenError::Timeout("PING"),
+                        Err(_) => return Lost::Timeout("PING"),
                     }
                 }
             }
@@ -251,9 +241,19 @@ impl Bridge {
     }
 }
 
-/// Why the bridge's connection was given up.
+/// A classic pub/sub connection to the primary (a Phoenix PubSub lives on one endpoint).
+pub(super) async fn pubsub_connection(
+    redis: &Redis,
+) -> Result<(redis::aio::PubSubSink, redis::aio::PubSubStream), Lost> {
+    match redis.subscriptions().await? {
+        Subscriptions::Classic(client) => Ok(client.get_async_pubsub().await?.split()),
+        Subscriptions::Sharded(_) => Err(Lost::Sharded),
+    }
+}
+
+/// Why a connection to the Phoenix channel (or the forwarder's) was given up.
 #[derive(Debug, thiserror::Error)]
-enum ListenError {
+pub(super) enum Lost {
     #[error(transparent)]
     Redis(#[from] redis::RedisError),
     #[error(transparent)]
@@ -266,4 +266,8 @@ enum ListenError {
     PrimaryChanged,
     #[error("phoenix pubsub needs one redis endpoint, not a cluster")]
     Sharded,
+    #[error("the forwarder lease went to another node")]
+    LeaseTaken,
+    #[error("shutting down")]
+    Shutdown,
 }

@@ -15,8 +15,8 @@ use futures_util::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 
 use super::envelope;
-use super::phoenix::Bridge;
-use crate::cluster::{ClusterError, Redis, Subscriptions};
+use super::phoenix::{pubsub_connection, Bridge, Lost};
+use crate::cluster::{ClusterError, Redis};
 
 /// Takes or renews the lease: 1 if this node holds it now.
 const ACQUIRE: &str = r"
@@ -77,33 +77,11 @@ async fn lease(redis: &Redis, script: &str) -> Result<bool, ClusterError> {
     redis.script::<i64>(&inv).await.map(|n| n == 1)
 }
 
-/// Why this node stopped forwarding.
-#[derive(Debug, thiserror::Error)]
-enum Stop {
-    #[error(transparent)]
-    Redis(#[from] redis::RedisError),
-    #[error(transparent)]
-    Cluster(#[from] ClusterError),
-    #[error("the lease went to another node")]
-    LeaseLost,
-    #[error("the message stream ended")]
-    Ended,
-    #[error("phoenix pubsub needs one redis endpoint, not a cluster")]
-    Sharded,
-    #[error("shutting down")]
-    Shutdown,
-}
-
 /// Forwards external envelopes while the lease is renewed.
-async fn lead(bridge: &Bridge, redis: &Redis, shutdown: &CancellationToken) -> Stop {
-    let client = match redis.subscriptions().await {
-        Ok(Subscriptions::Classic(client)) => client,
-        Ok(Subscriptions::Sharded(_)) => return Stop::Sharded,
-        Err(e) => return e.into(),
-    };
-    let (mut sink, mut stream) = match client.get_async_pubsub().await {
-        Ok(conn) => conn.split(),
-        Err(e) => return e.into(),
+async fn lead(bridge: &Bridge, redis: &Redis, shutdown: &CancellationToken) -> Lost {
+    let (mut sink, mut stream) = match pubsub_connection(redis).await {
+        Ok(conn) => conn,
+        Err(e) => return e,
     };
     if let Err(e) = sink.psubscribe(redis.keys.all_channels()).await {
         return e.into();
@@ -113,20 +91,20 @@ async fn lead(bridge: &Bridge, redis: &Redis, shutdown: &CancellationToken) -> S
     let mut frames = Vec::with_capacity(BATCH);
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => return Stop::Shutdown,
+            _ = shutdown.cancelled() => return Lost::Shutdown,
             _ = renew.tick() => match lease(redis, ACQUIRE).await {
                 Ok(true) => {}
-                Ok(false) => return Stop::LeaseLost,
+                Ok(false) => return Lost::LeaseTaken,
                 Err(e) => return e.into(),
             },
             msg = stream.next() => {
-                let Some(msg) = msg else { return Stop::Ended };
+                let Some(msg) = msg else { return Lost::Ended };
                 frames.extend(external_frame(bridge, msg.get_payload_bytes()));
                 // Whatever else is already here goes in the same pipeline.
                 while frames.len() < BATCH {
                     match stream.next().now_or_never() {
                         Some(Some(msg)) => frames.extend(external_frame(bridge, msg.get_payload_bytes())),
-                        Some(None) => return Stop::Ended,
+                        Some(None) => return Lost::Ended,
                         None => break,
                     }
                 }
