@@ -23,6 +23,10 @@ pub fn start(gateway: Arc<Gateway>, listener: TcpListener) -> std::io::Result<Se
     crate::metrics::init();
     let data = web::Data::new(gateway);
     Ok(HttpServer::new(move || {
+        // Called on the worker's thread: rendering /metrics leaves its allocator cache full.
+        actix_web::rt::spawn(crate::shrink::release_thread_cache_every(
+            crate::shrink::THREAD_CACHE_RELEASE_EVERY,
+        ));
         App::new()
             .app_data(data.clone())
             .route("/metrics", web::get().to(metrics))

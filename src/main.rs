@@ -42,6 +42,44 @@ fn jemalloc_heap() -> Option<phx_gateway::metrics::HeapStats> {
     })
 }
 
+/// Hands the calling thread's cache of freed blocks back to jemalloc's arenas, from where
+/// the background threads return emptied pages to the OS. Rate-limited per thread: it runs
+/// when a runtime worker goes idle, which under load is thousands of times a second. Without
+/// it a worker that goes idle keeps its cache for good (jemalloc trims a thread's cache only
+/// as that thread allocates): megabytes, and the pages under them, after the load is gone.
+#[cfg(all(
+    feature = "jemalloc",
+    not(feature = "mimalloc"),
+    not(feature = "dhat-heap")
+))]
+fn release_thread_cache() {
+    use std::cell::Cell;
+    use std::time::{Duration, Instant};
+    const AT_MOST_EVERY: Duration = Duration::from_secs(1);
+    thread_local!(static LAST: Cell<Option<Instant>> = const { Cell::new(None) });
+    let now = Instant::now();
+    if LAST
+        .get()
+        .is_some_and(|last| now.duration_since(last) < AT_MOST_EVERY)
+    {
+        return;
+    }
+    LAST.set(Some(now));
+    #[allow(unsafe_code)]
+    // SAFETY: `thread.tcache.flush` reads and writes nothing, so every pointer is null and
+    // the length 0, as jemalloc requires; the name is NUL-terminated. An error (no cache on
+    // this thread) leaves nothing to do.
+    let _ = unsafe {
+        tikv_jemalloc_sys::mallctl(
+            c"thread.tcache.flush".as_ptr(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+}
+
 /// The allocator's name, for the start-up log. jemalloc's settings (background threads
 /// returning freed pages to the OS about a second after they are freed) are built in: see
 /// .cargo/config.toml.
@@ -260,9 +298,18 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
     phx_gateway::metrics::report_heap(jemalloc_heap);
     // Panics are caught per channel; make sure they reach the structured log too.
     std::panic::set_hook(Box::new(|info| tracing::error!(panic = %info, "panic")));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    #[cfg(all(
+        feature = "jemalloc",
+        not(feature = "mimalloc"),
+        not(feature = "dhat-heap")
+    ))]
+    {
+        runtime.on_thread_park(release_thread_cache);
+        phx_gateway::shrink::register_thread_cache_release(release_thread_cache);
+    }
+    let runtime = runtime.build()?;
     runtime.block_on(async move {
         let gateway = match Gateway::start(settings).await {
             Ok(g) => Arc::new(g),

@@ -142,6 +142,7 @@ fn start_upkeep(handle: &'static PrometheusHandle) {
             .spawn(move || loop {
                 std::thread::sleep(UPKEEP_EVERY);
                 handle.run_upkeep();
+                crate::shrink::release_thread_cache();
             });
         if let Err(e) = spawned {
             tracing::warn!(error = %e, "cannot start the metrics upkeep thread");

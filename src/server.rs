@@ -93,6 +93,11 @@ pub fn start(gateway: Arc<Gateway>, listener: TcpListener) -> std::io::Result<Ru
         .disable_signals()
         .shutdown_timeout(5)
         .listen("phx-gateway", listener, move || {
+            // Called on each worker's thread: that thread's allocator cache is released
+            // while the worker lives (its runtime drops the task when it stops).
+            actix_web::rt::spawn(crate::shrink::release_thread_cache_every(
+                crate::shrink::THREAD_CACHE_RELEASE_EVERY,
+            ));
             let endpoint = endpoint.clone();
             HttpService::build()
                 .keep_alive(KeepAlive::default())

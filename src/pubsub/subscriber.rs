@@ -163,6 +163,7 @@ impl Manager {
                     ::metrics::gauge!(crate::metrics::REDIS_UP).set(0.0);
                     self.stats.subscribed.store(0, Ordering::Relaxed);
                     self.active.clear();
+                    crate::shrink::when_sparse(&mut self.active);
                     match lost {
                         Lost::Shutdown => return,
                         Lost::Connection(why) => {
@@ -255,6 +256,7 @@ impl Manager {
                                 let _ = ack.send(());
                             }
                         }
+                        crate::shrink::when_sparse(&mut self.waiting);
                     }
                 },
             }
@@ -266,7 +268,9 @@ impl Manager {
         match cmd {
             SubCmd::Want { topic, ack } => {
                 *self.refs.entry(topic.clone()).or_default() += 1;
-                self.pending_unsub.remove(&topic);
+                if self.pending_unsub.remove(&topic).is_some() {
+                    crate::shrink::when_sparse(&mut self.pending_unsub);
+                }
                 if self.active.contains(&topic) {
                     let _ = ack.send(());
                 } else {
@@ -298,6 +302,7 @@ impl Manager {
         } = conn;
         // Resubscribe everything still wanted; what was waiting to be dropped is dropped.
         self.pending_unsub.clear();
+        crate::shrink::when_sparse(&mut self.pending_unsub);
         let wanted: Vec<String> = self.refs.keys().cloned().collect();
         // Sharded subscriptions that failed, retried at `retry_at`.
         let mut retry: HashSet<String> = HashSet::new();
@@ -375,6 +380,7 @@ impl Manager {
                     for t in &due {
                         self.pending_unsub.remove(t);
                     }
+                    crate::shrink::when_sparse(&mut self.pending_unsub);
                     if let Err(e) = self.unsubscribe(&mut link, due).await {
                         break Lost::Connection(e);
                     }
@@ -455,6 +461,7 @@ impl Manager {
         for ack in self.waiting.remove(topic).unwrap_or_default() {
             let _ = ack.send(());
         }
+        crate::shrink::when_sparse(&mut self.waiting);
     }
 
     async fn unsubscribe(

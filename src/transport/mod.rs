@@ -45,6 +45,11 @@ impl Drop for Draining {
         if sockets.contains(self.key) {
             sockets.remove(self.key);
         }
+        // A slab keeps the length of its peak; once the last connection is gone, give the
+        // memory back (keys in use would pin a partial shrink, so only an empty one).
+        if sockets.is_empty() && sockets.capacity() > crate::shrink::SMALL {
+            *sockets = Slab::new();
+        }
     }
 }
 
@@ -149,5 +154,29 @@ mod tests {
         assert_eq!(p["user[id]"], "1");
         assert_eq!(p["vsn"], "2.0.0");
         assert_eq!(p.len(), 3);
+    }
+
+    #[test]
+    fn the_drain_table_gives_its_room_back_once_every_connection_left() {
+        let drain = Arc::new(Drain::default());
+        let serializer = crate::protocol::Serializer::V2;
+        let mut held: Vec<Draining> = (0..1_000)
+            .map(|_| drain.register(crate::outbox::outbox(serializer, 1).0))
+            .collect();
+        assert!(drain.lock().capacity() >= 1_000);
+        // A busy table keeps its room (keys are in use).
+        held.truncate(10);
+        assert!(drain.lock().capacity() >= 1_000);
+        held.clear();
+        assert!(drain.lock().is_empty());
+        assert!(
+            drain.lock().capacity() <= crate::shrink::SMALL,
+            "{}",
+            drain.lock().capacity()
+        );
+        // And fills again.
+        let again = drain.register(crate::outbox::outbox(serializer, 1).0);
+        assert_eq!(drain.lock().len(), 1);
+        drop(again);
     }
 }
