@@ -19,65 +19,67 @@ static ALLOC: dhat::Alloc = dhat::Alloc;
 #[cfg(all(feature = "mimalloc", not(feature = "dhat-heap")))]
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+// jemalloc unless another allocator was asked for.
 #[cfg(all(
     feature = "jemalloc",
     not(feature = "mimalloc"),
     not(feature = "dhat-heap")
 ))]
-#[global_allocator]
-static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-/// jemalloc's own counts of its heap, for `/metrics`.
-#[cfg(all(
-    feature = "jemalloc",
-    not(feature = "mimalloc"),
-    not(feature = "dhat-heap")
-))]
-fn jemalloc_heap() -> Option<phx_gateway::metrics::HeapStats> {
-    // The counts are a snapshot taken when the epoch advances.
-    tikv_jemalloc_ctl::epoch::advance().ok()?;
-    Some(phx_gateway::metrics::HeapStats {
-        allocated: tikv_jemalloc_ctl::stats::allocated::read().ok()? as u64,
-        resident: tikv_jemalloc_ctl::stats::resident::read().ok()? as u64,
-    })
-}
-
-/// Hands the calling thread's cache of freed blocks back to jemalloc's arenas, from where
-/// the background threads return emptied pages to the OS. Rate-limited per thread: it runs
-/// when a runtime worker goes idle, which under load is thousands of times a second. Without
-/// it a worker that goes idle keeps its cache for good (jemalloc trims a thread's cache only
-/// as that thread allocates): megabytes, and the pages under them, after the load is gone.
-#[cfg(all(
-    feature = "jemalloc",
-    not(feature = "mimalloc"),
-    not(feature = "dhat-heap")
-))]
-fn release_thread_cache() {
+mod jemalloc {
     use std::cell::Cell;
     use std::time::{Duration, Instant};
-    const AT_MOST_EVERY: Duration = Duration::from_secs(1);
-    thread_local!(static LAST: Cell<Option<Instant>> = const { Cell::new(None) });
-    let now = Instant::now();
-    if LAST
-        .get()
-        .is_some_and(|last| now.duration_since(last) < AT_MOST_EVERY)
-    {
-        return;
+
+    #[global_allocator]
+    static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+    /// Hooks jemalloc into the gateway: its heap counts on `/metrics`, and idle threads
+    /// handing their caches back (`runtime`'s workers each time they park).
+    pub(crate) fn install(runtime: &mut tokio::runtime::Builder) {
+        phx_gateway::metrics::report_heap(heap);
+        runtime.on_thread_park(release_thread_cache);
+        phx_gateway::shrink::register_thread_cache_release(release_thread_cache);
     }
-    LAST.set(Some(now));
-    #[allow(unsafe_code)]
-    // SAFETY: `thread.tcache.flush` reads and writes nothing, so every pointer is null and
-    // the length 0, as jemalloc requires; the name is NUL-terminated. An error (no cache on
-    // this thread) leaves nothing to do.
-    let _ = unsafe {
-        tikv_jemalloc_sys::mallctl(
-            c"thread.tcache.flush".as_ptr(),
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-            0,
-        )
-    };
+
+    /// jemalloc's own counts of its heap, for `/metrics`.
+    fn heap() -> Option<phx_gateway::metrics::HeapStats> {
+        // The counts are a snapshot taken when the epoch advances.
+        tikv_jemalloc_ctl::epoch::advance().ok()?;
+        Some(phx_gateway::metrics::HeapStats {
+            allocated: tikv_jemalloc_ctl::stats::allocated::read().ok()? as u64,
+            resident: tikv_jemalloc_ctl::stats::resident::read().ok()? as u64,
+        })
+    }
+
+    /// Hands the calling thread's cache of freed blocks back to jemalloc's arenas, from where
+    /// the background threads return emptied pages to the OS. Rate-limited per thread: it
+    /// runs when a runtime worker goes idle, which under load is thousands of times a second.
+    /// Without it a worker that goes idle keeps its cache for good (jemalloc trims a thread's
+    /// cache only as that thread allocates): megabytes, and the pages under them.
+    fn release_thread_cache() {
+        const AT_MOST_EVERY: Duration = Duration::from_secs(1);
+        thread_local!(static LAST: Cell<Option<Instant>> = const { Cell::new(None) });
+        let now = Instant::now();
+        if LAST
+            .get()
+            .is_some_and(|last| now.duration_since(last) < AT_MOST_EVERY)
+        {
+            return;
+        }
+        LAST.set(Some(now));
+        #[allow(unsafe_code)]
+        // SAFETY: `thread.tcache.flush` reads and writes nothing, so every pointer is null and
+        // the length 0, as jemalloc requires; the name is NUL-terminated. An error (no cache
+        // on this thread) leaves nothing to do.
+        let _ = unsafe {
+            tikv_jemalloc_sys::mallctl(
+                c"thread.tcache.flush".as_ptr(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                0,
+            )
+        };
+    }
 }
 
 /// The allocator's name, for the start-up log. jemalloc's settings (background threads
@@ -290,12 +292,6 @@ fn run_migrate(settings: Settings) -> anyhow::Result<()> {
 fn serve(settings: Settings) -> anyhow::Result<()> {
     logging::init(settings.log.format);
     tracing::info!(allocator = allocator(), "memory allocator");
-    #[cfg(all(
-        feature = "jemalloc",
-        not(feature = "mimalloc"),
-        not(feature = "dhat-heap")
-    ))]
-    phx_gateway::metrics::report_heap(jemalloc_heap);
     // Panics are caught per channel; make sure they reach the structured log too.
     std::panic::set_hook(Box::new(|info| tracing::error!(panic = %info, "panic")));
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
@@ -305,10 +301,7 @@ fn serve(settings: Settings) -> anyhow::Result<()> {
         not(feature = "mimalloc"),
         not(feature = "dhat-heap")
     ))]
-    {
-        runtime.on_thread_park(release_thread_cache);
-        phx_gateway::shrink::register_thread_cache_release(release_thread_cache);
-    }
+    jemalloc::install(&mut runtime);
     let runtime = runtime.build()?;
     runtime.block_on(async move {
         let gateway = match Gateway::start(settings).await {
