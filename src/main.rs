@@ -47,6 +47,7 @@ mod jemalloc {
         Some(phx_gateway::metrics::HeapStats {
             allocated: tikv_jemalloc_ctl::stats::allocated::read().ok()? as u64,
             resident: tikv_jemalloc_ctl::stats::resident::read().ok()? as u64,
+            metadata: tikv_jemalloc_ctl::stats::metadata::read().ok()? as u64,
         })
     }
 

@@ -89,6 +89,9 @@ pub const HEAP_ALLOCATED: &str = "phx_gateway_heap_allocated_bytes";
 /// Bytes of physical memory the allocator holds (its live heap, metadata and freed pages not
 /// yet returned to the OS).
 pub const HEAP_RESIDENT: &str = "phx_gateway_heap_resident_bytes";
+/// Bytes the allocator uses for its own bookkeeping. It follows the largest heap the process
+/// has had, and stays: what a node keeps after a peak beyond its idle size is mostly this.
+pub const HEAP_METADATA: &str = "phx_gateway_heap_metadata_bytes";
 
 /// What an allocator says about its heap.
 #[derive(Debug, Clone, Copy)]
@@ -97,6 +100,8 @@ pub struct HeapStats {
     pub allocated: u64,
     /// Bytes of physical memory it holds.
     pub resident: u64,
+    /// Bytes of its own bookkeeping.
+    pub metadata: u64,
 }
 
 /// Reads the allocator's counts, installed by the binary that chose the allocator.
@@ -253,6 +258,11 @@ fn describe() {
         Unit::Bytes,
         "Physical memory the allocator holds: live heap, metadata, freed pages not yet returned (jemalloc builds)."
     );
+    describe_gauge!(
+        HEAP_METADATA,
+        Unit::Bytes,
+        "The allocator's own bookkeeping; follows the largest heap so far (jemalloc builds)."
+    );
     PROCESS.describe();
 }
 
@@ -266,6 +276,7 @@ pub fn render() -> String {
     if let Some(stats) = HEAP.get().and_then(|read| read()) {
         ::metrics::gauge!(HEAP_ALLOCATED).set(stats.allocated as f64);
         ::metrics::gauge!(HEAP_RESIDENT).set(stats.resident as f64);
+        ::metrics::gauge!(HEAP_METADATA).set(stats.metadata as f64);
     }
     handle.render()
 }

@@ -36,6 +36,24 @@ async fn admin_port_serves_health_readiness_and_metrics() {
     ] {
         assert!(body.contains(needle), "/metrics lacks {needle}:\n{body}");
     }
+    // The allocator's own counts, from the default build's jemalloc.
+    if cfg!(all(
+        feature = "jemalloc",
+        not(feature = "mimalloc"),
+        not(feature = "dhat-heap")
+    )) {
+        for needle in [
+            "phx_gateway_heap_allocated_bytes",
+            "phx_gateway_heap_resident_bytes",
+            "phx_gateway_heap_metadata_bytes",
+        ] {
+            let value = metric(&body, needle);
+            assert!(
+                value > 0.0,
+                "/metrics lacks {needle} (read {value}):\n{body}"
+            );
+        }
+    }
     assert!(
         !body.contains("room:metrics") && !body.contains("m1"),
         "no topic or user id may become a label"
