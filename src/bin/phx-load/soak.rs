@@ -102,15 +102,17 @@ fn redis_used_memory(url: &str) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// One sample line: per node RSS, sockets, channel tasks, presences; Redis memory.
+/// One sample line: per node RSS, heap, allocator metadata, sockets, channel tasks,
+/// presences; Redis memory.
 fn sample(args: &SoakArgs, started: Instant, counts: &Counts) {
     let mut line = format!("t={:>4}s", started.elapsed().as_secs());
     for (i, admin) in args.admin.iter().enumerate() {
         let page = http_get(*admin, "/metrics").unwrap_or_default();
         line.push_str(&format!(
-            " | node{i}: rss {:.1} MiB, heap {:.1} MiB, sockets {}, channel tasks {}, presences {}",
+            " | node{i}: rss {:.1} MiB, heap {:.1} MiB (allocator metadata {:.1}), sockets {}, channel tasks {}, presences {}",
             metric(&page, "process_resident_memory_bytes") / 1048576.0,
             metric(&page, "phx_gateway_heap_allocated_bytes") / 1048576.0,
+            metric(&page, "phx_gateway_heap_metadata_bytes") / 1048576.0,
             metric(&page, "phx_gateway_sockets{transport=\"websocket\"}"),
             metric(&page, "phx_gateway_channel_tasks"),
             metric(&page, "phx_gateway_presence_entries"),
