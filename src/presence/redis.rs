@@ -15,8 +15,9 @@
 //! topic's hash was gone (Redis restarted empty, or evicted it), its previous heartbeat was
 //! gone (Redis lost its state, or this node was reaped), or a write of that topic failed.
 //! It then looks for nodes whose heartbeat expired; the first survivor to take the reap lock
-//! removes their presences atomically (Lua, one topic hash at a time) and broadcasts the
-//! leaves.
+//! removes their presences atomically (Lua, one topic hash at a time), broadcasts the
+//! leaves and sets the lock again. A node that was only paused may come back while it is
+//! being reaped: it sees its reap lock on a heartbeat and writes its presences back.
 //!
 //! After Redis was lost (unreachable, restarted, or this node was reaped) the node
 //! re-announces its own presences as joins and, one heartbeat later, pushes a fresh
@@ -375,7 +376,8 @@ impl RedisStore {
 
     /// Writes the heartbeat and refreshes the TTLs of this node's topics (O(1) commands per
     /// topic), then repairs the topics whose presences may be missing (see the module doc).
-    /// Returns whether the previous heartbeat key was still there.
+    /// Returns false when this node's presences may have been lost: its previous heartbeat
+    /// key was gone, or another node is reaping or has just reaped it.
     ///
     /// The node's own keys share its hash tag (one pipeline); the node set and each topic's
     /// keys are in other slots, so in a Redis Cluster they go as one pipeline per slot,
@@ -426,9 +428,18 @@ impl RedisStore {
                 own.cmd("PEXPIRE").arg(&topics_key).arg(ttl).ignore();
             }
         }
-        let (previous,): (Option<String>,) = self.redis.pipe(&own).await?;
+        // A survivor reaping this node holds this lock, and sets it again once its removals
+        // are done: seen, every presence of this node is written again (below) and announced
+        // (the caller), whatever the order in which the reap and this node's return ran.
+        own.cmd("EXISTS").arg(k.reap_lock(node));
+        let (previous, reaped): (Option<String>, bool) = self.redis.pipe(&own).await?;
         let replies = self.redis.pipe_by_slot(spread).await?;
-        let lost_all = previous.is_none();
+        if reaped {
+            tracing::info!(
+                "another node is reaping or reaped this node's presences: writing them again"
+            );
+        }
+        let lost_all = previous.is_none() || reaped;
         let mut repair: HashSet<String> =
             std::mem::take(&mut *self.damaged.lock().unwrap_or_else(|e| e.into_inner()));
         let again = std::mem::take(&mut *self.repaired.lock().unwrap_or_else(|e| e.into_inner()));
@@ -444,7 +455,7 @@ impl RedisStore {
         repair.extend(again);
         self.repair(repair).await;
         *self.repaired.lock().unwrap_or_else(|e| e.into_inner()) = next;
-        Ok(previous.is_some())
+        Ok(!lost_all)
     }
 
     /// Writes this node's committed presences of `topics` again, exactly (`REPAIR_SCRIPT`).
@@ -623,8 +634,20 @@ impl RedisStore {
             del.arg(k.node_topics(node));
             let mut srem = redis::cmd("SREM");
             srem.arg(k.nodes()).arg(node);
+            // The lock again, now that every removal ran: a node that was only paused and
+            // came back meanwhile sees it on its next heartbeat and writes its presences back.
+            let mut relock = redis::cmd("SET");
+            relock
+                .arg(k.reap_lock(node))
+                .arg(&*self.redis.node)
+                .arg("PX")
+                .arg(self.redis.settings.down_ms);
             self.redis
-                .pipe_by_slot(vec![(k.node_topics(node), del), (k.nodes(), srem)])
+                .pipe_by_slot(vec![
+                    (k.node_topics(node), del),
+                    (k.reap_lock(node), relock),
+                    (k.nodes(), srem),
+                ])
                 .await?;
             self.stats.reaped_nodes.fetch_add(1, Ordering::Relaxed);
             ::metrics::counter!(crate::metrics::REAPED_NODES).increment(1);

@@ -362,6 +362,74 @@ async fn a_killed_node_s_users_leave_everywhere_and_its_keys_go() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_node_reaped_late_writes_its_presences_back() {
+    let redis = RedisServer::start();
+    let env = [
+        ("PHX_GATEWAY__REDIS__HEARTBEAT_MS", "300"),
+        ("PHX_GATEWAY__REDIS__DOWN_MS", "1200"),
+    ];
+    let reaped = NodeProcess::start(&redis.url(), "reaped", &env);
+    let other = NodeProcess::start(&redis.url(), "other", &env);
+    let mut u1 = Client::connect(&reaped.ws_url("vsn=2.0.0&user_id=u1")).await;
+    u1.join("1", "room:lobby").await;
+    let mut w1 = Client::connect(&other.ws_url("vsn=2.0.0&user_id=w1")).await;
+    w1.join("1", "room:lobby").await;
+    let mut view = View::default();
+    view.converge(
+        &mut w1,
+        &counts(&[("u1", 1), ("w1", 1)]),
+        Duration::from_secs(5),
+    )
+    .await;
+
+    // A survivor found this node's heartbeat expired (a pause, a partition) and reaps it
+    // after the node came back: it takes the reap lock, then removes the node's presences
+    // (the topic's hash stays: w1 is in it, so nothing tells the node that its are gone).
+    let nodes: Vec<String> = redis.cmd(&["SMEMBERS", "phx:nodes"]);
+    let node = nodes
+        .iter()
+        .find(|n| n.starts_with("reaped"))
+        .unwrap_or_else(|| panic!("node not registered: {nodes:?}"));
+    let lock = format!("phx:n:{{{node}}}:reap");
+    let _: Option<String> = redis.cmd(&["SET", &lock, "other", "NX", "PX", "1200"]);
+    let fields: Vec<String> = redis.cmd(&["HKEYS", "phx:p:{room:lobby}"]);
+    let prefix = format!("{node}|");
+    let mut hdel = vec!["HDEL", "phx:p:{room:lobby}"];
+    hdel.extend(
+        fields
+            .iter()
+            .filter(|f| f.starts_with(&prefix))
+            .map(String::as_str),
+    );
+    let removed: i64 = redis.cmd(&hdel);
+    assert_eq!(
+        removed, 1,
+        "u1's presence should have been there: {fields:?}"
+    );
+
+    // The node sees the lock on its next heartbeat and writes its presences back.
+    wait_until(
+        "the reaped presence written back",
+        Duration::from_secs(5),
+        async || {
+            let fields: Vec<String> = redis.cmd(&["HKEYS", "phx:p:{room:lobby}"]);
+            fields.iter().any(|f| f.starts_with(&prefix))
+        },
+    )
+    .await;
+    // Whoever joins now gets both in its snapshot.
+    let mut late = Client::connect(&other.ws_url("vsn=2.0.0&user_id=late")).await;
+    late.join("1", "room:lobby").await;
+    View::default()
+        .converge(
+            &mut late,
+            &counts(&[("u1", 1), ("w1", 1), ("late", 1)]),
+            Duration::from_secs(5),
+        )
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restarted_empty_resumes_broadcasts_and_restores_presence() {
     let mut redis = RedisServer::start();
     let env = [
