@@ -1172,6 +1172,19 @@ def test_build_context_has_what_the_build_needs():
             )
     if "lib" in manifest:
         assert manifest["lib"].get("path", "src/lib.rs") == "src/lib.rs"
+    # A build script must be there before the first `cargo build` (the dependency stage), or
+    # that stage builds without it and the gateway stage links differently.
+    build_script = manifest["package"].get("build", "build.rs")
+    if build_script and (ROOT / build_script).exists():
+        first_build = next(i for i, (w, r) in enumerate(ins) if w == "RUN" and "cargo build" in r)
+        copied_before = set()
+        for w, r in ins[:first_build]:
+            if w == "COPY" and "--from" not in r:
+                args = [a for a in r.split() if not a.startswith("--")]
+                copied_before |= {a.rstrip("/") for a in args[:-1]}
+        assert build_script in copied_before, (
+            f"docker/Dockerfile runs cargo build before it copies {build_script}"
+        )
 
 
 class _Admin(http.server.BaseHTTPRequestHandler):

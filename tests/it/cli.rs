@@ -104,3 +104,23 @@ fn config_check_knows_the_three_redis_topologies() {
         );
     }
 }
+
+/// The binary's relative relocations are packed (build.rs): on glibc, the loader's table
+/// is 4 KiB rather than 300 KiB of pages kept resident in every process.
+#[test]
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn the_binary_packs_its_relative_relocations() {
+    if std::env::var_os("PHX_GATEWAY_NO_RELR").is_some_and(|v| v != "0") {
+        return;
+    }
+    let out = std::process::Command::new("readelf")
+        .args(["--dynamic", "--wide", env!("CARGO_BIN_EXE_phx-gateway")])
+        .output()
+        .expect("readelf (binutils) runs");
+    assert!(out.status.success(), "readelf failed: {out:?}");
+    let dynamic = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        dynamic.contains("(RELR)"),
+        "no DT_RELR entry in the gateway's dynamic section:\n{dynamic}"
+    );
+}
