@@ -1,7 +1,7 @@
 //! Link settings for the `phx-gateway` binary.
 //!
 //! On Linux with glibc the binary's relative relocations are packed (`DT_RELR`): the
-//! table the loader reads at start-up shrinks from about 300 KiB to 4 KiB, and those pages
+//! table the loader reads at start-up shrinks from about 300 KiB to 8 KiB, and those pages
 //! no longer stay resident in every process (docs/benchmarks.md, "Handing memory back:
 //! fourth pass"). Needs glibc 2.36 or later where the binary runs (Debian 12, Ubuntu 22.10,
 //! the image's runtime); an older loader refuses to start it, naming `GLIBC_ABI_DT_RELR`.

@@ -106,7 +106,7 @@ fn config_check_knows_the_three_redis_topologies() {
 }
 
 /// The binary's relative relocations are packed (build.rs): on glibc, the loader's table
-/// is 4 KiB rather than 300 KiB of pages kept resident in every process.
+/// is about 8 KiB rather than 300 KiB of pages kept resident in every process.
 #[test]
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn the_binary_packs_its_relative_relocations() {
