@@ -38,6 +38,8 @@ pub const PRESENCE_ENTRIES: &str = "phx_gateway_presence_entries";
 pub const PRESENCE_COUNTS: &str = "phx_gateway_presence_counts_total";
 /// Topics whose presences a node wrote again (its heartbeat found them missing).
 pub const PRESENCE_REPAIRS: &str = "phx_gateway_presence_repairs_total";
+/// Presence snapshots not delivered to a subscriber that already had a later change.
+pub const STALE_SNAPSHOTS: &str = "phx_gateway_presence_stale_snapshots_total";
 /// Presence heartbeats, by `result` (ok, error).
 pub const PRESENCE_HEARTBEATS: &str = "phx_gateway_presence_heartbeats_total";
 /// Reaper runs, by `result` (ok, error).
@@ -179,6 +181,10 @@ fn describe() {
     );
     describe_gauge!(PRESENCE_ENTRIES, "Presences tracked by this node.");
     describe_counter!(PRESENCE_HEARTBEATS, "Presence heartbeats, by result.");
+    describe_counter!(
+        STALE_SNAPSHOTS,
+        "Presence snapshots (resyncs) not delivered to a subscriber that already had a later change."
+    );
     describe_counter!(
         PRESENCE_REPAIRS,
         "Topics whose presences this node wrote again (gone from Redis, or a failed write)."

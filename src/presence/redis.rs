@@ -19,9 +19,11 @@
 //! leaves and sets the lock again. A node that was only paused may come back while it is
 //! being reaped: it sees its reap lock on a heartbeat and writes its presences back.
 //!
-//! After Redis was lost (unreachable, restarted, or this node was reaped) the node
-//! re-announces its own presences as joins and, one heartbeat later, pushes a fresh
-//! `presence_state` to its local watchers so clients converge to the true set.
+//! A repair is numbered like a batch and broadcasts exactly what it changed. After Redis was
+//! lost (unreachable, restarted, or this node was reaped) the node also announces its other
+//! presences as joins (their broadcasts may have been dropped) and, one heartbeat later,
+//! pushes a fresh `presence_state` to its local watchers so clients converge to the true
+//! set; a topic whose number moved while that state was on its way is resynced again.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,22 +48,21 @@ use crate::pubsub::{Broadcast, PubSub, Seq};
 /// Applies one batch of a node's changes to a topic's hash and numbers it. The number only
 /// grows, even when the key expired or Redis restarted empty: it is at least the server's
 /// clock in microseconds. KEYS: hash, sequence. ARGV: ttl_ms, number of fields to set,
-/// then field/value pairs, then fields to delete.
+/// then field/value pairs, then fields to delete. Long lists go in slices: Redis's Lua
+/// unpacks at most about 8,000 values at once, and a join storm's batch can hold more.
 const COMMIT_SCRIPT: &str = r"
+local function each_slice(cmd, key, list, from, to)
+  for i = from, to, 1000 do
+    redis.call(cmd, key, unpack(list, i, math.min(i + 999, to)))
+  end
+end
 local ttl = ARGV[1]
 local n = tonumber(ARGV[2])
-local i = 3
 if n > 0 then
-  local set = {}
-  for j = 1, n do
-    set[#set + 1] = ARGV[i]
-    set[#set + 1] = ARGV[i + 1]
-    i = i + 2
-  end
-  redis.call('HSET', KEYS[1], unpack(set))
+  each_slice('HSET', KEYS[1], ARGV, 3, 2 + 2 * n)
 end
-if i <= #ARGV then
-  redis.call('HDEL', KEYS[1], unpack(ARGV, i))
+if 3 + 2 * n <= #ARGV then
+  each_slice('HDEL', KEYS[1], ARGV, 3 + 2 * n, #ARGV)
 end
 redis.call('PEXPIRE', KEYS[1], ttl)
 local t = redis.call('TIME')
@@ -72,28 +73,40 @@ return string.format('%.0f', seq)
 ";
 
 /// Writes this node's presences of a topic again, exactly: its fields not given are removed,
-/// the given ones set. KEYS: hash. ARGV: ttl_ms, this node's field prefix, then field/value
-/// pairs. Runs only to repair (see `beat`), so the O(room) scan of field names is rare.
+/// the given ones set. What that changed is numbered like a batch, so the diff broadcast
+/// for it fits snapshots as batches do. KEYS: hash, sequence. ARGV: ttl_ms, this node's
+/// field prefix, then field/value pairs. Returns the number ('0': nothing changed), the
+/// count of values added, the added values, then the removed values. Runs only to repair
+/// (see `beat`), so the O(room) scan of field names is rare.
 const REPAIR_SCRIPT: &str = r"
+local ttl = ARGV[1]
 local prefix = ARGV[2]
 local keep = {}
 for i = 3, #ARGV, 2 do
   keep[ARGV[i]] = true
 end
-local stale = {}
-for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
-  if string.sub(f, 1, #prefix) == prefix and not keep[f] then
-    stale[#stale + 1] = f
+local out = {'0', 0}
+for i = 3, #ARGV, 2 do
+  if redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) == 1 then
+    out[#out + 1] = ARGV[i + 1]
   end
 end
-if #stale > 0 then
-  redis.call('HDEL', KEYS[1], unpack(stale))
+out[2] = tostring(#out - 2)
+for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if string.sub(f, 1, #prefix) == prefix and not keep[f] then
+    out[#out + 1] = redis.call('HGET', KEYS[1], f)
+    redis.call('HDEL', KEYS[1], f)
+  end
 end
-if #ARGV > 2 then
-  redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('PEXPIRE', KEYS[1], ttl)
+if #out > 2 then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local seq = math.max(tonumber(redis.call('GET', KEYS[2]) or '0') + 1, now)
+  out[1] = string.format('%.0f', seq)
+  redis.call('SET', KEYS[2], out[1], 'PX', ttl)
 end
-redis.call('PEXPIRE', KEYS[1], ARGV[1])
-return #stale
+return out
 ";
 
 /// A topic's snapshot and the number of the last batch it holds. KEYS: hash, sequence.
@@ -121,6 +134,17 @@ redis.call('SET', KEYS[2], string.format('%.0f', seq), 'PX', ARGV[2])
 table.insert(gone, 1, string.format('%.0f', seq))
 return gone
 ";
+
+/// How many heartbeats in a row a topic is resynced again while its number keeps moving.
+const RESYNC_ROUNDS: u32 = 3;
+
+/// What a heartbeat found and did.
+struct Beat {
+    /// The previous heartbeat was still there and nobody reaped this node.
+    had_heartbeat: bool,
+    /// Topics whose presences were written again (each change broadcast, numbered).
+    repaired: HashSet<String>,
+}
 
 /// Counters of the Redis presence tracker (exported as metrics).
 #[derive(Debug, Default)]
@@ -193,6 +217,17 @@ struct StoredRef<'a> {
     key: std::borrow::Cow<'a, str>,
     #[serde(borrow)]
     meta: &'a serde_json::value::RawValue,
+}
+
+/// `REPAIR_SCRIPT`'s reply: its number (none when nothing changed), the added values and
+/// every changed value (the added ones first, then the removed ones).
+fn parse_repair(reply: &[String]) -> Option<(Option<u64>, &[String], &[String])> {
+    let [seq, added, changed @ ..] = reply else {
+        return None;
+    };
+    let added: usize = added.parse().ok()?;
+    let seq: u64 = seq.parse().ok()?;
+    Some(((seq > 0).then_some(seq), changed.get(..added)?, changed))
 }
 
 fn parse_value(v: &str) -> Option<(String, Meta)> {
@@ -308,6 +343,10 @@ impl RedisStore {
         let mut first = true;
         let mut failing = false;
         let mut resync_at: Option<Instant> = None;
+        // Topics whose number moved while their resync was on its way, and how many times
+        // in a row that happened (see `resync`).
+        let mut unsettled: HashSet<String> = HashSet::new();
+        let mut unsettled_rounds = 0u32;
         let mut reconnects = pubsub.reconnects.load(Ordering::Relaxed);
         let mut dropped = pubsub.publish_dropped.load(Ordering::Relaxed);
         loop {
@@ -316,13 +355,13 @@ impl RedisStore {
                 _ = tick.tick() => {}
             }
             match self.beat().await {
-                Ok(had_heartbeat) => {
+                Ok(beat) => {
                     self.stats.heartbeats.fetch_add(1, Ordering::Relaxed);
                     ::metrics::counter!(crate::metrics::PRESENCE_HEARTBEATS, "result" => "ok")
                         .increment(1);
-                    if failing || (!first && !had_heartbeat) {
+                    if failing || (!first && !beat.had_heartbeat) {
                         tracing::info!("redis presence state was lost or unreachable: re-announcing and resyncing");
-                        self.announce_own().await;
+                        self.announce_own(&beat.repaired).await;
                         resync_at = Some(Instant::now() + period);
                     }
                     let now_reconnects = pubsub.reconnects.load(Ordering::Relaxed);
@@ -355,7 +394,22 @@ impl RedisStore {
                     }
                     if resync_at.is_some_and(|t| Instant::now() >= t) {
                         resync_at = None;
-                        self.resync().await;
+                        unsettled = self.resync(None).await;
+                        unsettled_rounds = 0;
+                    } else if !unsettled.is_empty() {
+                        unsettled_rounds += 1;
+                        unsettled = if unsettled_rounds <= RESYNC_ROUNDS {
+                            self.resync(Some(std::mem::take(&mut unsettled))).await
+                        } else {
+                            // A room that changes on every heartbeat: its watchers have every
+                            // change since the first resync, only not necessarily one older
+                            // change their dropped snapshot carried.
+                            tracing::debug!(
+                                topics = unsettled.len(),
+                                "presence resync gave up on busy topics"
+                            );
+                            HashSet::new()
+                        };
                     }
                 }
                 Err(e) => {
@@ -376,13 +430,13 @@ impl RedisStore {
 
     /// Writes the heartbeat and refreshes the TTLs of this node's topics (O(1) commands per
     /// topic), then repairs the topics whose presences may be missing (see the module doc).
-    /// Returns false when this node's presences may have been lost: its previous heartbeat
-    /// key was gone, or another node is reaping or has just reaped it.
+    /// Says whether this node's presences may have been lost (its previous heartbeat key was
+    /// gone, or another node is reaping or has just reaped it) and which topics it repaired.
     ///
     /// The node's own keys share its hash tag (one pipeline); the node set and each topic's
     /// keys are in other slots, so in a Redis Cluster they go as one pipeline per slot,
     /// spread over the shards that own them.
-    async fn beat(&self) -> Result<bool, ClusterError> {
+    async fn beat(&self) -> Result<Beat, ClusterError> {
         let k = &self.redis.keys;
         let node = &*self.redis.node;
         let ttl = self.ttl_ms();
@@ -453,21 +507,27 @@ impl RedisStore {
         }
         let next: HashSet<String> = repair.difference(&again).cloned().collect();
         repair.extend(again);
-        self.repair(repair).await;
+        self.repair(&repair).await;
         *self.repaired.lock().unwrap_or_else(|e| e.into_inner()) = next;
-        Ok(!lost_all)
+        Ok(Beat {
+            had_heartbeat: !lost_all,
+            repaired: repair,
+        })
     }
 
-    /// Writes this node's committed presences of `topics` again, exactly (`REPAIR_SCRIPT`).
-    /// A topic that fails stays damaged for the next heartbeat.
-    async fn repair(&self, topics: HashSet<String>) {
+    /// Writes this node's committed presences of `topics` again, exactly (`REPAIR_SCRIPT`),
+    /// and broadcasts what that changed as a numbered diff: watchers on every node see the
+    /// presences come back (or go) in order with the topic's other changes, and a snapshot
+    /// read before the repair cannot take them back (`pubsub::Gate`). A topic that fails
+    /// stays damaged for the next heartbeat.
+    async fn repair(&self, topics: &HashSet<String>) {
         let k = &self.redis.keys;
         let node = &*self.redis.node;
         let script = redis::Script::new(REPAIR_SCRIPT);
         for topic in topics {
             let fields: Vec<(String, String)> = {
                 let table = lock(&self.table);
-                let Some(t) = table.topic(&topic) else {
+                let Some(t) = table.topic(topic) else {
                     continue;
                 };
                 t.entries
@@ -477,38 +537,60 @@ impl RedisStore {
                     .collect()
             };
             let mut inv = script.prepare_invoke();
-            inv.key(k.presence(&topic))
+            inv.key(k.presence(topic))
+                .key(k.presence_seq(topic))
                 .arg(self.ttl_ms())
                 .arg(format!("{node}|"));
             for (f, v) in &fields {
                 inv.arg(f).arg(v);
             }
-            match self.redis.script::<i64>(&inv).await {
-                Ok(stale) => {
+            match self.redis.script::<Vec<String>>(&inv).await {
+                Ok(reply) => {
                     ::metrics::counter!(crate::metrics::PRESENCE_REPAIRS).increment(1);
+                    let Some((seq, added, changed)) = parse_repair(&reply) else {
+                        tracing::warn!(topic, "presence repair answered in an unknown shape");
+                        continue;
+                    };
                     tracing::debug!(
                         topic,
                         presences = fields.len(),
-                        stale,
+                        joins = added.len(),
+                        leaves = changed.len() - added.len(),
                         "presences written again"
                     );
+                    let Some(seq) = seq else { continue };
+                    let (joins, leaves) = changed.split_at(added.len());
+                    let diff = Diff {
+                        joins: joins.iter().filter_map(|v| parse_value(v)).collect(),
+                        leaves: leaves.iter().filter_map(|v| parse_value(v)).collect(),
+                    };
+                    let mut msg = Broadcast::new(
+                        topic.clone(),
+                        events::PRESENCE_DIFF,
+                        Payload::Json(diff.to_payload()),
+                    );
+                    msg.seq = Some(Seq::Change(seq));
+                    self.pubsub.broadcast(Arc::new(msg), None);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, topic, "presence repair failed; retried at the next heartbeat");
                     self.damaged
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .insert(topic);
+                        .insert(topic.clone());
                 }
             }
         }
     }
 
-    /// Broadcasts this node's presences as joins (after Redis lost them, or they were
-    /// reaped). Not numbered: the resync that follows sets every view right.
-    async fn announce_own(&self) {
+    /// Broadcasts this node's presences of the topics not `repaired` as joins, after Redis was
+    /// unreachable (their broadcasts may have been dropped meanwhile). Repaired topics had
+    /// their changes broadcast, numbered, by the repair. Not numbered: these presences were in
+    /// Redis all along, so no snapshot lacks them.
+    async fn announce_own(&self, repaired: &HashSet<String>) {
         let diffs: Vec<(String, Diff)> = lock(&self.table)
             .topics()
+            .filter(|(topic, _)| !repaired.contains(*topic))
             .map(|(topic, t)| {
                 let joins = t
                     .entries
@@ -534,23 +616,46 @@ impl RedisStore {
         }
     }
 
-    /// Pushes a fresh `presence_state` to this node's watchers of every presence topic.
-    async fn resync(&self) {
+    /// Pushes a fresh `presence_state` to this node's watchers of every presence topic (of
+    /// `only`, if given). A change numbered after a snapshot can reach a watcher before it;
+    /// the watcher then drops the snapshot (`pubsub::Gate`), which may have carried a change
+    /// it missed. So the topic's number is read again once the snapshot is on its way, and the
+    /// topics where it moved are returned, to be resynced at the next heartbeat.
+    async fn resync(&self, only: Option<HashSet<String>>) -> HashSet<String> {
         let topics: Vec<String> = {
             let mut watched = self.watched.lock().unwrap_or_else(|e| e.into_inner());
             watched.retain(|t| self.pubsub.local_subscribers(t) > 0);
-            watched.iter().cloned().collect()
+            watched
+                .iter()
+                .filter(|t| only.as_ref().is_none_or(|o| o.contains(*t)))
+                .cloned()
+                .collect()
         };
+        let mut moved = HashSet::new();
         for topic in topics {
             let snapshot = self.snapshot(&topic).await;
             let mut msg = Broadcast::new(
-                topic,
+                topic.clone(),
                 events::PRESENCE_STATE,
                 Payload::Encoded(snapshot.state),
             );
             msg.seq = snapshot.seq.map(Seq::State);
             self.pubsub.local_broadcast(Arc::new(msg), None);
+            let now = self
+                .redis
+                .query::<Option<String>>(
+                    redis::cmd("GET").arg(self.redis.keys.presence_seq(&topic)),
+                )
+                .await
+                .ok()
+                .flatten()
+                .and_then(|n| n.parse::<u64>().ok());
+            // Unnumbered (Redis failed the read) or moved since: read again.
+            if snapshot.seq.is_none() || now.is_some_and(|n| Some(n) > snapshot.seq) {
+                moved.insert(topic);
+            }
         }
+        moved
     }
 
     /// Removes the presences of nodes whose heartbeat expired, broadcasting their leaves.

@@ -9,6 +9,11 @@
 //!   less are dropped, and so are later ones (still in flight from other nodes), so the
 //!   client receives exactly the changes after its snapshot.
 //!
+//! A later snapshot (a resync) raises the floor the same way, unless the subscriber already
+//! has a change numbered after it: such a snapshot was read before that change and delivered
+//! after it, and would take the change back, so it is dropped (the resync that sent it reads
+//! again when the topic's number moved meanwhile: `presence/redis.rs`).
+//!
 //! History works the same way: a joiner that replays a topic's history opens its gate with
 //! the position of the last message replayed, and live messages at or before it (which the
 //! replay held) are dropped: each message exactly once, in position order.
@@ -27,6 +32,8 @@ pub struct Gate {
     open: AtomicBool,
     /// Presence changes numbered this or less are not delivered.
     floor: AtomicU64,
+    /// The highest presence change delivered: a snapshot numbered below it is stale.
+    last_change: AtomicU64,
     /// History messages at or before this position (same epoch) are not delivered.
     replayed: Mutex<Option<Position>>,
     /// Whether `replayed` is set: subscribers that replayed nothing skip its lock.
@@ -67,8 +74,20 @@ impl Gate {
             }
         }
         match seq {
-            Some(Seq::Change(n)) => n > self.floor.load(Ordering::Acquire),
+            Some(Seq::Change(n)) => {
+                let wanted = n > self.floor.load(Ordering::Acquire);
+                if wanted {
+                    self.last_change.fetch_max(n, Ordering::AcqRel);
+                }
+                wanted
+            }
             Some(Seq::State(n)) => {
+                // 0: the topic had lost its number (its keys expired, Redis restarted
+                // empty), so the snapshot cannot be ordered against earlier changes.
+                if n > 0 && n < self.last_change.load(Ordering::Acquire) {
+                    ::metrics::counter!(crate::metrics::STALE_SNAPSHOTS).increment(1);
+                    return false;
+                }
                 self.floor.fetch_max(n, Ordering::AcqRel);
                 true
             }
@@ -167,6 +186,22 @@ mod tests {
         // A later snapshot raises the floor.
         assert!(gate.deliver(&ob, Some(Seq::State(9)), None, f("state9")));
         assert!(!gate.deliver(&ob, Some(Seq::Change(8)), None, f("d8")));
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_older_than_a_delivered_change_is_dropped() {
+        let (ob, mut rx) = outbox(Serializer::V2, 16);
+        let gate = Gate::new();
+        gate.open(&ob, Some(f("state4")), Some(4));
+        assert!(gate.deliver(&ob, Some(Seq::Change(7)), None, f("d7")));
+        // Read at 6, delivered after change 7: it would take change 7 back.
+        assert!(!gate.deliver(&ob, Some(Seq::State(6)), None, f("state6")));
+        assert!(gate.deliver(&ob, Some(Seq::State(7)), None, f("state7")));
+        assert!(!gate.deliver(&ob, Some(Seq::Change(7)), None, f("d7 again")));
+        // Unnumbered (the topic lost its number): nothing to order it against.
+        assert!(gate.deliver(&ob, Some(Seq::State(0)), None, f("state0")));
+        let got: Vec<Frame> = std::iter::from_fn(|| rx.rx.try_recv().ok()).collect();
+        assert_eq!(got, ["state4", "d7", "state7", "state0"].map(f).to_vec());
     }
 
     #[tokio::test]

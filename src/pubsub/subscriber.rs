@@ -146,18 +146,13 @@ impl Manager {
             }
             match tokio::time::timeout(timeout, self.connect()).await {
                 Ok(Ok(conn)) => {
-                    if ever_connected {
-                        self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
-                        ::metrics::counter!(crate::metrics::REDIS_RECONNECTS).increment(1);
-                        tracing::info!("redis subscriber reconnected");
-                    }
-                    ever_connected = true;
+                    let reconnected = std::mem::replace(&mut ever_connected, true);
                     failures = 0;
                     backoff = Duration::from_millis(100);
                     self.stats.connected.store(true, Ordering::Relaxed);
                     self.stats.down_since_ms.store(0, Ordering::Relaxed);
                     ::metrics::gauge!(crate::metrics::REDIS_UP).set(1.0);
-                    let lost = self.connected(conn).await;
+                    let lost = self.connected(conn, reconnected).await;
                     self.stats.connected.store(false, Ordering::Relaxed);
                     self.stats.down_since_ms.store(now_ms(), Ordering::Relaxed);
                     ::metrics::gauge!(crate::metrics::REDIS_UP).set(0.0);
@@ -294,7 +289,7 @@ impl Manager {
         }
     }
 
-    async fn connected(&mut self, conn: Connected) -> Lost {
+    async fn connected(&mut self, conn: Connected, reconnected: bool) -> Lost {
         let Connected {
             mut link,
             reader,
@@ -310,6 +305,13 @@ impl Manager {
         if let Err(e) = self.subscribe(&mut link, wanted, &mut retry).await {
             reader.abort();
             return Lost::Connection(e);
+        }
+        if reconnected {
+            // Counted once subscribed again: a presence resync it triggers then reads a
+            // snapshot that every later change follows on this connection.
+            self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+            ::metrics::counter!(crate::metrics::REDIS_RECONNECTS).increment(1);
+            tracing::info!("redis subscriber reconnected");
         }
         if !retry.is_empty() {
             retry_at = Some(Instant::now() + RESUBSCRIBE_AFTER);

@@ -943,3 +943,72 @@ async fn heartbeats_cost_the_same_for_a_big_room_and_a_lost_hash_is_written_agai
     .await;
     drop(members);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_and_a_repair_larger_than_what_lua_unpacks_at_once_are_written_whole() {
+    // Redis's Lua unpacks at most about 8,000 values at once: 5,000 presences of one node in
+    // one topic are 10,000 field/value arguments, in one batch and in one repair.
+    const PRESENCES: u64 = 5_000;
+    let redis = RedisServer::start();
+    let [node] = TestServer::cluster(&redis, |s| s.presence.diff_batch_ms = 2_000).await;
+    let presence = node.gateway.presence.clone();
+    for i in 0..PRESENCES {
+        let meta = serde_json::Map::new();
+        presence
+            .track("room:big", &format!("u{i}"), i + 1, meta)
+            .await
+            .expect("track");
+    }
+    presence.flushed("room:big").await;
+    let count = async || presence.count("room:big").await;
+    let c = count().await;
+    assert_eq!(
+        (c.users, c.connections),
+        (PRESENCES, PRESENCES),
+        "one batch of {PRESENCES} joins"
+    );
+    let _: () = redis.cmd(&["DEL", "phx:p:{room:big}"]);
+    wait_until(
+        "the lost hash written again whole",
+        Duration::from_secs(10),
+        async || count().await.connections == PRESENCES,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stalled_past_down_ms_is_reaped_then_comes_back_in_a_numbered_change() {
+    let redis = RedisServer::start();
+    let env = [
+        ("PHX_GATEWAY__REDIS__HEARTBEAT_MS", "300"),
+        ("PHX_GATEWAY__REDIS__DOWN_MS", "1200"),
+    ];
+    let stalled = NodeProcess::start(&redis.url(), "stalled", &env);
+    let other = NodeProcess::start(&redis.url(), "other", &env);
+    let mut u1 = Client::connect(&stalled.ws_url("vsn=2.0.0&user_id=u1")).await;
+    u1.join("1", "room:stall").await;
+    let mut w1 = Client::connect(&other.ws_url("vsn=2.0.0&user_id=w1")).await;
+    w1.join("1", "room:stall").await;
+    let both = counts(&[("u1", 1), ("w1", 1)]);
+    let mut view = View::default();
+    view.converge(&mut w1, &both, Duration::from_secs(5)).await;
+
+    // Stalled past down_ms: the other node reaps it, and its watcher sees u1 leave.
+    stalled.signal("STOP");
+    view.converge(&mut w1, &counts(&[("w1", 1)]), Duration::from_secs(10))
+        .await;
+    let seq = || redis.cmd::<Option<String>>(&["GET", "phx:ps:{room:stall}"]);
+    let reaped_at: u64 = seq().and_then(|s| s.parse().ok()).expect("numbered reap");
+
+    // Back: the node writes u1 again and broadcasts that change with the topic's next
+    // number, so it reaches the other node's watcher in order and no snapshot read before
+    // it can take it back.
+    stalled.signal("CONT");
+    view.converge(&mut w1, &both, Duration::from_secs(10)).await;
+    let repaired_at: u64 = seq().and_then(|s| s.parse().ok()).expect("numbered repair");
+    assert!(
+        repaired_at > reaped_at,
+        "the repair was not numbered: {repaired_at} after the reap's {reaped_at}"
+    );
+    drop(u1);
+}
