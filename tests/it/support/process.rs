@@ -58,8 +58,9 @@ pub(crate) struct NodeProcess {
 
 impl NodeProcess {
     /// Starts `phx-gateway` with Redis at `redis_url` (none if empty), the given extra env, on
-    /// a free port; waits until it accepts connections. It logs to stderr at the level
-    /// `TEST_GATEWAY_LOG` names, and nowhere without it.
+    /// a free port; waits until it accepts connections. It logs at the level
+    /// `TEST_GATEWAY_LOG` names, to stderr, or to a file per process in the directory
+    /// `TEST_GATEWAY_LOG_DIR` names; nowhere without `TEST_GATEWAY_LOG`.
     pub(crate) fn start(redis_url: &str, name: &str, env: &[(&str, &str)]) -> Self {
         let log = std::env::var("TEST_GATEWAY_LOG").ok();
         let mut all = vec![
@@ -117,6 +118,15 @@ impl NodeProcess {
                 cmd.env("NO_COLOR", "1")
                     .stdout(Stdio::piped())
                     .stderr(Stdio::piped());
+            } else if let Some(dir) = std::env::var_os("TEST_GATEWAY_LOG_DIR") {
+                // One file per process, named for the node and its port: the logs of a
+                // failing test among many running at once.
+                let file = std::path::Path::new(&dir)
+                    .join(format!("{}-{port}.log", name.replace(' ', "_")));
+                let out = std::fs::File::create(&file).expect("create the node's log file");
+                cmd.env("NO_COLOR", "1")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::from(out));
             } else if std::env::var_os("TEST_GATEWAY_LOG").is_some() {
                 cmd.stdout(Stdio::null()).stderr(Stdio::inherit());
             } else {
