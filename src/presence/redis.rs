@@ -13,7 +13,8 @@
 //! of presences (a room of 15,000 costs what a room of one does). A node writes all of its
 //! presences of a topic again (a repair, one script) only when they may be missing: the
 //! topic's hash was gone (Redis restarted empty, or evicted it), its previous heartbeat was
-//! gone (Redis lost its state, or this node was reaped), or a write of that topic failed.
+//! gone (Redis lost its state, or this node was reaped), its heartbeats failed long enough
+//! for its keys to expire (see `beat`), or a write of that topic failed.
 //! It then looks for nodes whose heartbeat expired; the first survivor to take the reap lock
 //! removes their presences atomically (Lua, one topic hash at a time), broadcasts the
 //! leaves and sets the lock again. A node that was only paused may come back while it is
@@ -300,8 +301,9 @@ impl Commit for RedisStore {
 
 /// Starts a cluster node's tracker: presences written to `redis`, diffs broadcast through
 /// `pubsub`, coalesced per `window`; its heartbeat task runs until `shutdown`.
-/// `pubsub_stats` are the pub/sub adapter's counters: diffs published while it reconnected
-/// or dropped publishes are lost, so either triggers a resync.
+/// `pubsub_stats` are the pub/sub adapter's counters: diffs published while it reconnected,
+/// dropped publishes and other nodes' messages that never arrived may be lost diffs, so each
+/// triggers a resync.
 pub fn start(
     redis: Redis,
     pubsub: Arc<dyn PubSub>,
@@ -342,6 +344,9 @@ impl RedisStore {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut first = true;
         let mut failing = false;
+        // When the last acknowledged heartbeat was sent (see `beat`'s `unsure`).
+        let mut last_ok = Instant::now();
+        let unsure_after = Duration::from_millis(self.redis.settings.down_ms / 2);
         let mut resync_at: Option<Instant> = None;
         // Topics whose number moved while their resync was on its way, and how many times
         // in a row that happened (see `resync`).
@@ -349,12 +354,17 @@ impl RedisStore {
         let mut unsettled_rounds = 0u32;
         let mut reconnects = pubsub.reconnects.load(Ordering::Relaxed);
         let mut dropped = pubsub.publish_dropped.load(Ordering::Relaxed);
+        let mut lost = pubsub.lost.load(Ordering::Relaxed);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            match self.beat().await {
+            let sent = Instant::now();
+            match self
+                .beat(failing && last_ok.elapsed() >= unsure_after)
+                .await
+            {
                 Ok(beat) => {
                     self.stats.heartbeats.fetch_add(1, Ordering::Relaxed);
                     ::metrics::counter!(crate::metrics::PRESENCE_HEARTBEATS, "result" => "ok")
@@ -379,7 +389,16 @@ impl RedisStore {
                         tracing::info!("broadcasts were dropped: resyncing presence");
                         resync_at.get_or_insert(Instant::now() + period);
                     }
+                    // So may other nodes' messages that never arrived (a gap in their
+                    // numbering): published while this node was not subscribed, say.
+                    let now_lost = pubsub.lost.load(Ordering::Relaxed);
+                    if now_lost != lost {
+                        lost = now_lost;
+                        tracing::info!("messages from other nodes were lost: resyncing presence");
+                        resync_at.get_or_insert(Instant::now() + period);
+                    }
                     failing = false;
+                    last_ok = sent;
                     first = false;
                     match self.reap().await {
                         Ok(()) => {
@@ -436,7 +455,13 @@ impl RedisStore {
     /// The node's own keys share its hash tag (one pipeline); the node set and each topic's
     /// keys are in other slots, so in a Redis Cluster they go as one pipeline per slot,
     /// spread over the shards that own them.
-    async fn beat(&self) -> Result<Beat, ClusterError> {
+    ///
+    /// `unsure`: heartbeats failed for long enough that this node's keys may have expired.
+    /// Its previous heartbeat key then proves nothing: a heartbeat that timed out may still
+    /// have been carried out once Redis answered again (a frozen Redis runs the commands
+    /// waiting in its sockets when it wakes), and a topic's hash may have been written again
+    /// by another node without this node's fields. So every topic is repaired.
+    async fn beat(&self, unsure: bool) -> Result<Beat, ClusterError> {
         let k = &self.redis.keys;
         let node = &*self.redis.node;
         let ttl = self.ttl_ms();
@@ -493,7 +518,7 @@ impl RedisStore {
                 "another node is reaping or reaped this node's presences: writing them again"
             );
         }
-        let lost_all = previous.is_none() || reaped;
+        let lost_all = previous.is_none() || reaped || unsure;
         let mut repair: HashSet<String> =
             std::mem::take(&mut *self.damaged.lock().unwrap_or_else(|e| e.into_inner()));
         let again = std::mem::take(&mut *self.repaired.lock().unwrap_or_else(|e| e.into_inner()));

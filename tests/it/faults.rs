@@ -8,7 +8,10 @@
 //!   presence leaves, while the others on its topic are served throughout;
 //! - Redis frozen (SIGSTOP) for 20 s while messages flow: local delivery loses nothing,
 //!   cross-node delivery is at-most-once during the freeze and complete after it, presence
-//!   converges, and no socket, channel task, presence, Redis key or memory is left behind.
+//!   converges, and no socket, channel task, presence, Redis key or memory is left behind;
+//! - a node whose heartbeats timed out while Redis was frozen, and which comes back after
+//!   another node wrote the topic's hash again: its presences are written back, although
+//!   its late heartbeat made its key look alive.
 
 use std::time::{Duration, Instant};
 
@@ -433,4 +436,57 @@ async fn redis_frozen_for_twenty_seconds_under_load_loses_only_cross_node_messag
             "memory grew from {before} to {after} bytes"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_back_after_its_keys_expired_writes_its_presences_back_whatever_ran_late() {
+    let redis = RedisServer::start();
+    let env = [
+        ("PHX_GATEWAY__REDIS__HEARTBEAT_MS", "300"),
+        ("PHX_GATEWAY__REDIS__DOWN_MS", "1200"),
+        ("PHX_GATEWAY__REDIS__COMMAND_TIMEOUT_MS", "500"),
+    ];
+    let late = NodeProcess::start(&redis.url(), "late", &env);
+    let steady = NodeProcess::start(&redis.url(), "steady", &env);
+    let mut u1 = Client::connect(&late.ws_url("vsn=2.0.0&user_id=u1")).await;
+    u1.join("1", "room:late").await;
+    let mut w1 = Client::connect(&steady.ws_url("vsn=2.0.0&user_id=w1")).await;
+    w1.join("1", "room:late").await;
+    let both = counts(&[("u1", 1), ("w1", 1)]);
+    let mut view = View::default();
+    view.converge(&mut w1, &both, Duration::from_secs(5)).await;
+    let fields = || redis.cmd::<Vec<String>>(&["HKEYS", "phx:p:{room:late}"]);
+    let has = |prefix: &str| fields().iter().any(|f| f.starts_with(prefix));
+    assert!(has("late-") && has("steady-"), "{:?}", fields());
+
+    // Frozen: the late node's heartbeats time out and wait in Redis's socket.
+    redis.pause(true);
+    let failed = "phx_gateway_presence_heartbeats_total{result=\"error\"}";
+    wait_until(
+        "the late node's heartbeats failing",
+        Duration::from_secs(10),
+        async || metric(&late.admin("/metrics").await.expect("metrics").1, failed) >= 2.0,
+    )
+    .await;
+    // Every key of the topic expires while frozen (3 x down_ms); Redis cannot be asked.
+    tokio::time::sleep(Duration::from_millis(4_500)).await;
+    // Redis wakes and runs the late node's waiting heartbeats (its key looks alive again)
+    // while that node is stopped; the steady node writes the topic's hash again meanwhile.
+    late.signal("STOP");
+    redis.pause(false);
+    wait_until(
+        "the steady node's presence written again",
+        Duration::from_secs(5),
+        async || has("steady-"),
+    )
+    .await;
+    late.signal("CONT");
+    wait_until(
+        "the late node's presence written again",
+        Duration::from_secs(5),
+        async || has("late-"),
+    )
+    .await;
+    view.converge(&mut w1, &both, Duration::from_secs(5)).await;
+    drop(u1);
 }
