@@ -1012,3 +1012,40 @@ async fn a_node_stalled_past_down_ms_is_reaped_then_comes_back_in_a_numbered_cha
     );
     drop(u1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repair_removes_this_nodes_stale_presences_and_broadcasts_their_leaves() {
+    let redis = RedisServer::start();
+    let [node] = TestServer::cluster(&redis, |_| {}).await;
+    let mut w = node.v2("user_id=w").await;
+    w.join("1", "room:ghost").await;
+    View::default()
+        .converge(&mut w, &counts(&[("w", 1)]), Duration::from_secs(5))
+        .await;
+    // A presence of this node that its table no longer has (a batch that ran late, say).
+    let nodes: Vec<String> = redis.cmd(&["SMEMBERS", "phx:nodes"]);
+    let [me] = &nodes[..] else {
+        panic!("one node registered: {nodes:?}")
+    };
+    let ghost = format!("{me}|ghostref");
+    let _: i64 = redis.cmd(&[
+        "HSET",
+        "phx:p:{room:ghost}",
+        &ghost,
+        r#"{"key":"ghost","meta":{"phx_ref":"ghostref"}}"#,
+    ]);
+    // Its heartbeat key lost: the next heartbeat repairs its topics.
+    let _: i64 = redis.cmd(&["DEL", &format!("phx:n:{{{me}}}:hb")]);
+    let diff = w
+        .recv_match("the ghost's leave", Duration::from_secs(5), |v| {
+            v[3] == "presence_diff" && v[4]["leaves"]["ghost"]["metas"][0]["phx_ref"] == "ghostref"
+        })
+        .await;
+    assert!(diff.is_some(), "no presence_diff with the ghost's leave");
+    let fields: Vec<String> = redis.cmd(&["HKEYS", "phx:p:{room:ghost}"]);
+    assert!(
+        !fields.contains(&ghost),
+        "the ghost is still there: {fields:?}"
+    );
+    assert_eq!(fields.len(), 1, "w's presence stays: {fields:?}");
+}
