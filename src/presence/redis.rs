@@ -46,12 +46,33 @@ use crate::cluster::{keys, ClusterError, Redis};
 use crate::protocol::{events, Payload};
 use crate::pubsub::{Broadcast, PubSub, Seq};
 
-/// Applies one batch of a node's changes to a topic's hash and numbers it. The number only
-/// grows, even when the key expired or Redis restarted empty: it is at least the server's
-/// clock in microseconds. KEYS: hash, sequence. ARGV: ttl_ms, number of fields to set,
-/// then field/value pairs, then fields to delete. Long lists go in slices: Redis's Lua
-/// unpacks at most about 8,000 values at once, and a join storm's batch can hold more.
-const COMMIT_SCRIPT: &str = r"
+/// Prepends `next_number(seq_key, ttl)` to a script: numbers a change of a topic and returns
+/// the number as text. The number only grows, even when the key expired or Redis restarted
+/// empty: it is at least the server's clock in microseconds.
+macro_rules! numbered {
+    ($body:literal) => {
+        concat!(
+            r"
+local function next_number(seq_key, ttl)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local seq = math.max(tonumber(redis.call('GET', seq_key) or '0') + 1, now)
+  local text = string.format('%.0f', seq)
+  redis.call('SET', seq_key, text, 'PX', ttl)
+  return text
+end
+",
+            $body
+        )
+    };
+}
+
+/// Applies one batch of a node's changes to a topic's hash and numbers it. KEYS: hash,
+/// sequence. ARGV: ttl_ms, number of fields to set, then field/value pairs, then fields to
+/// delete. Long lists go in slices: Redis's Lua unpacks at most about 8,000 values at once,
+/// and a join storm's batch can hold more.
+const COMMIT_SCRIPT: &str = numbered!(
+    r"
 local function each_slice(cmd, key, list, from, to)
   for i = from, to, 1000 do
     redis.call(cmd, key, unpack(list, i, math.min(i + 999, to)))
@@ -66,20 +87,18 @@ if 3 + 2 * n <= #ARGV then
   each_slice('HDEL', KEYS[1], ARGV, 3 + 2 * n, #ARGV)
 end
 redis.call('PEXPIRE', KEYS[1], ttl)
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local seq = math.max(tonumber(redis.call('GET', KEYS[2]) or '0') + 1, now)
-redis.call('SET', KEYS[2], string.format('%.0f', seq), 'PX', ttl)
-return string.format('%.0f', seq)
-";
+return next_number(KEYS[2], ttl)
+"
+);
 
 /// Writes this node's presences of a topic again, exactly: its fields not given are removed,
 /// the given ones set. What that changed is numbered like a batch, so the diff broadcast
 /// for it fits snapshots as batches do. KEYS: hash, sequence. ARGV: ttl_ms, this node's
-/// field prefix, then field/value pairs. Returns the number ('0': nothing changed), the
-/// count of values added, the added values, then the removed values. Runs only to repair
+/// field prefix, then field/value pairs. Returns the number ('0': nothing changed), how
+/// many values were added, the added values, then the removed values. Runs only to repair
 /// (see `beat`), so the O(room) scan of field names is rare.
-const REPAIR_SCRIPT: &str = r"
+const REPAIR_SCRIPT: &str = numbered!(
+    r"
 local ttl = ARGV[1]
 local prefix = ARGV[2]
 local keep = {}
@@ -101,14 +120,11 @@ for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
 end
 redis.call('PEXPIRE', KEYS[1], ttl)
 if #out > 2 then
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-  local seq = math.max(tonumber(redis.call('GET', KEYS[2]) or '0') + 1, now)
-  out[1] = string.format('%.0f', seq)
-  redis.call('SET', KEYS[2], out[1], 'PX', ttl)
+  out[1] = next_number(KEYS[2], ttl)
 end
 return out
-";
+"
+);
 
 /// A topic's snapshot and the number of the last batch it holds. KEYS: hash, sequence.
 const SNAPSHOT_SCRIPT: &str = r"
@@ -118,7 +134,8 @@ return {redis.call('GET', KEYS[2]) or '0', redis.call('HGETALL', KEYS[1])}
 /// Removes a dead node's presences from a topic's hash and numbers that change. KEYS: hash,
 /// sequence. ARGV: the dead node's field prefix, ttl_ms. Returns the number, then the
 /// removed values.
-const REAP_SCRIPT: &str = r"
+const REAP_SCRIPT: &str = numbered!(
+    r"
 local prefix = ARGV[1]
 local all = redis.call('HGETALL', KEYS[1])
 local gone = {}
@@ -128,13 +145,10 @@ for i = 1, #all, 2 do
     table.insert(gone, all[i + 1])
   end
 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local seq = math.max(tonumber(redis.call('GET', KEYS[2]) or '0') + 1, now)
-redis.call('SET', KEYS[2], string.format('%.0f', seq), 'PX', ARGV[2])
-table.insert(gone, 1, string.format('%.0f', seq))
+table.insert(gone, 1, next_number(KEYS[2], ARGV[2]))
 return gone
-";
+"
+);
 
 /// How many heartbeats in a row a topic is resynced again while its number keeps moving.
 const RESYNC_ROUNDS: u32 = 3;
@@ -220,15 +234,16 @@ struct StoredRef<'a> {
     meta: &'a serde_json::value::RawValue,
 }
 
-/// `REPAIR_SCRIPT`'s reply: its number (none when nothing changed), the added values and
-/// every changed value (the added ones first, then the removed ones).
+/// `REPAIR_SCRIPT`'s reply: its number (none when nothing changed), the values it added
+/// and the values it removed.
 fn parse_repair(reply: &[String]) -> Option<(Option<u64>, &[String], &[String])> {
     let [seq, added, changed @ ..] = reply else {
         return None;
     };
-    let added: usize = added.parse().ok()?;
     let seq: u64 = seq.parse().ok()?;
-    Some(((seq > 0).then_some(seq), changed.get(..added)?, changed))
+    let added: usize = added.parse().ok()?;
+    let (joins, leaves) = changed.split_at_checked(added)?;
+    Some(((seq > 0).then_some(seq), joins, leaves))
 }
 
 fn parse_value(v: &str) -> Option<(String, Meta)> {
@@ -572,19 +587,18 @@ impl RedisStore {
             match self.redis.script::<Vec<String>>(&inv).await {
                 Ok(reply) => {
                     ::metrics::counter!(crate::metrics::PRESENCE_REPAIRS).increment(1);
-                    let Some((seq, added, changed)) = parse_repair(&reply) else {
+                    let Some((seq, joins, leaves)) = parse_repair(&reply) else {
                         tracing::warn!(topic, "presence repair answered in an unknown shape");
                         continue;
                     };
                     tracing::debug!(
                         topic,
                         presences = fields.len(),
-                        joins = added.len(),
-                        leaves = changed.len() - added.len(),
+                        joins = joins.len(),
+                        leaves = leaves.len(),
                         "presences written again"
                     );
                     let Some(seq) = seq else { continue };
-                    let (joins, leaves) = changed.split_at(added.len());
                     let diff = Diff {
                         joins: joins.iter().filter_map(|v| parse_value(v)).collect(),
                         leaves: leaves.iter().filter_map(|v| parse_value(v)).collect(),

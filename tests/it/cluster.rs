@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 
 use crate::support::http::http;
 use crate::support::load::{spawn_load, LoadRun};
+use crate::support::node_pair::{NodePair, FAST_HEARTBEATS};
 use crate::support::presence_view::{counts, join_storm, Counts, View};
 use crate::support::process::{run_gateway, NodeProcess};
 use crate::support::redis_server::RedisServer;
@@ -364,23 +365,8 @@ async fn a_killed_node_s_users_leave_everywhere_and_its_keys_go() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_node_reaped_late_writes_its_presences_back() {
     let redis = RedisServer::start();
-    let env = [
-        ("PHX_GATEWAY__REDIS__HEARTBEAT_MS", "300"),
-        ("PHX_GATEWAY__REDIS__DOWN_MS", "1200"),
-    ];
-    let reaped = NodeProcess::start(&redis.url(), "reaped", &env);
-    let other = NodeProcess::start(&redis.url(), "other", &env);
-    let mut u1 = Client::connect(&reaped.ws_url("vsn=2.0.0&user_id=u1")).await;
-    u1.join("1", "room:lobby").await;
-    let mut w1 = Client::connect(&other.ws_url("vsn=2.0.0&user_id=w1")).await;
-    w1.join("1", "room:lobby").await;
-    let mut view = View::default();
-    view.converge(
-        &mut w1,
-        &counts(&[("u1", 1), ("w1", 1)]),
-        Duration::from_secs(5),
-    )
-    .await;
+    let pair = NodePair::start(&redis, ["reaped", "other"], &FAST_HEARTBEATS, "room:lobby").await;
+    let other = &pair.second;
 
     // A survivor found this node's heartbeat expired (a pause, a partition) and reaps it
     // after the node came back: it takes the reap lock, then removes the node's presences
@@ -979,19 +965,14 @@ async fn a_batch_and_a_repair_larger_than_what_lua_unpacks_at_once_are_written_w
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_stalled_past_down_ms_is_reaped_then_comes_back_in_a_numbered_change() {
     let redis = RedisServer::start();
-    let env = [
-        ("PHX_GATEWAY__REDIS__HEARTBEAT_MS", "300"),
-        ("PHX_GATEWAY__REDIS__DOWN_MS", "1200"),
-    ];
-    let stalled = NodeProcess::start(&redis.url(), "stalled", &env);
-    let other = NodeProcess::start(&redis.url(), "other", &env);
-    let mut u1 = Client::connect(&stalled.ws_url("vsn=2.0.0&user_id=u1")).await;
-    u1.join("1", "room:stall").await;
-    let mut w1 = Client::connect(&other.ws_url("vsn=2.0.0&user_id=w1")).await;
-    w1.join("1", "room:stall").await;
-    let both = counts(&[("u1", 1), ("w1", 1)]);
-    let mut view = View::default();
-    view.converge(&mut w1, &both, Duration::from_secs(5)).await;
+    let NodePair {
+        first: stalled,
+        second: _other,
+        u1,
+        mut w1,
+        mut view,
+    } = NodePair::start(&redis, ["stalled", "other"], &FAST_HEARTBEATS, "room:stall").await;
+    let both = NodePair::both();
 
     // Stalled past down_ms: the other node reaps it, and its watcher sees u1 leave.
     stalled.signal("STOP");

@@ -20,6 +20,7 @@ use serde_json::json;
 
 use crate::support::backend::Backend;
 use crate::support::load::{spawn_load, LoadRun};
+use crate::support::node_pair::{NodePair, FAST_HEARTBEATS};
 use crate::support::presence_view::{counts, View};
 use crate::support::process::NodeProcess;
 use crate::support::redis_server::RedisServer;
@@ -441,20 +442,20 @@ async fn redis_frozen_for_twenty_seconds_under_load_loses_only_cross_node_messag
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_back_after_its_keys_expired_writes_its_presences_back_whatever_ran_late() {
     let redis = RedisServer::start();
+    let [heartbeat, down] = FAST_HEARTBEATS;
     let env = [
-        ("PHX_GATEWAY__REDIS__HEARTBEAT_MS", "300"),
-        ("PHX_GATEWAY__REDIS__DOWN_MS", "1200"),
+        heartbeat,
+        down,
         ("PHX_GATEWAY__REDIS__COMMAND_TIMEOUT_MS", "500"),
     ];
-    let late = NodeProcess::start(&redis.url(), "late", &env);
-    let steady = NodeProcess::start(&redis.url(), "steady", &env);
-    let mut u1 = Client::connect(&late.ws_url("vsn=2.0.0&user_id=u1")).await;
-    u1.join("1", "room:late").await;
-    let mut w1 = Client::connect(&steady.ws_url("vsn=2.0.0&user_id=w1")).await;
-    w1.join("1", "room:late").await;
-    let both = counts(&[("u1", 1), ("w1", 1)]);
-    let mut view = View::default();
-    view.converge(&mut w1, &both, Duration::from_secs(5)).await;
+    let NodePair {
+        first: late,
+        second: _steady,
+        u1,
+        mut w1,
+        mut view,
+    } = NodePair::start(&redis, ["late", "steady"], &env, "room:late").await;
+    let both = NodePair::both();
     let fields = || redis.cmd::<Vec<String>>(&["HKEYS", "phx:p:{room:late}"]);
     let has = |prefix: &str| fields().iter().any(|f| f.starts_with(prefix));
     assert!(has("late-") && has("steady-"), "{:?}", fields());

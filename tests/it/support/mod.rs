@@ -6,6 +6,7 @@ pub(crate) mod client;
 pub(crate) mod http;
 pub(crate) mod load;
 pub(crate) mod logs;
+pub(crate) mod node_pair;
 pub(crate) mod presence_view;
 pub(crate) mod process;
 pub(crate) mod redis_server;
