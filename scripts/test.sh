@@ -35,8 +35,18 @@ command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://ru
 log "npm ci (phoenix client, ws, playwright-core)"
 npm ci --no-audit --no-fund --loglevel=error
 
-log "cargo build (the binary the Node tests start)"
-cargo build --bins --quiet
+log "cargo build (the binary the Node tests start); disk free: $(df -h --output=avail . | tail -n 1)"
+# On failure the build's whole output comes first, then its error lines and the disk left,
+# so that the end of a CI log says why (a C dependency's build prints hundreds of lines).
+build_log=$(mktemp)
+if ! cargo build --bins --quiet 2>"$build_log"; then
+  cat "$build_log" >&2
+  log "cargo build failed: its error lines, then the disk left"
+  grep -E '^error|No space left|Killed|panicked|fatal|failed to' "$build_log" | tail -n 30 >&2 || true
+  df -h . >&2
+  exit 1
+fi
+rm -f "$build_log"
 
 log "cargo test"
 cargo test
