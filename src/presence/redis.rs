@@ -153,6 +153,45 @@ return gone
 /// How many heartbeats in a row a topic is resynced again while its number keeps moving.
 const RESYNC_ROUNDS: u32 = 3;
 
+/// When this node's watchers get a fresh `presence_state` (see `RedisStore::resync`).
+#[derive(Default)]
+struct Resyncs {
+    /// Every watched topic is resynced at the first heartbeat from this instant.
+    at: Option<Instant>,
+    /// Topics whose number moved while their resync was on its way.
+    unsettled: HashSet<String>,
+    /// How many heartbeats in a row `unsettled` was resynced again.
+    rounds: u32,
+}
+
+impl Resyncs {
+    /// Runs the resync that is due, if any: all topics once `at` has come, else the
+    /// unsettled ones, for at most `RESYNC_ROUNDS` heartbeats in a row.
+    async fn run_due(&mut self, store: &RedisStore) {
+        if self.at.is_some_and(|t| Instant::now() >= t) {
+            self.at = None;
+            self.unsettled = store.resync(None).await;
+            self.rounds = 0;
+        } else if !self.unsettled.is_empty() {
+            self.rounds += 1;
+            self.unsettled = if self.rounds <= RESYNC_ROUNDS {
+                store
+                    .resync(Some(std::mem::take(&mut self.unsettled)))
+                    .await
+            } else {
+                // A room that changes on every heartbeat: its watchers have every change
+                // since the first resync, only not necessarily one older change their
+                // dropped snapshot carried.
+                tracing::debug!(
+                    topics = self.unsettled.len(),
+                    "presence resync gave up on busy topics"
+                );
+                HashSet::new()
+            };
+        }
+    }
+}
+
 /// What a heartbeat found and did.
 struct Beat {
     /// The previous heartbeat was still there and nobody reaped this node.
@@ -362,14 +401,17 @@ impl RedisStore {
         // When the last acknowledged heartbeat was sent (see `beat`'s `unsure`).
         let mut last_ok = Instant::now();
         let unsure_after = Duration::from_millis(self.redis.settings.down_ms / 2);
-        let mut resync_at: Option<Instant> = None;
-        // Topics whose number moved while their resync was on its way, and how many times
-        // in a row that happened (see `resync`).
-        let mut unsettled: HashSet<String> = HashSet::new();
-        let mut unsettled_rounds = 0u32;
-        let mut reconnects = pubsub.reconnects.load(Ordering::Relaxed);
-        let mut dropped = pubsub.publish_dropped.load(Ordering::Relaxed);
-        let mut lost = pubsub.lost.load(Ordering::Relaxed);
+        let mut resyncs = Resyncs::default();
+        // Pub/sub counters whose movement means presence diffs may have been lost: diffs
+        // published while it reconnected, dropped publishes, and other nodes' messages that
+        // never arrived (a gap in their numbering: published while this node was not
+        // subscribed, say). Each triggers a resync.
+        let signals = [
+            (&pubsub.reconnects, "pub/sub reconnected"),
+            (&pubsub.publish_dropped, "broadcasts were dropped"),
+            (&pubsub.lost, "messages from other nodes were lost"),
+        ];
+        let mut seen = signals.map(|(counter, _)| counter.load(Ordering::Relaxed));
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -387,30 +429,15 @@ impl RedisStore {
                     if failing || (!first && !beat.had_heartbeat) {
                         tracing::info!("redis presence state was lost or unreachable: re-announcing and resyncing");
                         self.announce_own(&beat.repaired).await;
-                        resync_at = Some(Instant::now() + period);
+                        resyncs.at = Some(Instant::now() + period);
                     }
-                    let now_reconnects = pubsub.reconnects.load(Ordering::Relaxed);
-                    if now_reconnects != reconnects {
-                        reconnects = now_reconnects;
-                        tracing::info!(
-                            "pub/sub reconnected: diffs may have been lost, resyncing presence"
-                        );
-                        resync_at.get_or_insert(Instant::now() + period);
-                    }
-                    // Dropped publishes may have been presence diffs: resync too.
-                    let now_dropped = pubsub.publish_dropped.load(Ordering::Relaxed);
-                    if now_dropped != dropped {
-                        dropped = now_dropped;
-                        tracing::info!("broadcasts were dropped: resyncing presence");
-                        resync_at.get_or_insert(Instant::now() + period);
-                    }
-                    // So may other nodes' messages that never arrived (a gap in their
-                    // numbering): published while this node was not subscribed, say.
-                    let now_lost = pubsub.lost.load(Ordering::Relaxed);
-                    if now_lost != lost {
-                        lost = now_lost;
-                        tracing::info!("messages from other nodes were lost: resyncing presence");
-                        resync_at.get_or_insert(Instant::now() + period);
+                    for ((counter, what), seen) in signals.iter().zip(seen.iter_mut()) {
+                        let now = counter.load(Ordering::Relaxed);
+                        if now != *seen {
+                            *seen = now;
+                            tracing::info!("{what}: diffs may have been lost, resyncing presence");
+                            resyncs.at.get_or_insert(Instant::now() + period);
+                        }
                     }
                     failing = false;
                     last_ok = sent;
@@ -426,25 +453,7 @@ impl RedisStore {
                             tracing::warn!(error = %e, "reaper run failed");
                         }
                     }
-                    if resync_at.is_some_and(|t| Instant::now() >= t) {
-                        resync_at = None;
-                        unsettled = self.resync(None).await;
-                        unsettled_rounds = 0;
-                    } else if !unsettled.is_empty() {
-                        unsettled_rounds += 1;
-                        unsettled = if unsettled_rounds <= RESYNC_ROUNDS {
-                            self.resync(Some(std::mem::take(&mut unsettled))).await
-                        } else {
-                            // A room that changes on every heartbeat: its watchers have every
-                            // change since the first resync, only not necessarily one older
-                            // change their dropped snapshot carried.
-                            tracing::debug!(
-                                topics = unsettled.len(),
-                                "presence resync gave up on busy topics"
-                            );
-                            HashSet::new()
-                        };
-                    }
+                    resyncs.run_due(&self).await;
                 }
                 Err(e) => {
                     ::metrics::counter!(crate::metrics::PRESENCE_HEARTBEATS, "result" => "error")
